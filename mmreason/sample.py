@@ -1,0 +1,69 @@
+"""The `Sample` every task produces and every trainer consumes, and the context a task builds it in.
+
+A record (a JSONL line or a `datasets` row) becomes a Sample through `task.to_sample(record, ctx)`: chat messages
+with media placeholders, the loaded media, the gold assistant text for SFT, and the answer columns the rewards read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+
+@dataclass
+class SampleContext:
+    """What a task needs to turn a record into a Sample.
+
+    think: ask for `<think>...</think><answer>...</answer>` (True) or the answer alone (False, CLS-RL no-thinking).
+    model_family: "qwen2_5_vl" (boxes in absolute pixels of the resized image) or "qwen2_vl" (boxes in 0-1000).
+    base_dir: folder that relative media paths in records are resolved against (the data file's folder).
+    """
+
+    think: bool = True
+    model_family: str = "qwen2_5_vl"
+    base_dir: Path = field(default_factory=Path.cwd)
+    min_pixels: int = 28 * 28 * 4
+    max_pixels: int = 28 * 28 * 256
+    video_fps: float | None = 2.0
+    video_nframes: int | None = None
+    video_min_frames: int = 4
+    video_max_frames: int = 32
+    video_total_pixels: int = 28 * 28 * 1024
+
+
+@dataclass
+class Sample:
+    """One prompt, ready for the processors and the rewards.
+
+    messages: HF chat messages; user content is a list of {"type": "image"} / {"type": "video"} / {"type": "text"}.
+    images: the prompt's images, already loaded and resized to the model's pixel budget, in placeholder order.
+    video: sampled frames of the prompt's video (a `VideoClip` from mmreason.processors), or None.
+    target: the gold assistant text (used by SFT; None when the task cannot write one).
+    columns: answer fields passed to the rewards as keyword lists (e.g. solution, image_size, model_size).
+    media: references (paths) of the media for the rollout store and reports.
+    """
+
+    id: str
+    task: str
+    messages: list[dict[str, Any]]
+    images: list[Image.Image] = field(default_factory=list)
+    video: Any = None
+    target: str | None = None
+    columns: dict[str, Any] = field(default_factory=dict)
+    media: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def prompt_text(self) -> str:
+        """The user's text parts joined (for logs and the store)."""
+        parts = []
+        for m in self.messages:
+            content = m.get("content")
+            if isinstance(content, str):
+                parts.append(content)
+            else:
+                parts.extend(c.get("text", "") for c in content if c.get("type") == "text")
+        return "\n".join(p for p in parts if p)

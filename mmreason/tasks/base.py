@@ -1,0 +1,74 @@
+"""The `Task` base: what a visual task bundles (record -> sample, rewards and weights, metrics, visualize).
+
+A task is registered with `@register_task("name")` on a subclass; the registry keeps one instance.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PIL import Image
+
+from mmreason.sample import Sample, SampleContext
+
+THINK_SUFFIX = (
+    " First think about the question inside <think> </think> tags, then give the final answer inside "
+    "<answer> </answer> tags."
+)
+NO_THINK_SUFFIX = " Give only the final answer inside <answer> </answer> tags."
+
+
+def answer_instruction(think: bool) -> str:
+    return THINK_SUFFIX if think else NO_THINK_SUFFIX
+
+
+def wrap_target(answer: str, think: bool, reasoning: str = "") -> str:
+    """The gold assistant text for SFT in the task's answer format."""
+    if think:
+        return f"<think>{reasoning}</think><answer>{answer}</answer>"
+    return f"<answer>{answer}</answer>"
+
+
+class Task:
+    """Base of every task. Subclasses set the class attributes and override `to_sample`, `metrics`, `visualize`.
+
+    rewards: reward name -> weight of the total reward (the first one is usually `format`, or `format_nothink`).
+    answer_format: one line shown by `mmreason tasks` and in docs.
+    metric_names: the keys `metrics` returns.
+    required_fields: record fields `check_record` insists on.
+    tools: names of tools a multi-turn rollout may call for this task.
+    """
+
+    name: str = ""
+    answer_format: str = ""
+    rewards: dict[str, float] = {}
+    metric_names: tuple[str, ...] = ()
+    required_fields: tuple[str, ...] = ()
+    tools: tuple[str, ...] = ()
+
+    def reward_weights(self, think: bool = True) -> dict[str, float]:
+        """Default rewards for the prompt style: the no-think style swaps `format` for `format_nothink`."""
+        weights = dict(self.rewards)
+        if not think and "format" in weights:
+            weights["format_nothink"] = weights.pop("format")
+        return weights
+
+    def to_sample(self, record: dict[str, Any], ctx: SampleContext) -> Sample:
+        raise NotImplementedError
+
+    def check_record(self, record: dict[str, Any], ctx: SampleContext) -> list[str]:
+        """Problems of one record (empty when fine); the default builds the sample and reports what fails."""
+        missing = [f for f in self.required_fields if f not in record]
+        if missing:
+            return [f"missing field(s) {', '.join(missing)}"]
+        try:
+            self.to_sample(record, ctx)
+        except Exception as exc:  # every failure becomes a listed problem, not a crash
+            return [str(exc)]
+        return []
+
+    def metrics(self, completions: list[str], samples: list[Sample]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def visualize(self, sample: Sample, completion: str) -> Image.Image:
+        raise NotImplementedError
