@@ -1,0 +1,35 @@
+# Two commands do all set-up: `make quickstart` and `make test` (each creates .venv and installs first).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch/torchvision are pinned to a pair that imports together (qwen-vl-utils imports torchvision);
+# override for another platform, e.g. make test TORCH="torch==2.9.1 torchvision==0.24.1".
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install test test-all quickstart lint clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+quickstart: $(STAMP)
+	$(BIN)/mmreason data make synthetic --task counting --out data/quickstart --n 1200 --seed 0
+	$(BIN)/mmreason train quickstart
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check . || true
+
+clean:
+	rm -rf $(VENV) runs data/quickstart

@@ -1,0 +1,279 @@
+"""Checkpoints of a run: written whole or not at all, found by name order, rotated, and restored exactly.
+
+Layout of `<run_dir>/checkpoints/<name>/`:
+    model files       `model.save_pretrained` output (a transformers model: loadable with `from_pretrained`;
+                      a peft model: the adapter, loadable with `PeftModel.from_pretrained(base, dir)`)
+    processor files   `processor.save_pretrained` output, when a processor is given
+    optimizer.pt      optimizer.state_dict() (torch.save)
+    scheduler.pt      scheduler.state_dict() (torch.save)
+    rng.pt            python / numpy / torch CPU / CUDA RNG states as tensors, ints and lists
+    state.json        the trainer's `state` (stage index, step, data cursor, metrics; JSON)
+    complete.json     written last: its presence is what makes a checkpoint complete
+
+A checkpoint is assembled in `checkpoints/.tmp-<name>-<pid>` and renamed into place, so a crash never leaves a
+half checkpoint under a real name. Every `.pt` file loads with `torch.load(..., weights_only=True)`.
+Names sort in training order: `checkpoint_name(0, "sft", 10) == "s00-sft-step000010"`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+CHECKPOINT_DIR = "checkpoints"
+COMPLETE_MARKER = "complete.json"
+STATE_FILE = "state.json"
+RNG_FILE = "rng.pt"
+OPTIMIZER_FILE = "optimizer.pt"
+SCHEDULER_FILE = "scheduler.pt"
+
+# transient folders: assembling (.tmp), replaced (.old) and being deleted (.del), each tagged with the writer's pid
+_TRANSIENT_RE = re.compile(r"^\.(tmp|old|del)-(.+)-(\d+)$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+def checkpoint_name(stage_index: int, stage: str, step: int) -> str:
+    """`s<stage_index:02d>-<stage>-step<step:06d>`: lexical order == training order."""
+    if not 0 <= stage_index <= 99 or not 0 <= step <= 999_999:
+        raise ValueError(
+            f"checkpoint name: need 0 <= stage_index <= 99 and 0 <= step <= 999999, got {stage_index}, {step}"
+        )
+    if not _NAME_RE.fullmatch(stage):
+        raise ValueError(f"checkpoint name: stage must be letters, digits, '_', '.', '-', got {stage!r}")
+    return f"s{stage_index:02d}-{stage}-step{step:06d}"
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    name: str,
+    *,
+    model: Any,
+    processor: Any = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    state: dict[str, Any],
+    model_kwargs: dict[str, Any] | None = None,
+) -> Path:
+    """Write `<run_dir>/checkpoints/<name>` atomically and return its path.
+
+    `model` must have `save_pretrained` (pass the unwrapped model under DDP / accelerate); `model_kwargs` go to
+    it (e.g. `state_dict=` gathered under ZeRO-3). Saving an existing name replaces that checkpoint.
+    """
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise ValueError(f"checkpoint name must be letters, digits, '_', '.', '-' (no leading '.'), got {name!r}")
+    if not hasattr(model, "save_pretrained"):
+        raise TypeError(f"save_checkpoint: model must have save_pretrained (got {type(model).__name__})")
+    state_text = _state_json(state)
+    root = Path(run_dir) / CHECKPOINT_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".tmp-{name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        model.save_pretrained(tmp, **(model_kwargs or {}))
+        if processor is not None:
+            processor.save_pretrained(tmp)
+        if optimizer is not None:
+            torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+        if scheduler is not None:
+            torch.save(scheduler.state_dict(), tmp / SCHEDULER_FILE)
+        torch.save(rng_state(), tmp / RNG_FILE)
+        (tmp / STATE_FILE).write_text(state_text, encoding="utf-8")
+        _fsync_tree(tmp)
+        marker = {"name": name, "time": time.time(), "files": sorted(p.name for p in tmp.iterdir())}
+        _write_synced(tmp / COMPLETE_MARKER, json.dumps(marker, indent=1))
+        final = _move_into_place(tmp, root, name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def latest_checkpoint(run_dir: str | Path, cleanup: bool = True) -> Path | None:
+    """The last complete checkpoint by name, or None.
+
+    With `cleanup`, transient folders left by dead processes are tidied first (see `_remove_stale`); pass
+    cleanup=False on processes other than the one that saves (their pids mean nothing to each other across nodes).
+    """
+    if cleanup:
+        _remove_stale(Path(run_dir) / CHECKPOINT_DIR)
+    done = complete_checkpoints(run_dir)
+    return done[-1] if done else None
+
+
+def complete_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints (with complete.json, not transient), in training (= name) order."""
+    root = Path(run_dir) / CHECKPOINT_DIR
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if not p.name.startswith(".") and (p / COMPLETE_MARKER).is_file()]
+    return sorted(found, key=lambda p: p.name)
+
+
+def load_training_state(
+    ckpt_dir: str | Path, optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None
+) -> dict[str, Any]:
+    """Restore optimizer, scheduler and RNG states from a checkpoint; return its `state` dict.
+
+    The model is not touched: load it with `from_pretrained` (or `PeftModel.from_pretrained(base, ckpt_dir,
+    is_trainable=True)`) and build the optimizer over its parameters, in the same order, before calling this.
+    """
+    ckpt = Path(ckpt_dir)
+    if not (ckpt / COMPLETE_MARKER).is_file():
+        raise ValueError(f"{ckpt}: not a complete checkpoint (no {COMPLETE_MARKER}); use latest_checkpoint()")
+    for obj, filename in ((optimizer, OPTIMIZER_FILE), (scheduler, SCHEDULER_FILE)):
+        if obj is None:
+            continue
+        if not (ckpt / filename).is_file():
+            raise FileNotFoundError(f"{ckpt}: has no {filename}, but a {type(obj).__name__} was given to restore")
+        obj.load_state_dict(torch.load(ckpt / filename, map_location="cpu", weights_only=True))
+    set_rng_state(torch.load(ckpt / RNG_FILE, map_location="cpu", weights_only=True))
+    return json.loads((ckpt / STATE_FILE).read_text(encoding="utf-8"))
+
+
+def keep_last(run_dir: str | Path, n: int) -> list[Path]:
+    """Delete all but the last `n` complete checkpoints (never the latest); return the deleted paths."""
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"keep_last: n must be an int >= 1 (the latest checkpoint is always kept), got {n!r}")
+    done = complete_checkpoints(run_dir)
+    doomed = done[:-n] if len(done) > n else []
+    for path in doomed:
+        _remove_dir(path)
+    return doomed
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG the training loop draws from, as tensors / ints / lists (loadable with weights_only=True)."""
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": {"version": version, "state": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of `rng_state`. CUDA states are restored when saved and a matching number of devices is present."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
+    npy = state["numpy"]
+    keys = npy["keys"].numpy().astype(np.uint32)
+    np.random.set_state((npy["kind"], keys, npy["pos"], npy["has_gauss"], npy["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def _state_json(state: dict[str, Any]) -> str:
+    if not isinstance(state, dict):
+        raise TypeError(f"save_checkpoint: state must be a dict, got {type(state).__name__}")
+    try:
+        return json.dumps(state, indent=1, sort_keys=True)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"save_checkpoint: state must be JSON-serialisable (numbers, str, lists, dicts): {e}") from e
+
+
+def _move_into_place(tmp: Path, root: Path, name: str) -> Path:
+    """Rename tmp -> root/name. An existing checkpoint of that name is moved aside first, then deleted."""
+    final = root / name
+    if final.exists():
+        old = root / f".old-{name}-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+        _fsync_dir(root)
+    return final
+
+
+def _remove_dir(path: Path) -> None:
+    """Rename out of sight first, so a crash mid-delete never leaves a gutted folder under a real name."""
+    hidden = path.with_name(f".del-{path.name}-{os.getpid()}")
+    os.replace(path, hidden)
+    shutil.rmtree(hidden, ignore_errors=True)
+
+
+def _remove_stale(root: Path) -> None:
+    """Tidy transient folders whose writer process is gone (a crash mid-save, mid-replace or mid-delete).
+
+    A complete `.tmp` (crash between the marker and the rename) or `.old` (crash while replacing a checkpoint of
+    the same name) is put back under its name when that name is free; everything else is deleted.
+    """
+    if not root.is_dir():
+        return
+    stale = []
+    for path in root.iterdir():
+        match = _TRANSIENT_RE.fullmatch(path.name)
+        if match and path.is_dir() and not _pid_alive(int(match.group(3))):
+            stale.append((("tmp", "old", "del").index(match.group(1)), match.group(2), path))
+    for kind, name, path in sorted(stale):
+        final = root / name
+        if kind < 2 and (path / COMPLETE_MARKER).is_file() and not final.exists():
+            os.replace(path, final)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        # saving is synchronous: a folder of ours that outlived its save is from an earlier failure
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _write_synced(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file (and folder) to disk before the marker claims the checkpoint complete."""
+    for dirpath, _, filenames in os.walk(folder):
+        for filename in filenames:
+            with open(os.path.join(dirpath, filename), "rb") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some platforms cannot open a folder; the rename is still atomic there
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,205 @@
+"""The `mmreason` command line: train, eval, tasks, data check / make, tiny-model, report."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Multimodal visual-reasoning RL: SFT + GRPO.")
+data_app = typer.Typer(no_args_is_help=True, help="Validate and make datasets.")
+make_app = typer.Typer(no_args_is_help=True, help="Make datasets (synthetic tasks, jigsaw puzzles from images).")
+app.add_typer(data_app, name="data")
+data_app.add_typer(make_app, name="make")
+console = Console()
+
+TaskFiles = typer.Option(None, "--task-file", help="A .py file registering your own tasks/rewards (repeatable).")
+
+
+def _load_user_files(files: list[Path] | None) -> None:
+    from mmreason.registry import load_user_file
+
+    for f in files or []:
+        load_user_file(f)
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(2)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+def train(
+    config: str = typer.Argument(..., help="A YAML config file, or the name of a shipped config (e.g. quickstart)."),
+    overrides: list[str] = typer.Argument(None, help="key.sub=value overrides, e.g. grpo.steps=10"),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the run's latest complete checkpoint."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and plan, then exit."),
+    task_file: list[Path] = TaskFiles,
+) -> None:
+    """Run the config's stages (e.g. sft then grpo) and print held-out metrics before and after each."""
+    import yaml
+
+    from mmreason.config import ConfigError, load_config, to_dict
+
+    _load_user_files(task_file)
+    try:
+        cfg = load_config(config, overrides or [])
+    except ConfigError as exc:
+        _fail(str(exc))
+    from mmreason.train import eval_table, plan
+    from mmreason.train import train as run_train
+
+    if dry_run:
+        console.print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        console.print(plan(cfg))
+        return
+    run = run_train(cfg, resume=resume)
+    console.print(eval_table(run.history))
+    console.print(f"run directory: {run.run_dir}")
+    console.print(f"rollouts: {run.run_dir / 'rollouts'}  metrics: {run.run_dir / 'metrics.jsonl'}")
+    report = run.run_dir / "report.html"
+    if report.exists():
+        console.print(f"report: {report}")
+
+
+@app.command("eval")
+def eval_cmd(
+    target: Path = typer.Argument(..., help="A run directory (its latest checkpoint) or a checkpoint folder."),
+    task: str = typer.Option(..., "--task", help="Task name."),
+    data: Path = typer.Option(..., "--data", help="Held-out file (JSONL, parquet, ...)."),
+    limit: int = typer.Option(0, help="Evaluate at most this many records (0 = all)."),
+    max_new_tokens: int = typer.Option(64),
+    batch_size: int = typer.Option(16),
+    think: bool = typer.Option(True, help="Ask for <think> reasoning (False: answer only)."),
+    task_file: list[Path] = TaskFiles,
+) -> None:
+    """Report a task's metrics for a checkpoint and write its generations to the rollout store."""
+    from mmreason.eval import eval_checkpoint
+
+    _load_user_files(task_file)
+    metrics, out_dir = eval_checkpoint(target, task, data, limit, max_new_tokens, batch_size, think)
+    table = Table(title=f"{task} on {data}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in metrics.items():
+        table.add_row(k, f"{v:.4f}")
+    console.print(table)
+    console.print(f"generations written to {out_dir / 'rollouts'}")
+
+
+@app.command()
+def tasks(task_file: list[Path] = TaskFiles) -> None:
+    """List the registered tasks with their rewards, answer format and metrics."""
+    from mmreason.registry import TASKS
+
+    _load_user_files(task_file)
+    table = Table(title="tasks")
+    for col in ("task", "rewards (weight)", "answer format", "metrics"):
+        table.add_column(col)
+    for name in TASKS.names():
+        t = TASKS.get(name)
+        rewards = ", ".join(f"{r} ({w:g})" for r, w in t.rewards.items())
+        table.add_row(name, rewards, t.answer_format, ", ".join(t.metric_names))
+    console.print(table)
+
+
+@data_app.command("check")
+def data_check(
+    file: Path = typer.Argument(..., help="Dataset file to validate."),
+    task: str = typer.Option(..., "--task", help="Task whose record format to check against."),
+    task_file: list[Path] = TaskFiles,
+) -> None:
+    """Validate every record (media present and readable, answer shape) and list all problems with line numbers."""
+    from mmreason.data import DataError, check_records, format_problems, read_dataset
+    from mmreason.registry import get_task
+    from mmreason.sample import SampleContext
+
+    _load_user_files(task_file)
+    try:
+        ds = read_dataset(file, strict=False)
+    except (DataError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    problems = list(ds.problems) + check_records(ds, get_task(task), SampleContext(base_dir=ds.base_dir))
+    if problems:
+        console.print(format_problems(problems, ds), markup=False, highlight=False)
+        console.print(f"[red]{len(problems)} problem(s)[/red] in {len(ds)} record(s) of {file}")
+        raise typer.Exit(1)
+    console.print(f"[green]ok[/green]: {len(ds)} record(s) of {file} are valid for task {task!r}")
+
+
+@make_app.command("synthetic")
+def make_synthetic_cmd(
+    task: str = typer.Option(..., "--task", help="counting | grounding | jigsaw | geolocation"),
+    out: Path = typer.Option(..., "--out", help="Output folder (images + train.jsonl + val.jsonl)."),
+    n: int = typer.Option(1000, "--n", help="Number of records."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Procedurally generated, seeded datasets the tiny default model can learn from (no downloads)."""
+    from mmreason.synthetic import make_synthetic
+
+    path = make_synthetic(task, out, n=n, seed=seed)
+    console.print(f"wrote {n} {task} records to {path}")
+
+
+@make_app.command("jigsaw")
+def make_jigsaw_cmd(
+    images: Path = typer.Option(..., "--images", help="Folder of images to cut into puzzles."),
+    out: Path = typer.Option(..., "--out"),
+    grid: str = typer.Option("2x2", "--grid", help="rows x cols, e.g. 2x2 or 3x3"),
+    per_image: int = typer.Option(1, "--per-image"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Build a jigsaw dataset (shuffled tiles + ground-truth order) from any folder of images."""
+    from mmreason.synthetic import make_jigsaw_dataset
+
+    try:
+        rows, cols = (int(x) for x in grid.lower().split("x"))
+    except ValueError:
+        _fail(f"--grid must look like 2x2 or 3x4, got {grid!r}")
+    path = make_jigsaw_dataset(images, out, grid=(rows, cols), per_image=per_image, seed=seed)
+    console.print(f"wrote jigsaw dataset to {path}")
+
+
+@app.command("tiny-model")
+def tiny_model(
+    out_dir: Path = typer.Argument(..., help="Folder to save the model, processor and tokenizer in."),
+    arch: str = typer.Option("qwen2_5_vl", help="qwen2_5_vl or qwen2_vl"),
+    hidden_size: int = typer.Option(64),
+    layers: int = typer.Option(2),
+    seed: int = typer.Option(0),
+) -> None:
+    """Build the tiny offline VLM (random init, locally trained tokenizer) and save it with save_pretrained."""
+    from mmreason.tiny import build_tiny
+
+    model, _ = build_tiny(out_dir, arch=arch, hidden_size=hidden_size, layers=layers, seed=seed)
+    n = sum(p.numel() for p in model.parameters())
+    console.print(f"saved a {n / 1e6:.2f}M-parameter {arch} model to {out_dir}")
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors caused by the user's input: shown as one clear line, without a traceback."""
+    from mmreason.config import ConfigError
+    from mmreason.data import DataError
+    from mmreason.processors import MediaError
+    from mmreason.registry import RegistryError
+
+    return ConfigError, DataError, MediaError, RegistryError, FileNotFoundError
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except _user_errors() as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Held-out evaluation: greedy generations on each task's validation samples, the task's metrics, and the
+generations written to the rollout store (stage `eval-<label>`) so reports can show them.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from mmreason.registry import get_task
+from mmreason.rollout import encode_prompts, generate
+from mmreason.run import Run, log_metrics
+from mmreason.sample import Sample
+from mmreason.scoring import score_completions
+
+log = logging.getLogger(__name__)
+
+
+def generate_greedy(policy: Any, samples: list[Sample], max_new_tokens: int, batch_size: int) -> list[str]:
+    texts: list[str] = []
+    for i in tqdm(range(0, len(samples), batch_size), desc="eval", leave=False):
+        chunk = samples[i : i + batch_size]
+        prompts = encode_prompts(policy.processor, chunk, policy.device)
+        texts += generate(policy.model, policy.processor, prompts, 1, max_new_tokens=max_new_tokens, greedy=True).texts
+    return texts
+
+
+def eval_rows(run_name: str, stage: str, samples: list[Sample], texts: list[str], named: dict, total: list) -> list[dict]:
+    rows = []
+    for i, (s, text) in enumerate(zip(samples, texts, strict=True)):
+        row = {
+            "run": run_name, "stage": stage, "step": 0, "sample_id": s.id, "group_id": i, "completion_index": 0,
+            "task": s.task, "media": list(s.media), "prompt": s.prompt_text, "completion": text,
+            "reward_total": float(total[i]), "advantage": 0.0, "prompt_len": 0, "completion_len": len(text),
+            "truncated": False,
+        }
+        row.update({f"reward_{n}": (float("nan") if v[i] is None else float(v[i])) for n, v in named.items()})
+        rows.append(row)
+    return rows
+
+
+@torch.no_grad()
+def evaluate_samples(policy: Any, task_name: str, samples: list[Sample], weights: dict[str, float],
+                     max_new_tokens: int, batch_size: int, errors: Any) -> tuple[dict[str, float], list[str], dict, list]:
+    """Task metrics (plus each reward's mean) of greedy generations on `samples`."""
+    task = get_task(task_name)
+    texts = generate_greedy(policy, samples, max_new_tokens, batch_size)
+    metrics = dict(task.metrics(texts, samples))
+    named, total = score_completions(weights, samples, texts, 1, errors)
+    for name, scores in named.items():
+        vals = [v for v in scores if v is not None]
+        metrics[f"reward/{name}"] = sum(vals) / len(vals) if vals else float("nan")
+    metrics["reward_total"] = sum(total) / max(len(total), 1)
+    return metrics, texts, named, total
+
+
+def evaluate(run: Run, label: str) -> dict[str, dict[str, float]]:
+    """Evaluate every task with a held-out split; log `eval/<task>/<metric>` and store the generations."""
+    from mmreason.run import reward_weights
+
+    results: dict[str, dict[str, float]] = {}
+    stage = f"eval-{label}"
+    rows: list[dict] = []
+    for task_name, samples in run.val.items():
+        if not samples:
+            continue
+        metrics, texts, named, total = evaluate_samples(
+            run.policy, task_name, samples, reward_weights(run, task_name), run.cfg.eval.max_new_tokens,
+            run.cfg.eval.batch_size, run.reward_errors,
+        )
+        results[task_name] = metrics
+        rows += eval_rows(run.cfg.name, stage, samples, texts, named, total)
+    if rows:
+        run.store.append(rows, stage, 0)
+    flat = {f"eval/{t}/{k}": v for t, m in results.items() for k, v in m.items()}
+    log_metrics(run, stage, 0, {"label": label, **flat})
+    return results
+
+
+def eval_checkpoint(target: Path, task_name: str, data: Path, limit: int, max_new_tokens: int, batch_size: int,
+                    think: bool = True) -> tuple[dict[str, float], Path]:
+    """`mmreason eval`: metrics of a run's latest checkpoint (or a checkpoint folder) on a data file.
+
+    Generations go to the run directory's rollout store under stage `eval-<checkpoint>-<data stem>`.
+    """
+    from mmreason.checkpoint import latest_checkpoint
+    from mmreason.config import ModelConfig
+    from mmreason.data import build_samples, read_dataset
+    from mmreason.policy import load_checkpoint_policy
+    from mmreason.sample import SampleContext
+    from mmreason.scoring import RewardErrors
+    from mmreason.store import RolloutStore
+
+    target = Path(target)
+    ckpt = latest_checkpoint(target) if (target / "checkpoints").is_dir() else target
+    if ckpt is None or not (ckpt / "config.json").is_file() and not (ckpt / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{target} is neither a run directory with a checkpoint nor a checkpoint folder")
+    run_dir = target if ckpt != target else ckpt.parent.parent
+    policy = load_checkpoint_policy(ckpt, ModelConfig())
+    task = get_task(task_name)
+    ctx = SampleContext(think=think, model_family=policy.family)
+    samples, problems = build_samples(read_dataset(data, strict=False), task, ctx, limit=limit or None)
+    for problem in problems:
+        log.warning("skipping record: %s", problem)
+    if not samples:
+        raise ValueError(f"no usable records in {data} for task {task_name!r}")
+    metrics, texts, named, total = evaluate_samples(
+        policy, task_name, samples, task.reward_weights(think), max_new_tokens, batch_size, RewardErrors()
+    )
+    stage = f"eval-{ckpt.name}-{Path(data).stem}"
+    RolloutStore(run_dir).append(eval_rows(run_dir.name, stage, samples, texts, named, total), stage, 0)
+    return metrics, run_dir

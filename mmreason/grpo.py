@@ -1,0 +1,191 @@
+"""GRPO: sample G completions per prompt, score them with the task's rule rewards, and take clipped policy-gradient
+steps on group-relative advantages (GRPO / Dr.GRPO / DAPO options; maths in `mmreason.rl`).
+
+One loop per step: rollout -> rewards -> advantages -> (optional) old/ref log-probs -> num_iterations updates ->
+metrics, rollout store rows, checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from mmreason.config import GRPOConfig
+from mmreason.policy import Reference
+from mmreason.rl import group_advantages, grpo_loss, zero_variance_groups
+from mmreason.rollout import Rollout, completion_logprobs, encode_prompts, generate, repeat_prompts
+from mmreason.run import Run, checkpoint, log_metrics, make_optimizer, make_scheduler, peak_memory_mb, take_samples, reward_weights
+from mmreason.sample import Sample
+from mmreason.scoring import score_completions
+
+log = logging.getLogger(__name__)
+
+MAX_CONSECUTIVE_BAD_UPDATES = 5
+
+
+def score_mixture(run: Run, samples: list[Sample], texts: list[str], g: int) -> tuple[dict[str, list], list[float]]:
+    """Rewards for a batch that may mix tasks: each task's rewards on its own rows, None elsewhere."""
+    by_task: dict[str, list[int]] = defaultdict(list)
+    for i, s in enumerate(samples):
+        by_task[s.task].append(i)
+    named: dict[str, list] = {}
+    total = [0.0] * len(texts)
+    for task, idx in by_task.items():
+        rows = [i * g + j for i in idx for j in range(g)]
+        task_named, task_total = score_completions(
+            reward_weights(run, task), [samples[i] for i in idx], [texts[r] for r in rows], g,
+            run.reward_errors, run.cfg.strict_rewards,
+        )
+        for name, scores in task_named.items():
+            col = named.setdefault(name, [None] * len(texts))
+            for r, s in zip(rows, scores, strict=True):
+                col[r] = s
+        for r, t in zip(rows, task_total, strict=True):
+            total[r] = t
+    return named, total
+
+
+def _stats(values: list[float | None]) -> tuple[float, float]:
+    x = torch.tensor([v for v in values if v is not None], dtype=torch.float64)
+    if x.numel() == 0:
+        return float("nan"), float("nan")
+    return float(x.mean()), float(x.std(unbiased=False))
+
+
+def store_rows(run: Run, samples: list[Sample], rollout: Rollout, named: dict, total: list, adv: torch.Tensor,
+               stage: str, step: int) -> list[dict[str, Any]]:
+    g = rollout.group_size
+    prompt_len = rollout.prompts.inputs["attention_mask"].sum(-1).tolist()
+    comp_len = rollout.completion_mask.sum(-1).tolist()
+    rows = []
+    for b, text in enumerate(rollout.texts):
+        s = samples[b // g]
+        row = {
+            "run": run.cfg.name, "stage": stage, "step": step, "sample_id": s.id, "group_id": b // g,
+            "completion_index": b % g, "task": s.task, "media": list(s.media), "prompt": s.prompt_text,
+            "completion": text, "reward_total": float(total[b]), "advantage": float(adv[b]),
+            "prompt_len": int(prompt_len[b // g]), "completion_len": int(comp_len[b]),
+            "truncated": bool(rollout.truncated[b]),
+        }
+        row.update({f"reward_{n}": (float("nan") if v[b] is None else float(v[b])) for n, v in named.items()})
+        rows.append(row)
+    return rows
+
+
+def loss_mask_for(rollout: Rollout, keep_rows: torch.Tensor, mask_truncated: bool) -> torch.Tensor:
+    """[B, T] mask of tokens that carry loss: completion tokens of kept groups (minus truncated rows if asked)."""
+    mask = rollout.completion_mask * keep_rows[:, None].long()
+    if mask_truncated:
+        mask = mask * (~rollout.truncated)[:, None].long()
+    return mask
+
+
+def run_grpo(run: Run, cfg: GRPOConfig, stage_index: int, start_step: int = 0, resume_state: Any = None) -> tuple[Any, Any]:
+    policy, g = run.policy, cfg.group_size
+    stage = f"grpo-{stage_index}"
+    optimizer = make_optimizer(policy.trainable_parameters(), cfg.lr, cfg.weight_decay)
+    scheduler = make_scheduler(optimizer, cfg.scheduler, cfg.warmup_ratio, cfg.steps)
+    if resume_state is not None:
+        resume_state(optimizer, scheduler)
+    reference = Reference(policy, cfg.beta)
+    bad_updates = 0
+    bar = tqdm(range(start_step, cfg.steps), desc=f"grpo [{stage_index}]", initial=start_step, total=cfg.steps)
+    for step in bar:
+        t0 = time.perf_counter()
+        samples = take_samples(run, cfg.prompts_per_step)
+        prompts = encode_prompts(policy.processor, samples, run.device)
+        rollout = generate(policy.model, policy.processor, prompts, g, max_new_tokens=cfg.max_new_tokens,
+                           temperature=cfg.temperature, top_p=cfg.top_p)
+        named, total = score_mixture(run, samples, rollout.texts, g)
+        rewards = torch.tensor(total, dtype=torch.float32, device=run.device)
+        adv = group_advantages(rewards, g, scale_std=cfg.scale_std)
+        keep_groups = ~zero_variance_groups(rewards, g) if cfg.dynamic_sampling else torch.ones_like(adv[::g]).bool()
+        mask = loss_mask_for(rollout, keep_groups.repeat_interleave(g), cfg.mask_truncated)
+        rows = repeat_prompts(prompts, g)
+        ids = rollout.completion_ids
+        old_logp = ref_logp = None
+        with torch.no_grad():
+            if cfg.num_iterations > 1:
+                old_logp, _ = completion_logprobs(policy.model, rows, ids, rollout.completion_mask, cfg.temperature)
+            if cfg.beta > 0:
+                with reference.model() as ref:
+                    ref_logp, _ = completion_logprobs(ref, rows, ids, rollout.completion_mask, cfg.temperature)
+        policy.model.train()
+        upd: dict[str, float] = {}
+        for it in range(cfg.num_iterations if mask.any() else 0):
+            logp, entropy = completion_logprobs(policy.model, rows, ids, rollout.completion_mask, cfg.temperature,
+                                                with_entropy=(it == 0))
+            loss, stats = grpo_loss(
+                logp, old_logp if old_logp is not None else logp.detach(), adv, mask, eps_low=cfg.eps_low,
+                eps_high=cfg.eps_high, beta=cfg.beta, ref_logp=ref_logp, loss_agg=cfg.loss_agg,
+                max_len=cfg.max_new_tokens,
+            )
+            if it == 0:
+                upd["entropy"] = float((entropy.detach() * mask).sum() / mask.sum().clamp(min=1))
+            ok = _update(policy, optimizer, loss, cfg.max_grad_norm, upd)
+            bad_updates = 0 if ok else bad_updates + 1
+            upd.update({"loss": float(loss.detach()), **{k: float(v) for k, v in stats.items()}})
+        if bad_updates >= MAX_CONSECUTIVE_BAD_UPDATES:
+            raise RuntimeError(f"grpo stopped: {bad_updates} consecutive non-finite losses/gradients at step {step + 1}")
+        scheduler.step()
+        dt = time.perf_counter() - t0
+        metrics = _step_metrics(run, named, total, adv, rollout, keep_groups, upd, dt)
+        metrics["lr"] = scheduler.get_last_lr()[0]
+        log_metrics(run, "grpo", step + 1, metrics)
+        run.store.append(store_rows(run, samples, rollout, named, total, adv, stage, step + 1), stage, step + 1)
+        bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", loss=f"{upd.get('loss', float('nan')):.3f}")
+        _periodic(run, cfg, stage_index, step + 1, optimizer, scheduler)
+    return optimizer, scheduler
+
+
+def _update(policy: Any, optimizer: Any, loss: torch.Tensor, max_grad_norm: float, out: dict) -> bool:
+    """backward + clip + step; a non-finite loss or gradient skips the update (returns False) with a warning."""
+    if not torch.isfinite(loss):
+        log.warning("non-finite GRPO loss (%s): update skipped", float(loss))
+        optimizer.zero_grad(set_to_none=True)
+        return False
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), max_grad_norm)
+    out["grad_norm"] = float(norm)
+    if not torch.isfinite(norm):
+        log.warning("non-finite gradient norm: update skipped")
+        optimizer.zero_grad(set_to_none=True)
+        return False
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return True
+
+
+def _step_metrics(run: Run, named: dict, total: list, adv: torch.Tensor, rollout: Rollout, keep: torch.Tensor,
+                  upd: dict, dt: float) -> dict[str, float]:
+    lengths = rollout.completion_mask.sum(-1).float()
+    metrics: dict[str, float] = {}
+    for name, scores in named.items():
+        metrics[f"reward/{name}_mean"], metrics[f"reward/{name}_std"] = _stats(scores)
+    metrics["reward_mean"], metrics["reward_std"] = _stats(total)
+    metrics.update({
+        "advantage_mean": float(adv.mean()), "advantage_std": float(adv.std(unbiased=False)),
+        "advantage_abs_max": float(adv.abs().max()),
+        "groups_kept": float(keep.float().mean()),
+        "completion_len_mean": float(lengths.mean()), "completion_len_max": float(lengths.max()),
+        "truncated_rate": float(rollout.truncated.float().mean()),
+        "tokens_per_s": float(lengths.sum()) / dt, "step_time": dt,
+        "peak_memory_mb": peak_memory_mb(run.device),
+        "skipped_samples": float(run.stream.skipped), "reward_errors": float(run.reward_errors.total),
+        **upd,
+    })
+    return metrics
+
+
+def _periodic(run: Run, cfg: GRPOConfig, stage_index: int, step: int, optimizer: Any, scheduler: Any) -> None:
+    from mmreason.eval import evaluate
+
+    if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+        evaluate(run, label=f"s{stage_index:02d}-grpo-step{step}")
+    if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
+        checkpoint(run, stage_index, "grpo", step, optimizer, scheduler, done=False)

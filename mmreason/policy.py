@@ -1,0 +1,187 @@
+"""The policy: loading a VLM and its processor (hub id, local path, or the embedded tiny model), LoRA, the
+frozen reference for KL, and the coordinate convention of the model family.
+
+The tiny default is built offline and saved to disk first, so it goes through the very same `from_pretrained`
+code as a real model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmreason.config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+FAMILIES = {"qwen2_5_vl": "qwen2_5_vl", "qwen2_vl": "qwen2_vl"}
+
+
+@dataclass
+class Policy:
+    """A model with its processor; `family` selects the box-coordinate convention of the prompts and rewards."""
+
+    model: Any
+    processor: Any
+    family: str
+    source: str
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def is_lora(self) -> bool:
+        return hasattr(self.model, "peft_config")
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def ensure_tiny(cfg: ModelConfig, cache_dir: Path, seed: int = 0) -> Path:
+    """Build the tiny model into `cache_dir` once (keyed by its shape and seed) and return its folder."""
+    from mmreason.tiny import build_tiny
+
+    t = cfg.tiny
+    folder = cache_dir / f"tiny-{t.arch}-h{t.hidden_size}-l{t.layers}-v{t.vision_depth}-s{seed}"
+    if not (folder / "config.json").is_file():
+        tmp = folder.with_name(folder.name + ".tmp")
+        build_tiny(tmp, arch=t.arch, hidden_size=t.hidden_size, layers=t.layers, vision_depth=t.vision_depth, seed=seed)
+        tmp.replace(folder)
+    return folder
+
+
+def model_family(config: Any, requested: str = "auto") -> str:
+    """The coordinate convention: qwen2_vl (0-1000) or qwen2_5_vl (absolute pixels, also used by other families)."""
+    if requested != "auto":
+        if requested not in FAMILIES:
+            raise ValueError(f"model.family must be auto, qwen2_5_vl or qwen2_vl, got {requested!r}")
+        return requested
+    return "qwen2_vl" if getattr(config, "model_type", "") == "qwen2_vl" else "qwen2_5_vl"
+
+
+def load_processor(source: str | Path, cfg: ModelConfig) -> Any:
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(str(source), min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+    # Without torchvision AutoProcessor can silently hand back a bare tokenizer; fail loudly instead.
+    if not hasattr(processor, "image_processor") or not hasattr(processor, "tokenizer"):
+        raise RuntimeError(
+            f"AutoProcessor.from_pretrained({str(source)!r}) returned {type(processor).__name__}, not a "
+            "vision-language processor; is torchvision installed?"
+        )
+    processor.tokenizer.padding_side = "left"
+    if processor.tokenizer.pad_token_id is None:
+        processor.tokenizer.pad_token = processor.tokenizer.eos_token
+    return processor
+
+
+def apply_lora(model: Any, cfg: ModelConfig) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=cfg.lora.target_modules,
+        # Keep the vision tower frozen and un-adapted: adapters go on the language model's linear layers.
+        exclude_modules=r".*visual.*",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def build_policy(cfg: ModelConfig, cache_dir: str | Path = "runs/.cache", device: str = "auto", seed: int = 0) -> Policy:
+    """Load model + processor from a hub id, a local folder, or the tiny default; optional LoRA / checkpointing."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    source = ensure_tiny(cfg, Path(cache_dir), seed) if cfg.name == "tiny" else cfg.name
+    hf_config = AutoConfig.from_pretrained(str(source))
+    model = AutoModelForImageTextToText.from_pretrained(
+        str(source), dtype=DTYPES[cfg.dtype], attn_implementation=cfg.attn_implementation
+    )
+    processor = load_processor(source, cfg)
+    model.to(resolve_device(device))
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if cfg.lora.enabled:
+        model = apply_lora(model, cfg)
+    return Policy(model=model, processor=processor, family=model_family(hf_config, cfg.family), source=str(source))
+
+
+def load_checkpoint_policy(path: str | Path, cfg: ModelConfig, device: str = "auto") -> Policy:
+    """A policy from a checkpoint folder (full model or LoRA adapter) written by `save_checkpoint`."""
+    path = Path(path)
+    if (path / "adapter_config.json").is_file():
+        from peft import AutoPeftModelForCausalLM  # noqa: F401  (imported for its error message if peft is missing)
+        from peft import PeftModel
+        from transformers import AutoModelForImageTextToText
+
+        import json
+
+        base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+        model = AutoModelForImageTextToText.from_pretrained(base, dtype=DTYPES[cfg.dtype])
+        model = PeftModel.from_pretrained(model, str(path))
+        processor = load_processor(path if (path / "preprocessor_config.json").is_file() else base, cfg)
+        model.to(resolve_device(device))
+        return Policy(model=model, processor=processor, family=model_family(model.config, cfg.family), source=str(path))
+    sub = ModelConfig(**{**cfg.__dict__, "name": str(path), "lora": cfg.lora.__class__()})
+    return build_policy(sub, device=device)
+
+
+class Reference:
+    """Log-probs of the frozen reference policy for the KL term; nothing is built when beta == 0.
+
+    With LoRA the reference is the same module with its adapters disabled (no copy of the weights).
+    """
+
+    def __init__(self, policy: Policy, beta: float) -> None:
+        self.policy = policy
+        self.copy = None
+        if beta > 0 and not policy.is_lora:
+            self.copy = copy.deepcopy(policy.model).eval()
+            for p in self.copy.parameters():
+                p.requires_grad_(False)
+
+    @contextlib.contextmanager
+    def model(self) -> Iterator[Any]:
+        if self.copy is not None:
+            yield self.copy
+            return
+        with self.policy.model.disable_adapter():
+            yield self.policy.model
+
+
+def restore_weights(policy: Policy, ckpt: str | Path) -> None:
+    """Load a checkpoint's weights into the live policy (full model, or the LoRA adapter onto the same base)."""
+    from safetensors.torch import load_file
+
+    ckpt = Path(ckpt)
+    if policy.is_lora:
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(policy.model, load_file(str(ckpt / "adapter_model.safetensors")))
+        return
+    from transformers import AutoModelForImageTextToText
+
+    loaded = AutoModelForImageTextToText.from_pretrained(str(ckpt), dtype=next(policy.model.parameters()).dtype)
+    policy.model.load_state_dict(loaded.state_dict())

@@ -1,0 +1,171 @@
+"""Rollouts: encode a batch of prompts, sample G completions per prompt, and score token log-probs.
+
+Shapes: P prompts, G completions each, B = P * G rows (row b belongs to prompt b // G), Lp prompt length
+(left-padded), T completion length (right-padded). Vision inputs are concatenated per image in row order,
+exactly as the HF processor lays them out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mmreason.processors import build_inputs, collate
+from mmreason.rl import token_entropy, token_logprobs
+from mmreason.sample import Sample
+
+VISION_KEYS = (("pixel_values", "image_grid_thw"), ("pixel_values_videos", "video_grid_thw"))
+
+
+@dataclass
+class PromptBatch:
+    """Left-padded prompt inputs of P samples plus how many images/videos each sample carries."""
+
+    inputs: dict[str, torch.Tensor]
+    n_images: list[int]
+    n_videos: list[int]
+
+    @property
+    def size(self) -> int:
+        return int(self.inputs["input_ids"].shape[0])
+
+
+@dataclass
+class Rollout:
+    """G sampled completions per prompt. completion_mask covers tokens up to and including the first EOS."""
+
+    prompts: PromptBatch
+    group_size: int
+    completion_ids: torch.Tensor  # [B, T]
+    completion_mask: torch.Tensor  # [B, T] (long 0/1)
+    truncated: torch.Tensor  # [B] bool: no EOS within max_new_tokens
+    texts: list[str]
+
+
+def sample_media(sample: Sample) -> tuple[list[Any], list[Any]]:
+    videos = [sample.video] if sample.video is not None else []
+    return sample.images, videos
+
+
+def encode_prompts(processor: Any, samples: list[Sample], device: torch.device) -> PromptBatch:
+    """Chat template + processor for each sample, collated with left padding for generation."""
+    rows = [build_inputs(processor, s.messages, images=s.images or None, video=s.video) for s in samples]
+    batch = collate(rows, pad_id=processor.tokenizer.pad_token_id, side="left")
+    batch = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    return PromptBatch(batch, [len(s.images) for s in samples], [int(s.video is not None) for s in samples])
+
+
+def _split_vision(values: torch.Tensor, grid: torch.Tensor, counts: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Cut concatenated patches [N, D] + grids [n, 3] into per-sample chunks, given items per sample."""
+    patches = grid.prod(-1).tolist()
+    out, p0, g0 = [], 0, 0
+    for c in counts:
+        n = int(sum(patches[g0 : g0 + c]))
+        out.append((values[p0 : p0 + n], grid[g0 : g0 + c]))
+        p0, g0 = p0 + n, g0 + c
+    return out
+
+
+def repeat_prompts(batch: PromptBatch, g: int) -> dict[str, torch.Tensor]:
+    """Each prompt's rows and vision patches repeated g times in place (prompt i -> rows i*g .. i*g+g-1)."""
+    out = {k: v.repeat_interleave(g, dim=0) for k, v in batch.inputs.items() if k in ("input_ids", "attention_mask")}
+    if "mm_token_type_ids" in batch.inputs:
+        out["mm_token_type_ids"] = batch.inputs["mm_token_type_ids"].repeat_interleave(g, dim=0)
+    for (vals_key, grid_key), counts in zip(VISION_KEYS, (batch.n_images, batch.n_videos), strict=True):
+        if vals_key not in batch.inputs:
+            continue
+        chunks = _split_vision(batch.inputs[vals_key], batch.inputs[grid_key], counts)
+        out[vals_key] = torch.cat([c[0] for c in chunks for _ in range(g)])
+        out[grid_key] = torch.cat([c[1] for c in chunks for _ in range(g)])
+    return out
+
+
+def completion_mask_from_ids(ids: torch.Tensor, eos_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, T] ids -> (mask up to and including the first EOS [B, T], truncated [B] = no EOS at all)."""
+    is_eos = torch.isin(ids, torch.tensor(eos_ids, device=ids.device))
+    seen_before = (is_eos.cumsum(-1) - is_eos.long()) > 0
+    mask = (~seen_before).long()
+    return mask, ~is_eos.any(-1)
+
+
+def eos_token_ids(processor: Any, model: Any) -> list[int]:
+    ids = model.generation_config.eos_token_id
+    ids = [ids] if isinstance(ids, int) else list(ids or [])
+    im_end = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end >= 0 and im_end not in ids:
+        ids.append(im_end)
+    return ids
+
+
+@torch.no_grad()
+def generate(
+    model: Any,
+    processor: Any,
+    batch: PromptBatch,
+    group_size: int,
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    greedy: bool = False,
+) -> Rollout:
+    """Sample `group_size` completions per prompt (pure temperature / top-p sampling: top_k is off so the
+    sampling distribution is the one the importance ratios assume)."""
+    eos = eos_token_ids(processor, model)
+    was_training = model.training
+    model.eval()
+    kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=processor.tokenizer.pad_token_id, eos_token_id=eos)
+    if greedy:
+        kwargs.update(do_sample=False, num_beams=1)
+    else:
+        kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+    out = model.generate(**batch.inputs, num_return_sequences=group_size, use_cache=True, **kwargs)
+    if was_training:
+        model.train()
+    completion = out[:, batch.inputs["input_ids"].shape[1] :]
+    mask, truncated = completion_mask_from_ids(completion, eos)
+    pad = processor.tokenizer.pad_token_id
+    completion = completion.masked_fill(mask == 0, pad)
+    texts = processor.tokenizer.batch_decode(
+        [row[m.bool()] for row, m in zip(completion, mask, strict=True)], skip_special_tokens=True
+    )
+    return Rollout(batch, group_size, completion, mask, truncated, texts)
+
+
+def score_inputs(prompt_rows: dict[str, torch.Tensor], completion_ids: torch.Tensor, completion_mask: torch.Tensor):
+    """Prompt rows (already repeated to B) + completions -> model inputs for the scoring forward.
+
+    mm_token_type_ids must cover the completion too (zeros): without it Qwen2.5-VL silently falls back to 1-D
+    positions and the scored log-probs no longer match generation's.
+    """
+    inputs = dict(prompt_rows)
+    inputs["input_ids"] = torch.cat([prompt_rows["input_ids"], completion_ids], dim=1)
+    inputs["attention_mask"] = torch.cat([prompt_rows["attention_mask"], completion_mask.to(prompt_rows["attention_mask"])], 1)
+    if "mm_token_type_ids" in prompt_rows:
+        zeros = torch.zeros_like(completion_ids, dtype=prompt_rows["mm_token_type_ids"].dtype)
+        inputs["mm_token_type_ids"] = torch.cat([prompt_rows["mm_token_type_ids"], zeros], dim=1)
+    return inputs
+
+
+def completion_logprobs(
+    model: Any,
+    prompt_rows: dict[str, torch.Tensor],
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs [B, T] of the completion tokens under `model` (and their entropies if asked).
+
+    Only the last T + 1 positions' logits are materialised (`logits_to_keep`): the prompt's logits are never needed.
+    Logits are divided by the sampling temperature so the ratios compare the distributions actually sampled from.
+    """
+    t = completion_ids.shape[1]
+    inputs = score_inputs(prompt_rows, completion_ids, completion_mask)
+    logits = model(**inputs, logits_to_keep=t + 1, use_cache=False).logits[:, :-1].float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    logp = token_logprobs(logits, completion_ids)
+    return logp, (token_entropy(logits) if with_entropy else None)

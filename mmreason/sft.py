@@ -1,0 +1,96 @@
+"""Cold-start SFT: train on the gold assistant turn of each sample, with prompt and media tokens masked out.
+
+One loop: batch -> inputs with an assistant mask -> token-mean cross-entropy over assistant tokens (normalised over
+the whole accumulation window) -> clip -> step, with periodic eval and checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from mmreason.config import SFTConfig
+from mmreason.processors import build_inputs, collate
+from mmreason.rl import token_logprobs
+from mmreason.run import Run, checkpoint, log_metrics, make_optimizer, make_scheduler, peak_memory_mb, take_samples
+from mmreason.sample import Sample
+
+log = logging.getLogger(__name__)
+
+
+def sft_batch(processor: Any, samples: list[Sample], device: torch.device) -> dict[str, torch.Tensor]:
+    """Prompt + gold assistant turn for each sample, right-padded, with `assistant_mask` [B, L]."""
+    rows = [
+        build_inputs(processor, s.messages, images=s.images or None, video=s.video, assistant_text=s.target)
+        for s in samples
+    ]
+    batch = collate(rows, pad_id=processor.tokenizer.pad_token_id, side="right")
+    return {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+
+
+def sft_token_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed NLL of the assistant tokens and their count: (loss_sum [], n_tokens [])."""
+    inputs = {k: v for k, v in batch.items() if k != "assistant_mask"}
+    logits = model(**inputs, use_cache=False).logits[:, :-1].float()
+    targets = batch["input_ids"][:, 1:]
+    mask = batch["assistant_mask"][:, 1:].float()
+    nll = -token_logprobs(logits, targets)
+    return (nll * mask).sum(), mask.sum()
+
+
+def _take_trainable(run: Run, n: int) -> list[Sample]:
+    """n samples that have a gold target (tasks without one cannot be cold-started)."""
+    samples = [s for s in take_samples(run, n) if s.target is not None]
+    return samples or take_samples(run, n)
+
+
+def run_sft(run: Run, cfg: SFTConfig, stage_index: int, start_step: int = 0, resume_state: Any = None) -> tuple[Any, Any]:
+    """Train `cfg.steps` optimizer steps (continuing from `start_step` on resume)."""
+    model = run.policy.model
+    optimizer = make_optimizer(run.policy.trainable_parameters(), cfg.lr, cfg.weight_decay)
+    scheduler = make_scheduler(optimizer, cfg.scheduler, cfg.warmup_ratio, cfg.steps)
+    if resume_state is not None:
+        resume_state(optimizer, scheduler)
+    model.train()
+    bar = tqdm(range(start_step, cfg.steps), desc=f"sft [{stage_index}]", initial=start_step, total=cfg.steps)
+    for step in bar:
+        t0 = time.perf_counter()
+        micro = [sft_batch(run.policy.processor, _take_trainable(run, cfg.batch_size), run.device)
+                 for _ in range(cfg.grad_accum)]
+        n_tokens = sum(b["assistant_mask"][:, 1:].sum() for b in micro).clamp(min=1)
+        total = 0.0
+        for batch in micro:
+            loss_sum, _ = sft_token_loss(model, batch)
+            (loss_sum / n_tokens).backward()
+            total += float(loss_sum.detach())
+        loss = total / float(n_tokens)
+        grad_norm = torch.nn.utils.clip_grad_norm_(run.policy.trainable_parameters(), cfg.max_grad_norm)
+        if torch.isfinite(grad_norm):
+            optimizer.step()
+        else:
+            log.warning("sft step %d: non-finite gradient norm, update skipped", step + 1)
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        dt = time.perf_counter() - t0
+        metrics = {
+            "loss": loss, "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0],
+            "tokens": int(n_tokens), "tokens_per_s": float(n_tokens) / dt, "step_time": dt,
+            "peak_memory_mb": peak_memory_mb(run.device), "skipped_samples": run.stream.skipped,
+        }
+        log_metrics(run, "sft", step + 1, metrics)
+        bar.set_postfix(loss=f"{loss:.3f}")
+        _periodic(run, cfg, stage_index, step + 1, optimizer, scheduler)
+    return optimizer, scheduler
+
+
+def _periodic(run: Run, cfg: SFTConfig, stage_index: int, step: int, optimizer: Any, scheduler: Any) -> None:
+    from mmreason.eval import evaluate
+
+    if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+        evaluate(run, label=f"s{stage_index:02d}-sft-step{step}")
+    if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
+        checkpoint(run, stage_index, "sft", step, optimizer, scheduler, done=False)

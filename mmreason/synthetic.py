@@ -1,0 +1,358 @@
+"""Synthetic datasets drawn with PIL (no downloads), and jigsaw datasets cut from any folder of images.
+
+`make_synthetic(task, out_dir, n, seed)` writes `images/` plus `train.jsonl` and `val.jsonl` in the record schemas
+of the built-in tasks (counting, grounding, jigsaw, geolocation). Record i depends only on (seed, i), so a bigger n
+extends a dataset instead of reshuffling it; the last `val_fraction` of the records form the validation split.
+Counting is the quickstart task: a few large, saturated shapes on white, never overlapping, so that a very small
+model can learn it from pixels in minutes.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from mmreason.data import write_jsonl
+from mmreason.processors import MediaError, load_image, make_jigsaw
+
+logger = logging.getLogger(__name__)
+
+# Saturated colours that stand out on white and from each other (names appear in grounding expressions).
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30),
+    "green": (20, 150, 40),
+    "blue": (30, 60, 220),
+    "yellow": (235, 190, 0),
+    "purple": (140, 30, 170),
+    "black": (20, 20, 20),
+}
+SHAPES = ("square", "circle")
+BACKGROUND = (255, 255, 255)
+COUNTING_QUESTION = "How many shapes are in the image?"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+@dataclass(frozen=True)
+class City:
+    """A geolocation class; names are those the offline reverse geocoder gives for (lat, lon)."""
+
+    city: str
+    region: str
+    country: str
+    lat: float
+    lon: float
+    sky: tuple[int, int, int]
+    ground: tuple[int, int, int]
+    pattern: str  # what is drawn on the ground: "towers", "stripes", "dots" or "waves"
+
+
+CITIES: tuple[City, ...] = (
+    City("Paris", "Île-de-France", "France", 48.85341, 2.3488, (150, 180, 230), (190, 170, 130), "towers"),
+    City("Tokyo", "Tokyo", "Japan", 35.6895, 139.69171, (235, 200, 215), (90, 90, 100), "towers"),
+    City("New York City", "New York", "United States", 40.71427, -74.00597, (120, 140, 170), (60, 60, 60), "stripes"),
+    City("Sydney", "New South Wales", "Australia", -33.86785, 151.20732, (60, 160, 240), (230, 210, 150), "waves"),
+    City("Cairo", "Cairo", "Egypt", 30.06263, 31.24967, (240, 220, 160), (210, 170, 90), "dots"),
+    City("Rio de Janeiro", "Rio de Janeiro", "Brazil", -22.90642, -43.18223, (40, 190, 220), (40, 140, 60), "waves"),
+    City("Moscow", "Moscow", "Russian Federation", 55.75222, 37.61556, (200, 205, 215), (240, 240, 245), "stripes"),
+    City("Nairobi", "Nairobi County", "Kenya", -1.28333, 36.81667, (250, 170, 80), (150, 90, 50), "dots"),
+)
+
+
+@dataclass
+class JigsawBuild:
+    """What make_jigsaw_dataset wrote: the folder, record counts, and the images it skipped (path: reason)."""
+
+    out_dir: Path
+    n_train: int
+    n_val: int
+    skipped: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------------- drawing
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], color) -> None:
+    """Fill `box` = (x1, y1, x2, y2) with the right/bottom edges exclusive, so the box is exactly the drawn extent."""
+    x1, y1, x2, y2 = box
+    if shape == "square":
+        draw.rectangle((x1, y1, x2 - 1, y2 - 1), fill=color)
+    else:
+        draw.ellipse((x1, y1, x2 - 1, y2 - 1), fill=color)
+
+
+def _cell_boxes(rng: np.random.Generator, size: tuple[int, int], cells: int, count: int) -> list[tuple]:
+    """`count` square boxes in distinct cells of a cells x cells grid: never overlapping, 50-80% of a cell wide."""
+    w, h = size
+    cw, ch = w // cells, h // cells
+    chosen = rng.choice(cells * cells, size=count, replace=False)
+    boxes = []
+    for c in sorted(chosen.tolist()):
+        side = int(rng.integers(max(3, int(0.5 * min(cw, ch))), max(4, int(0.8 * min(cw, ch)) + 1)))
+        x0, y0 = (c % cells) * cw, (c // cells) * ch
+        x = x0 + int(rng.integers(0, cw - side + 1))
+        y = y0 + int(rng.integers(0, ch - side + 1))
+        boxes.append((x, y, x + side, y + side))
+    return boxes
+
+
+def _free_box(rng: np.random.Generator, size: tuple[int, int], taken: list[tuple], lo: float, hi: float):
+    """A random square box of side lo..hi x min(size) not touching any box in `taken` (None after 100 tries)."""
+    w, h = size
+    for _ in range(100):
+        side = int(rng.integers(max(2, int(lo * min(w, h))), max(3, int(hi * min(w, h)) + 1)))
+        x, y = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+        box = (x, y, x + side, y + side)
+        if all(box[2] <= t[0] or t[2] <= box[0] or box[3] <= t[1] or t[3] <= box[1] for t in taken):
+            return box
+    return None
+
+
+def _gradient(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
+    """An HxWx3 float image blending four random corner colours (every region of it looks different)."""
+    w, h = size
+    corners = rng.integers(0, 256, size=(4, 3)).astype(float)
+    fx = np.linspace(0.0, 1.0, w)[None, :, None]
+    fy = np.linspace(0.0, 1.0, h)[:, None, None]
+    top = corners[0] * (1 - fx) + corners[1] * fx
+    bottom = corners[2] * (1 - fx) + corners[3] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+# ------------------------------------------------------------------------------------------------- makers
+# Each maker turns (rng, index, image_size, options) into ({media field: image}, record fields).
+
+
+def counting_item(rng: np.random.Generator, size: tuple[int, int], *, min_count: int = 1, max_count: int = 4,
+                  reasoning: bool = False) -> tuple[dict[str, Image.Image], dict[str, Any]]:
+    if not 1 <= min_count <= max_count:
+        raise ValueError(f"counting: need 1 <= min_count <= max_count, got {min_count}, {max_count}")
+    cells = math.ceil(math.sqrt(max_count))
+    count = int(rng.integers(min_count, max_count + 1))
+    img = Image.new("RGB", size, BACKGROUND)
+    draw = ImageDraw.Draw(img)
+    names = list(COLORS)
+    for box in _cell_boxes(rng, size, cells, count):
+        _draw_shape(draw, SHAPES[int(rng.integers(len(SHAPES)))], box, COLORS[names[int(rng.integers(len(names)))]])
+    record: dict[str, Any] = {"problem": COUNTING_QUESTION, "solution": count}
+    if reasoning:
+        record["reasoning"] = f"I count the shapes one by one: there are {count}."
+    return {"image": img}, record
+
+
+def grounding_item(rng: np.random.Generator, size: tuple[int, int], *, absent_rate: float = 0.0,
+                   distractors: int = 0) -> tuple[dict[str, Image.Image], dict[str, Any]]:
+    """One target (colour, shape), optionally with distractors of other kinds; absent -> the target is not drawn."""
+    if not 0.0 <= absent_rate <= 1.0:
+        raise ValueError(f"grounding: absent_rate must be in [0, 1], got {absent_rate}")
+    kinds = [(c, s) for c in COLORS for s in SHAPES]
+    picks = rng.permutation(len(kinds))[: 2 + distractors].tolist()
+    target, others = kinds[picks[0]], [kinds[i] for i in picks[1:]]
+    absent = bool(rng.random() < absent_rate)
+    drawn = others[: distractors + 1] if absent else [target, *others[:distractors]]
+    img = Image.new("RGB", size, BACKGROUND)
+    draw = ImageDraw.Draw(img)
+    taken: list[tuple] = []
+    solution: list[list[int]] = []
+    for kind in drawn:
+        box = _free_box(rng, size, taken, 0.2, 0.5 if not distractors else 0.35)
+        if box is None:  # no room left: fewer distractors rather than overlapping objects
+            continue
+        taken.append(box)
+        _draw_shape(draw, kind[1], box, COLORS[kind[0]])
+        if kind == target:
+            solution.append(list(box))
+    return {"image": img}, {"problem": f"the {target[0]} {target[1]}", "solution": solution}
+
+
+def jigsaw_item(rng: np.random.Generator, size: tuple[int, int], *, grid: tuple[int, int] = (2, 2)
+                ) -> tuple[dict[str, Image.Image], dict[str, Any]]:
+    """A gradient with a few shapes on it (so every tile is distinct), cut into grid tiles and shuffled."""
+    rows, cols = _grid(grid)
+    size = (size[0] - size[0] % cols, size[1] - size[1] % rows)  # what make_jigsaw would crop to
+    img = Image.fromarray(_gradient(rng, size).round().astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    taken: list[tuple] = []
+    names = list(COLORS)
+    for _ in range(3):
+        box = _free_box(rng, size, taken, 0.15, 0.35)
+        if box is not None:
+            taken.append(box)
+            _draw_shape(draw, SHAPES[int(rng.integers(2))], box, COLORS[names[int(rng.integers(len(names)))]])
+    shuffled, order = make_jigsaw(img, rows, cols, int(rng.integers(2**31)))
+    return {"image": shuffled, "original": img}, {"grid": [rows, cols], "solution": [o + 1 for o in order]}
+
+
+def geolocation_item(rng: np.random.Generator, size: tuple[int, int], *, noise: float = 8.0
+                     ) -> tuple[dict[str, Image.Image], dict[str, Any]]:
+    """A "photo" whose sky/ground colours and ground pattern encode one of CITIES, with jitter and noise."""
+    city = CITIES[int(rng.integers(len(CITIES)))]
+    w, h = size
+    horizon = int(h * rng.uniform(0.35, 0.55))
+    arr = np.empty((h, w, 3), dtype=float)
+    arr[:horizon] = np.array(city.sky) + rng.normal(0, 6, 3)
+    arr[horizon:] = np.array(city.ground) + rng.normal(0, 6, 3)
+    img = Image.fromarray(np.clip(arr, 0, 255).round().astype(np.uint8))
+    _draw_pattern(ImageDraw.Draw(img), rng, city.pattern, size, horizon, city.sky)
+    pixels = np.asarray(img, dtype=float) + rng.normal(0, noise, (h, w, 3))
+    img = Image.fromarray(np.clip(pixels, 0, 255).round().astype(np.uint8))
+    solution = {"lat": city.lat, "lon": city.lon, "country": city.country, "region": city.region, "city": city.city}
+    return {"image": img}, {"solution": solution}
+
+
+def _draw_pattern(draw: ImageDraw.ImageDraw, rng: np.random.Generator, pattern: str, size, horizon: int, sky) -> None:
+    w, h = size
+    ink = tuple(255 - c for c in sky)  # the sky's complement: visible on either band
+    if pattern == "towers":
+        for x in range(0, w, max(4, w // 6)):
+            top = int(horizon * rng.uniform(0.2, 0.8))
+            draw.rectangle((x + 1, top, x + max(2, w // 12), horizon), fill=ink)
+    elif pattern == "stripes":
+        for y in range(horizon + 2, h, 5):
+            draw.line((0, y, w, y), fill=ink, width=2)
+    elif pattern == "dots":
+        for _ in range(6):
+            x, y = int(rng.integers(0, w)), int(rng.integers(horizon, h))
+            draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=ink)
+    else:  # waves
+        ys = horizon + 3 + (np.sin(np.linspace(0, 4 * math.pi, w) + rng.uniform(0, math.pi)) * 2).round()
+        draw.line(list(zip(range(w), ys.tolist(), strict=True)), fill=ink, width=2)
+
+
+MAKERS: dict[str, Callable[..., tuple[dict[str, Image.Image], dict[str, Any]]]] = {
+    "counting": counting_item,
+    "grounding": grounding_item,
+    "jigsaw": jigsaw_item,
+    "geolocation": geolocation_item,
+}
+
+
+# ------------------------------------------------------------------------------------------------- writers
+
+
+def make_synthetic(task: str, out_dir: str | Path, n: int, seed: int = 0, image_size: tuple[int, int] = (56, 56),
+                   *, val_fraction: float = 0.1, **options: Any) -> Path:
+    """Draw n records of `task` into out_dir (images/, train.jsonl, val.jsonl) and return out_dir.
+
+    options go to the task's maker: counting(min_count=1, max_count=4, reasoning=False), grounding(absent_rate=0.0,
+    distractors=0), jigsaw(grid=(2, 2)), geolocation(noise=8.0).
+    """
+    if task not in MAKERS:
+        raise ValueError(f"no synthetic maker for task {task!r}; known: {', '.join(MAKERS)}")
+    maker = MAKERS[task]
+    known = [p for p in inspect.signature(maker).parameters if p not in ("rng", "size")]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(unknown)} for synthetic {task!r}; known: {', '.join(known)}")
+    if n < 1 or not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"need n >= 1 and 0 <= val_fraction < 1, got n={n}, val_fraction={val_fraction}")
+    width, height = (int(v) for v in image_size)
+    if width < 8 or height < 8:
+        raise ValueError(f"image_size must be at least 8x8, got {image_size}")
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    records = []
+    for i in range(n):
+        media, record = maker(np.random.default_rng([seed, i]), (width, height), **options)
+        rid = f"{task}-{i:05d}"
+        for key, img in media.items():
+            rel = f"images/{rid}.png" if key == "image" else f"images/{rid}-{key}.png"
+            img.save(out / rel)
+            record[key] = rel
+        records.append({"id": rid, **record})
+    n_val = _val_count(n, val_fraction)
+    write_jsonl(records[: n - n_val], out / "train.jsonl")
+    write_jsonl(records[n - n_val:], out / "val.jsonl")
+    return out
+
+
+def make_jigsaw_dataset(images_dir: str | Path, out_dir: str | Path, grid: tuple[int, int] = (2, 2),
+                        per_image: int = 1, seed: int = 0, *, val_fraction: float = 0.1,
+                        max_side: int | None = 448) -> JigsawBuild:
+    """Cut every image under images_dir into jigsaw puzzles: out_dir/images/, train.jsonl, val.jsonl.
+
+    Images are EXIF-rotated, RGB, shrunk to max_side (None keeps them as they are) and saved as PNG with their
+    unshuffled original. Unreadable images, and images whose tiles are identical (the puzzle would have many
+    right answers), are skipped with a warning and listed in the result. The split is by source image, so no
+    image has puzzles in both splits.
+    """
+    rows, cols = _grid(grid)
+    if per_image < 1:
+        raise ValueError(f"per_image must be >= 1, got {per_image}")
+    src_dir, out = Path(images_dir), Path(out_dir)
+    if not src_dir.is_dir():
+        raise FileNotFoundError(f"images folder {str(src_dir)!r} does not exist")
+    paths = sorted(p for p in src_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    build = JigsawBuild(out, 0, 0)
+    per_source: list[list[dict[str, Any]]] = []
+    for j, path in enumerate(paths):
+        try:
+            img = _prepared(load_image(path), rows, cols, max_side)
+        except (MediaError, ValueError, OSError) as exc:
+            build.skipped.append(f"{path}: {exc}")
+            logger.warning("jigsaw: skipping %s: %s", path, exc)
+            continue
+        per_source.append(_puzzles(img, path.relative_to(src_dir).as_posix(), out, j, rows, cols, per_image, seed))
+    order = np.random.default_rng(seed).permutation(len(per_source)).tolist()
+    n_val = _val_count(len(per_source), val_fraction)
+    train = [r for k in order[: len(order) - n_val] for r in per_source[k]]
+    val = [r for k in order[len(order) - n_val:] for r in per_source[k]]
+    write_jsonl(train, out / "train.jsonl")
+    write_jsonl(val, out / "val.jsonl")
+    build.n_train, build.n_val = len(train), len(val)
+    if build.skipped:
+        logger.warning("jigsaw: skipped %d of %d image(s)", len(build.skipped), len(paths))
+    return build
+
+
+def _prepared(img: Image.Image, rows: int, cols: int, max_side: int | None) -> Image.Image:
+    """Shrink to max_side, crop to whole tiles, and refuse images too small or with identical tiles."""
+    if max_side and max(img.size) > max_side:
+        img = img.copy()
+        img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
+    w, h = img.size
+    if w < cols or h < rows:
+        raise ValueError(f"image of {w}x{h} is too small for a {rows}x{cols} grid")
+    img = img.crop((0, 0, w - w % cols, h - h % rows))
+    tw, th = img.width // cols, img.height // rows
+    arr = np.asarray(img)
+    tiles = {arr[r * th:(r + 1) * th, c * tw:(c + 1) * tw].tobytes() for r in range(rows) for c in range(cols)}
+    if len(tiles) < rows * cols:
+        raise ValueError("some tiles are identical, so the puzzle would have several right answers")
+    return img
+
+
+def _puzzles(img: Image.Image, source: str, out: Path, j: int, rows: int, cols: int, per_image: int,
+             seed: int) -> list[dict[str, Any]]:
+    original = f"images/{j:05d}-original.png"
+    img.save(out / original)
+    records = []
+    for k in range(per_image):
+        shuffled, order = make_jigsaw(img, rows, cols, int(np.random.default_rng([seed, j, k]).integers(2**31)))
+        rel = f"images/{j:05d}-{k}.png"
+        shuffled.save(out / rel)
+        records.append({"id": f"jigsaw-{j:05d}-{k}", "image": rel, "grid": [rows, cols],
+                        "solution": [o + 1 for o in order], "original": original, "source_image": source})
+    return records
+
+
+def _grid(grid: Any) -> tuple[int, int]:
+    if (not isinstance(grid, list | tuple) or len(grid) != 2
+            or not all(isinstance(v, int) and v >= 1 for v in grid) or grid[0] * grid[1] < 2):
+        raise ValueError(f"grid must be [rows, cols] of positive ints with at least 2 tiles, got {grid!r}")
+    return int(grid[0]), int(grid[1])
+
+
+def _val_count(n: int, val_fraction: float) -> int:
+    """Records held out for validation: at least one when asked for and n >= 2, never all."""
+    if val_fraction <= 0 or n < 2:
+        return 0
+    return min(n - 1, max(1, round(n * val_fraction)))

@@ -1,0 +1,68 @@
+"""The `counting` task: an image and a question ("How many ...?") -> a whole number.
+
+Record: {"image": str | [str], "problem": str, "solution": int >= 0 (an integral float or a digit string such as
+"3" is accepted), "id"?, "reasoning"?}.
+Rewards (weights): format 0.5, count_match 1.0 (exact integer match).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PIL import Image
+
+from mmreason.registry import register_task
+from mmreason.sample import Sample, SampleContext
+from mmreason.tasks.base import Task, answer_instruction, wrap_target
+from mmreason.tasks.common import (
+    answer_card,
+    field_error,
+    load_images,
+    mean,
+    reasoning_of,
+    record_id,
+    require,
+    require_text,
+    score,
+    user_messages,
+)
+
+
+def parse_count(value: Any, rid: str) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value < 0:
+        raise field_error(rid, "solution", "a whole number >= 0", value)
+    if isinstance(value, float) and not value.is_integer():
+        raise field_error(rid, "solution", "a whole number >= 0", value)
+    return int(value)
+
+
+@register_task("counting")
+class CountingTask(Task):
+    answer_format = "a single whole number"
+    rewards = {"format": 0.5, "count_match": 1.0}
+    metric_names = ("accuracy",)
+    required_fields = ("image", "problem", "solution")
+
+    def to_sample(self, record: dict[str, Any], ctx: SampleContext) -> Sample:
+        rid = record_id(record, self.name)
+        problem = require_text(record, rid, "problem")
+        count = parse_count(require(record, rid, "solution"), rid)
+        images, refs, _ = load_images(record, rid, ctx)
+        prompt = f"{problem} Answer with a single whole number." + answer_instruction(ctx.think)
+        return Sample(
+            id=rid,
+            task=self.name,
+            messages=user_messages(prompt, n_images=len(images)),
+            images=[im.image for im in images],
+            target=wrap_target(str(count), ctx.think, reasoning_of(record, rid)),
+            columns={"solution": count},
+            media=refs,
+        )
+
+    def metrics(self, completions: list[str], samples: list[Sample]) -> dict[str, float]:
+        return {"accuracy": mean(score("count_match", completions, samples))}
+
+    def visualize(self, sample: Sample, completion: str) -> Image.Image:
+        return answer_card(sample, completion, "count_match", str(sample.columns["solution"]))

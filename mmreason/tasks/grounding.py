@@ -1,0 +1,150 @@
+"""The `grounding` task: a referring expression -> bounding box(es) of the object, or `[]` when it is absent.
+
+Coordinates follow the model family (SampleContext.model_family): Qwen2.5-VL answers in absolute pixels of the
+resized image it sees, Qwen2-VL in 0-1000 normalised coordinates. Records keep ground truth in ORIGINAL image pixels;
+it is converted to the model's convention for the prompt's gold answer (gt_to_model_coords), never the other way.
+
+Record: {"image": str, "problem": str, "solution": [[x1, y1, x2, y2], ...] | [x1, y1, x2, y2] | [], "id"?,
+"reasoning"?}. Boxes partly outside the image are clipped; a box with no area inside it is an error.
+Rewards (weights): format 0.5, iou 1.0, box_f1 0.5 -- IoU is the main signal as in VLM-R1/Visual-RFT, F1 at IoU 0.5
+adds credit for finding every instance, and the format reward is half the accuracy weight.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PIL import Image
+
+from mmreason.registry import register_task
+from mmreason.rewards import extract_answer
+from mmreason.rewards.grounding import (
+    format_boxes,
+    gt_to_model_coords,
+    model_frame,
+    model_to_gt_coords,
+    predicted_boxes,
+)
+from mmreason.sample import Sample, SampleContext
+from mmreason.tasks import viz
+from mmreason.tasks.base import Task, answer_instruction, wrap_target
+from mmreason.tasks.common import (
+    as_number,
+    check_family,
+    field_error,
+    fmt_num,
+    mean,
+    rate,
+    reasoning_of,
+    record_id,
+    require,
+    require_text,
+    score,
+    score_one,
+    short_repr,
+    single_image,
+    user_messages,
+)
+
+BOX_SHAPE = "a list of [x1, y1, x2, y2] boxes in original image pixels ([] when the object is absent)"
+
+
+def parse_solution_boxes(value: Any, rid: str, image_size: tuple[int, int]) -> list[list[float]]:
+    """Validate GT boxes (original pixels) and clip them to the image."""
+    if not isinstance(value, (list, tuple)):
+        raise field_error(rid, "solution", BOX_SHAPE, value)
+    if len(value) == 4 and all(as_number(v) is not None for v in value):
+        value = [value]  # one flat box is unambiguous
+    w, h = image_size
+    boxes = []
+    for box in value:
+        nums = [as_number(v) for v in box] if isinstance(box, (list, tuple)) else []
+        if len(nums) != 4 or any(v is None for v in nums):
+            raise field_error(rid, "solution", BOX_SHAPE, value)
+        x1, y1, x2, y2 = nums
+        if x2 < x1 or y2 < y1:
+            raise field_error(rid, "solution", "boxes with x1 <= x2 and y1 <= y2", box)
+        clipped = [min(max(x1, 0.0), w), min(max(y1, 0.0), h), min(max(x2, 0.0), w), min(max(y2, 0.0), h)]
+        if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+            raise field_error(rid, "solution", f"boxes with some area inside the {w}x{h} image", box)
+        boxes.append(clipped)
+    return boxes
+
+
+def answer_phrase(family: str, model_size: tuple[int, int]) -> str:
+    """How to write boxes, in the family's own output style (the one its pretraining used)."""
+    if family == "qwen2_vl":
+        return ("Write each matching box as (x1,y1),(x2,y2) with coordinates normalised to 0-1000 (0,0 = top-left "
+                "corner, 1000,1000 = bottom-right corner), boxes separated by \", \".")
+    w, h = model_size
+    return ('Output every matching box as JSON [{"bbox_2d": [x1, y1, x2, y2]}, ...] in absolute pixel coordinates '
+            f"of the {w}x{h} image (x to the right, y down, from the top-left corner).")
+
+
+def gold_answer(boxes: list[list[float]], image_size, model_size, family: str) -> str:
+    """GT converted to the model's coordinates and written as the family writes boxes ("[]" when absent)."""
+    return format_boxes([gt_to_model_coords(b, image_size, model_size, family) for b in boxes], family)
+
+
+@register_task("grounding")
+class GroundingTask(Task):
+    answer_format = ('boxes in the model family\'s style: [{"bbox_2d": [x1, y1, x2, y2]}] (Qwen2.5-VL, pixels) or '
+                     "(x1,y1),(x2,y2) (Qwen2-VL, 0-1000); [] if absent")
+    rewards = {"format": 0.5, "iou": 1.0, "box_f1": 0.5}
+    metric_names = ("acc@0.5", "mean_iou", "mean_f1")
+    required_fields = ("image", "problem", "solution")
+
+    def to_sample(self, record: dict[str, Any], ctx: SampleContext) -> Sample:
+        rid = record_id(record, self.name)
+        family = check_family(ctx)
+        problem = require_text(record, rid, "problem")
+        solution = require(record, rid, "solution")
+        img, ref = single_image(record, rid, ctx, self.name)
+        image_size, model_size = tuple(img.original_size), tuple(img.model_size)
+        boxes = parse_solution_boxes(solution, rid, image_size)
+        prompt = (
+            f"Please provide the bounding box coordinates of the region this sentence describes: {problem}. "
+            f"{answer_phrase(family, model_size)} If there is no such object in the image, answer []."
+            + answer_instruction(ctx.think)
+        )
+        answer = gold_answer(boxes, image_size, model_size, family)
+        return Sample(
+            id=rid,
+            task=self.name,
+            messages=user_messages(prompt, n_images=1),
+            images=[img.image],
+            target=wrap_target(answer, ctx.think, reasoning_of(record, rid)),
+            columns={"solution": boxes, "image_size": list(image_size), "model_size": list(model_size),
+                     "coord_family": family},
+            media=[ref],
+        )
+
+    def metrics(self, completions: list[str], samples: list[Sample]) -> dict[str, float]:
+        ious = score("iou", completions, samples)
+        return {"acc@0.5": rate(ious, 0.5), "mean_iou": mean(ious), "mean_f1": mean(score("box_f1", completions,
+                                                                                             samples))}
+
+    def visualize(self, sample: Sample, completion: str) -> Image.Image:
+        cols = sample.columns
+        family, model_size, image_size = cols["coord_family"], cols["model_size"], cols["image_size"]
+        view, _ = viz.enlarge(sample.images[0], min_side=320)
+        # everything is drawn in original pixels, scaled per axis onto the (enlarged) model image
+        scale = (view.width / image_size[0], view.height / image_size[1])
+        preds = predicted_boxes(completion, model_frame(model_size, family))
+        shown = [model_to_gt_coords(b, image_size, model_size, family) for b in preds or []]
+        view = viz.draw_boxes(view, cols["solution"], viz.TRUE_COLOR, scale=scale, width=4)
+        view = viz.draw_boxes(view, shown, viz.PRED_COLOR, scale=scale, width=2)
+        iou, f1 = score_one("iou", completion, sample), score_one("box_f1", completion, sample)
+        answer = extract_answer(completion)
+        if answer is None:
+            verdict = "no <answer>...</answer> found: malformed completion"
+        elif preds is None:
+            verdict = f"no boxes in the answer: {short_repr(answer, 80)}"
+        else:
+            verdict = f"predicted (red, {family}): {short_repr(answer, 90) if preds else 'no object'}"
+        return viz.caption_bar(view, [
+            f"IoU {fmt_num(iou)} | F1@0.5 {fmt_num(f1)} | {len(cols['solution'])} true box(es), "
+            f"{len(shown)} predicted",
+            (f"truth (green): {gold_answer(cols['solution'], image_size, model_size, family)}", viz.TRUE_COLOR),
+            (verdict, viz.PRED_COLOR),
+        ])

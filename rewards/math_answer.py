@@ -1,0 +1,180 @@
+"""Math reward `math_verify`: is the answer mathematically equal to the solution, judged by the math-verify library.
+
+Column `solution`: the gold answer (str; ints/floats are turned into str), e.g. "\\frac{1}{2}", "0.5", "x^2+1".
+The answer-tag content and the solution are each parsed with `math_verify.parse` (as given when they contain LaTeX
+delimiters `$`, `\\boxed`, `\\(` or `\\[`; otherwise wrapped as `$...$`, falling back to the bare text) and
+compared with `math_verify.verify(gold, pred)`: numbers, fractions, LaTeX, sets, intervals and symbolic equality. 1.0 or 0.0; no answer tag, an answer over 1000 characters, a parse
+failure or a timeout -> 0.0. (This module is not named `math.py`, so it can never shadow the standard library.)
+
+Timeouts without signals off the main thread: math-verify bounds its work with SIGALRM, which only the main thread
+may use. So `math_equal` runs in-process with math-verify's own timeouts only when called on the main thread with
+no interval timer already armed (someone else's alarm, e.g. pytest-timeout's, is left alone). Otherwise (reward
+workers, async trainers) the comparison is sent to one long-lived helper process (`python -c ... serve()`, started
+on first use, reused, shared under a lock) where math-verify runs on that process's main thread; if it does not
+answer within the deadline it is killed, the comparison scores 0.0 and the next call starts a fresh helper.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
+
+from mmreason.registry import register_reward
+
+from .parse import ColumnError, extract_answer, score_each
+
+DEFAULT_TIMEOUT_S = 2  # per math-verify step (each parse, each comparison); SIGALRM takes whole seconds
+MAX_ANSWER_CHARS = 1000
+_STARTUP_GRACE_S = 60.0  # a fresh helper imports sympy and the package before answering
+
+log = logging.getLogger(__name__)
+
+
+_DELIMITERS = ("$", "\\boxed", "\\(", "\\[")
+
+
+@lru_cache(maxsize=4096)
+def _parse(text: str, timeout_s: int) -> tuple[Any, ...]:
+    """math_verify.parse of an answer: as given when it has LaTeX delimiters, else as `$text$` first.
+
+    math-verify's plain-expression reader takes the first number it can ("(1, 2)" -> 2, "3\\sqrt{2}" -> 3,
+    "1+x^2" -> 1), while inside `$...$` the whole answer is read as LaTeX (an interval, 3*sqrt(2), x**2 + 1).
+    """
+    import math_verify  # deferred: sympy takes a second to import and only this reward needs it
+
+    candidates = (text,) if any(d in text for d in _DELIMITERS) else (f"${text}$", text)
+    for candidate in candidates:
+        parsed = math_verify.parse(candidate, parsing_timeout=timeout_s)
+        if parsed:
+            return tuple(parsed)
+    return ()
+
+
+def _verify_here(answer: str, solution: str, timeout_s: int) -> bool:
+    """Parse and compare in this process with math-verify's SIGALRM timeouts (main thread only)."""
+    import math_verify
+
+    gold, pred = _parse(solution, timeout_s), _parse(answer, timeout_s)
+    if not gold or not pred:
+        return False
+    return bool(math_verify.verify(list(gold), list(pred), timeout_seconds=timeout_s))
+
+
+def _signals_usable() -> bool:
+    if os.name != "posix" or threading.current_thread() is not threading.main_thread():
+        return False
+    return signal.getitimer(signal.ITIMER_REAL)[0] == 0.0
+
+
+class _Helper:
+    """One child process serving JSON-line comparison requests; restarted after a crash or a missed deadline."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[str] | None = None
+        self._fresh = False
+
+    def _start(self) -> subprocess.Popen[str]:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", "from mmreason.rewards.math_answer import serve; serve()"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+            start_new_session=True,  # a Ctrl-C meant for the trainer does not kill it mid-request
+        )
+        self._fresh = True
+        return self._proc
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    def verify(self, answer: str, solution: str, timeout_s: int, deadline_s: float | None = None) -> bool:
+        request = json.dumps({"answer": answer, "solution": solution, "timeout": timeout_s}) + "\n"
+        with self._lock:
+            for _ in range(2):  # a helper found dead is restarted once
+                proc = self._proc if self._proc is not None and self._proc.poll() is None else self._start()
+                try:
+                    proc.stdin.write(request)  # type: ignore[union-attr]
+                    proc.stdin.flush()  # type: ignore[union-attr]
+                except OSError:
+                    self.stop()
+                    continue
+                wait = deadline_s if deadline_s is not None else 5.0 * timeout_s + 1.0
+                wait += _STARTUP_GRACE_S if self._fresh else 0.0
+                if not select.select([proc.stdout], [], [], wait)[0]:
+                    log.warning("math_verify helper missed its %.0f s deadline; restarting it", wait)
+                    self.stop()
+                    return False
+                line = proc.stdout.readline()  # type: ignore[union-attr]
+                self._fresh = False
+                if line:
+                    return bool(json.loads(line).get("equal", False))
+                self.stop()
+            log.warning("math_verify helper process could not be started; scoring 0")
+            return False
+
+
+_HELPER = _Helper()
+atexit.register(_HELPER.stop)
+
+
+def serve() -> None:
+    """Helper-process loop: one JSON request per stdin line, one {"equal": bool} per stdout line, until EOF."""
+    for line in sys.stdin:
+        try:
+            req = json.loads(line)
+            equal = _verify_here(str(req["answer"]), str(req["solution"]), int(req["timeout"]))
+        except BaseException:  # noqa: B036 - math-verify's TimeoutException is a BaseException; never die here
+            equal = False
+        sys.stdout.write(json.dumps({"equal": equal}) + "\n")
+        sys.stdout.flush()
+
+
+def math_equal(answer: str, solution: str, timeout_s: int = DEFAULT_TIMEOUT_S) -> bool:
+    """Is `answer` mathematically equal to `solution`? Thread-safe; never raises on any answer string."""
+    if not answer.strip() or len(answer) > MAX_ANSWER_CHARS:
+        return False
+    if _signals_usable():
+        try:
+            return _verify_here(answer, solution, timeout_s)
+        except ValueError:  # math-verify's "signal only works in main thread" (e.g. a sub-interpreter)
+            pass
+    return _HELPER.verify(answer, solution, timeout_s)
+
+
+def check_solution(value: Any, name: str = "solution") -> str:
+    """The gold answer as a non-empty string (numbers are formatted with str), else ColumnError."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if isinstance(value, str) and value.strip():
+        return value
+    raise ColumnError(f"{name}: expected the gold answer as a non-empty string, got {value!r}")
+
+
+def math_score(completion: str, solution: Any) -> float:
+    """1.0 when the completion's answer tag is mathematically equal to the solution, else 0.0."""
+    gold = check_solution(solution)
+    answer = extract_answer(completion)
+    return 1.0 if answer is not None and math_equal(answer, gold) else 0.0
+
+
+@register_reward("math_verify")
+def math_verify_reward(completions: Sequence[Any], **columns: Any) -> list[float | None]:
+    """`math_score` per completion. Column: solution (gold answer string)."""
+    return score_each("math_verify", completions, columns, math_score)

@@ -1,0 +1,172 @@
+"""End-to-end tests of the CLI commands on the tiny model: train (SFT + GRPO), resume, eval, tasks, data, tiny-model."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from mmreason import store
+from mmreason.cli import app
+from mmreason.config import ConfigError, load_config, shipped_config_names
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def counting_data(tmp_path_factory) -> Path:
+    from mmreason.data import make_synthetic
+
+    out = tmp_path_factory.mktemp("counting")
+    make_synthetic("counting", out, n=48, seed=0)
+    return out
+
+
+def _config(tmp_path: Path, data: Path, **extra: str) -> list[str]:
+    cfg = {
+        "name": "t", "output_dir": str(tmp_path / "runs"), "think": False,
+        "model": {"name": "tiny", "min_pixels": 3136, "max_pixels": 3136},
+        "data": [{"task": "counting", "train": str(data / "train.jsonl"), "val": str(data / "val.jsonl"), "max_val": 4}],
+        "sft": {"steps": 2, "batch_size": 4}, "grpo": {"steps": 2, "prompts_per_step": 2, "group_size": 4,
+                                                      "max_new_tokens": 8},
+        "eval": {"max_new_tokens": 8, "batch_size": 4},
+    }
+    path = tmp_path / "cfg.yaml"
+    path.write_text(json.dumps(cfg))
+    return [str(path), *[f"{k}={v}" for k, v in extra.items()]]
+
+
+def _invoke(args: list[str]):
+    result = runner.invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_train_sft_then_grpo_end_to_end(tmp_path, counting_data):
+    _invoke(["train", *_config(tmp_path, counting_data)])
+    run_dir = tmp_path / "runs" / "t"
+    metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    sft = [m for m in metrics if m["stage"] == "sft"]
+    grpo = [m for m in metrics if m["stage"] == "grpo"]
+    assert [m["step"] for m in sft] == [1, 2] and [m["step"] for m in grpo] == [1, 2]
+    assert all(math.isfinite(m["loss"]) for m in sft + grpo if "loss" in m)
+    for key in ("reward_mean", "reward/format_nothink_mean", "reward/count_match_mean", "completion_len_mean",
+                "truncated_rate", "tokens_per_s", "step_time", "peak_memory_mb", "advantage_std"):
+        assert key in grpo[0], key
+    df = store.read(run_dir)
+    train_rows = df[df["stage"] == "grpo-1"]
+    assert len(train_rows) == 2 * 2 * 4  # steps x prompts x G
+    assert set(train_rows["completion_index"]) == {0, 1, 2, 3}
+    assert (run_dir / "config.yaml").is_file()
+    ckpts = sorted((run_dir / "checkpoints").iterdir())
+    assert ckpts and (ckpts[-1] / "complete.json").is_file()
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(ckpts[-1])
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_dry_run_prints_plan_and_writes_nothing(tmp_path, counting_data):
+    result = _invoke(["train", *_config(tmp_path, counting_data), "--dry-run", "grpo.beta=0.04"])
+    assert "beta: 0.04" in result.output and "stage 1: grpo" in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_config_errors_suggest_the_right_key(tmp_path, counting_data):
+    args = _config(tmp_path, counting_data, **{"grpo.betta": "0.1"})
+    result = runner.invoke(app, ["train", *args])
+    assert result.exit_code == 2
+    assert "grpo.betta" in result.output and "did you mean 'beta'" in result.output
+    with pytest.raises(ConfigError, match="loss_agg"):
+        load_config(args[0], ["grpo.loss_agg=mean"])
+    with pytest.raises(ConfigError, match="stages"):
+        load_config(args[0], ["stages=[sft, ppo]"])
+    with pytest.raises(ConfigError, match="must be an integer"):
+        load_config(args[0], ["grpo.steps=lots"])
+
+
+@pytest.mark.parametrize("name", shipped_config_names())
+def test_every_shipped_config_loads(name):
+    cfg = load_config(name)
+    assert cfg.stages and cfg.data
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    from transformers import AutoModelForImageTextToText
+
+    ckpt = sorted((run_dir / "checkpoints").iterdir())[-1]
+    return AutoModelForImageTextToText.from_pretrained(ckpt).state_dict()
+
+
+def test_resume_matches_uninterrupted_run(tmp_path, counting_data, monkeypatch):
+    import mmreason.grpo as grpo
+
+    base = {"stages": "[grpo]", "grpo.steps": "4", "grpo.save_every": "2", "eval.at_start": "false"}
+    _invoke(["train", *_config(tmp_path / "a", counting_data, **base)])
+
+    real_periodic = grpo._periodic
+
+    def crash_after_save(run, cfg, stage_index, step, optimizer, scheduler):
+        real_periodic(run, cfg, stage_index, step, optimizer, scheduler)
+        if step == 2:
+            raise KeyboardInterrupt  # the process dies right after the step-2 checkpoint
+
+    monkeypatch.setattr(grpo, "_periodic", crash_after_save)
+    with pytest.raises(KeyboardInterrupt):
+        runner.invoke(app, ["train", *_config(tmp_path / "b", counting_data, **base)], catch_exceptions=False)
+    monkeypatch.setattr(grpo, "_periodic", real_periodic)
+    result = _invoke(["train", *_config(tmp_path / "b", counting_data, **base), "--resume"])
+    assert "resuming from s00-grpo-step000002" in result.output
+    a, b = _weights(tmp_path / "a" / "runs" / "t"), _weights(tmp_path / "b" / "runs" / "t")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+    steps = store.read(tmp_path / "b" / "runs" / "t", stage="grpo-0")["step"].value_counts().sort_index()
+    assert steps.to_dict() == {1: 8, 2: 8, 3: 8, 4: 8}
+
+
+def test_eval_command_reports_metrics_and_stores_generations(tmp_path, counting_data):
+    _invoke(["train", *_config(tmp_path, counting_data, stages="[sft]", **{"eval.at_start": "false"})])
+    run_dir = tmp_path / "runs" / "t"
+    result = _invoke(["eval", str(run_dir), "--task", "counting", "--data", str(counting_data / "val.jsonl"),
+                      "--limit", "3", "--max-new-tokens", "6", "--no-think"])
+    assert "accuracy" in result.output
+    df = store.read(run_dir)
+    assert any(s.startswith("eval-s00-sft") for s in df["stage"].unique())
+
+
+def test_tasks_command_lists_builtins():
+    result = _invoke(["tasks"])
+    for name in ("grounding", "jigsaw", "geolocation", "classification", "counting", "multiple_choice", "math",
+                 "temporal_grounding"):
+        assert name in result.output
+
+
+def test_data_commands(tmp_path, counting_data):
+    out = tmp_path / "g"
+    _invoke(["data", "make", "synthetic", "--task", "grounding", "--out", str(out), "--n", "6"])
+    _invoke(["data", "check", str(out / "train.jsonl"), "--task", "grounding"])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"image": "missing.png", "problem": "How many?", "solution": 2}\nnot json\n')
+    result = runner.invoke(app, ["data", "check", str(bad), "--task", "counting"])
+    assert result.exit_code == 1
+    assert "missing.png" in result.output and ":2" in result.output
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    from PIL import Image
+
+    for i in range(2):
+        Image.new("RGB", (40, 40), (40 * i, 90, 200)).save(imgs / f"{i}.png")
+    _invoke(["data", "make", "jigsaw", "--images", str(imgs), "--out", str(tmp_path / "jig"), "--grid", "2x2"])
+    assert list((tmp_path / "jig").glob("*.jsonl"))
+
+
+def test_tiny_model_command_round_trip(tmp_path):
+    from transformers import AutoModelForImageTextToText, AutoProcessor, Qwen2_5_VLProcessor
+
+    _invoke(["tiny-model", str(tmp_path / "tiny")])
+    assert isinstance(AutoProcessor.from_pretrained(tmp_path / "tiny"), Qwen2_5_VLProcessor)
+    assert AutoModelForImageTextToText.from_pretrained(tmp_path / "tiny").config.model_type == "qwen2_5_vl"
