@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from mmreason.processors import fetch_image
+from mmreason.rewards import extract_answer
 from PIL import Image
 
 from mmreason import Sample, SampleContext, Task, register_reward, register_task
-from mmreason.processors import fetch_image
-from mmreason.rewards import extract_answer
 from mmreason.tasks.base import answer_instruction, wrap_target
 from mmreason.tasks.viz import caption_bar
 
@@ -53,7 +53,12 @@ class LargerShapeTask(Task):
         return Sample(
             id=rid,
             task=self.name,
-            messages=[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt + answer_instruction(ctx.think)}]}],
+            messages=[
+                {
+                    "role": "user",
+                    "content": [{"type": "image"}, {"type": "text", "text": prompt + answer_instruction(ctx.think)}],
+                }
+            ],
             images=[image.image],
             target=wrap_target(record["solution"], ctx.think),
             columns={"solution": record["solution"]},

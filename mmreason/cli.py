@@ -10,7 +10,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Multimodal visual-reasoning RL: SFT + GRPO.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Multimodal visual-reasoning RL: SFT + GRPO.",
+)
 data_app = typer.Typer(no_args_is_help=True, help="Validate and make datasets.")
 make_app = typer.Typer(no_args_is_help=True, help="Make datasets (synthetic tasks, jigsaw puzzles from images).")
 app.add_typer(data_app, name="data")
@@ -98,7 +103,8 @@ def tasks(task_file: list[Path] = TaskFiles) -> None:
 
     _load_user_files(task_file)
     table = Table(title="tasks")
-    for col in ("task", "rewards (weight)", "answer format", "metrics"):
+    table.add_column("task", no_wrap=True)
+    for col in ("rewards (weight)", "answer format", "metrics"):
         table.add_column(col)
     for name in TASKS.names():
         t = TASKS.get(name)
@@ -123,10 +129,9 @@ def data_check(
         ds = read_dataset(file, strict=False)
     except (DataError, FileNotFoundError) as exc:
         _fail(str(exc))
-    problems = list(ds.problems) + check_records(ds, get_task(task), SampleContext(base_dir=ds.base_dir))
+    problems = check_records(ds, get_task(task), SampleContext(base_dir=ds.base_dir))
     if problems:
-        console.print(format_problems(problems, ds), markup=False, highlight=False)
-        console.print(f"[red]{len(problems)} problem(s)[/red] in {len(ds)} record(s) of {file}")
+        print(format_problems(problems, ds))
         raise typer.Exit(1)
     console.print(f"[green]ok[/green]: {len(ds)} record(s) of {file} are valid for task {task!r}")
 
@@ -160,8 +165,11 @@ def make_jigsaw_cmd(
         rows, cols = (int(x) for x in grid.lower().split("x"))
     except ValueError:
         _fail(f"--grid must look like 2x2 or 3x4, got {grid!r}")
-    path = make_jigsaw_dataset(images, out, grid=(rows, cols), per_image=per_image, seed=seed)
-    console.print(f"wrote jigsaw dataset to {path}")
+    build = make_jigsaw_dataset(images, out, grid=(rows, cols), per_image=per_image, seed=seed)
+    console.print(
+        f"wrote {build.n_train} train / {build.n_val} val puzzles to {build.out_dir}"
+        + (f"; skipped {len(build.skipped)} unusable image(s)" if build.skipped else "")
+    )
 
 
 @app.command("tiny-model")

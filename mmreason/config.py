@@ -180,6 +180,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return value
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "2e-3" (no dot) as a string
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"config key {where.rstrip('.')!r} must be a number, got {value!r}") from None
     if tp is bool and not isinstance(value, bool):
         raise ConfigError(f"config key {where.rstrip('.')!r} must be true or false, got {value!r}")
     if tp is int and (not isinstance(value, int) or isinstance(value, bool)):
@@ -269,7 +274,9 @@ def validate(cfg: RunConfig) -> None:
     if cfg.grpo.loss_agg not in LOSS_AGGREGATIONS:
         raise ConfigError(f"grpo.loss_agg must be one of {', '.join(LOSS_AGGREGATIONS)}, got {cfg.grpo.loss_agg!r}")
     if cfg.grpo.group_size < 2 and "grpo" in cfg.stages:
-        raise ConfigError(f"grpo.group_size must be >= 2 (advantages are relative to the group), got {cfg.grpo.group_size}")
+        raise ConfigError(
+            f"grpo.group_size must be >= 2 (advantages are relative to the group), got {cfg.grpo.group_size}"
+        )
     if not cfg.data:
         raise ConfigError("config has no `data`: give at least one {task, train} entry")
     for i, d in enumerate(cfg.data):

@@ -29,13 +29,26 @@ def generate_greedy(policy: Any, samples: list[Sample], max_new_tokens: int, bat
     return texts
 
 
-def eval_rows(run_name: str, stage: str, samples: list[Sample], texts: list[str], named: dict, total: list) -> list[dict]:
+def eval_rows(
+    run_name: str, stage: str, samples: list[Sample], texts: list[str], named: dict, total: list
+) -> list[dict]:
     rows = []
     for i, (s, text) in enumerate(zip(samples, texts, strict=True)):
         row = {
-            "run": run_name, "stage": stage, "step": 0, "sample_id": s.id, "group_id": i, "completion_index": 0,
-            "task": s.task, "media": list(s.media), "prompt": s.prompt_text, "completion": text,
-            "reward_total": float(total[i]), "advantage": 0.0, "prompt_len": 0, "completion_len": len(text),
+            "run": run_name,
+            "stage": stage,
+            "step": 0,
+            "sample_id": s.id,
+            "group_id": i,
+            "completion_index": 0,
+            "task": s.task,
+            "media": list(s.media),
+            "prompt": s.prompt_text,
+            "completion": text,
+            "reward_total": float(total[i]),
+            "advantage": 0.0,
+            "prompt_len": 0,
+            "completion_len": len(text),
             "truncated": False,
         }
         row.update({f"reward_{n}": (float("nan") if v[i] is None else float(v[i])) for n, v in named.items()})
@@ -44,8 +57,15 @@ def eval_rows(run_name: str, stage: str, samples: list[Sample], texts: list[str]
 
 
 @torch.no_grad()
-def evaluate_samples(policy: Any, task_name: str, samples: list[Sample], weights: dict[str, float],
-                     max_new_tokens: int, batch_size: int, errors: Any) -> tuple[dict[str, float], list[str], dict, list]:
+def evaluate_samples(
+    policy: Any,
+    task_name: str,
+    samples: list[Sample],
+    weights: dict[str, float],
+    max_new_tokens: int,
+    batch_size: int,
+    errors: Any,
+) -> tuple[dict[str, float], list[str], dict, list]:
     """Task metrics (plus each reward's mean) of greedy generations on `samples`."""
     task = get_task(task_name)
     texts = generate_greedy(policy, samples, max_new_tokens, batch_size)
@@ -69,8 +89,13 @@ def evaluate(run: Run, label: str) -> dict[str, dict[str, float]]:
         if not samples:
             continue
         metrics, texts, named, total = evaluate_samples(
-            run.policy, task_name, samples, reward_weights(run, task_name), run.cfg.eval.max_new_tokens,
-            run.cfg.eval.batch_size, run.reward_errors,
+            run.policy,
+            task_name,
+            samples,
+            reward_weights(run, task_name),
+            run.cfg.eval.max_new_tokens,
+            run.cfg.eval.batch_size,
+            run.reward_errors,
         )
         results[task_name] = metrics
         rows += eval_rows(run.cfg.name, stage, samples, texts, named, total)
@@ -81,8 +106,9 @@ def evaluate(run: Run, label: str) -> dict[str, dict[str, float]]:
     return results
 
 
-def eval_checkpoint(target: Path, task_name: str, data: Path, limit: int, max_new_tokens: int, batch_size: int,
-                    think: bool = True) -> tuple[dict[str, float], Path]:
+def eval_checkpoint(
+    target: Path, task_name: str, data: Path, limit: int, max_new_tokens: int, batch_size: int, think: bool = True
+) -> tuple[dict[str, float], Path]:
     """`mmreason eval`: metrics of a run's latest checkpoint (or a checkpoint folder) on a data file.
 
     Generations go to the run directory's rollout store under stage `eval-<checkpoint>-<data stem>`.

@@ -18,8 +18,24 @@ from tqdm.auto import tqdm
 from mmreason.config import GRPOConfig
 from mmreason.policy import Reference
 from mmreason.rl import group_advantages, grpo_loss, zero_variance_groups
-from mmreason.rollout import Rollout, completion_logprobs, encode_prompts, generate, repeat_prompts
-from mmreason.run import Run, checkpoint, log_metrics, make_optimizer, make_scheduler, peak_memory_mb, take_samples, reward_weights
+from mmreason.rollout import (
+    Rollout,
+    completion_logprobs,
+    encode_prompts,
+    generate,
+    repeat_prompts,
+    suppressed_token_ids,
+)
+from mmreason.run import (
+    Run,
+    checkpoint,
+    log_metrics,
+    make_optimizer,
+    make_scheduler,
+    peak_memory_mb,
+    reward_weights,
+    take_samples,
+)
 from mmreason.sample import Sample
 from mmreason.scoring import score_completions
 
@@ -38,8 +54,12 @@ def score_mixture(run: Run, samples: list[Sample], texts: list[str], g: int) -> 
     for task, idx in by_task.items():
         rows = [i * g + j for i in idx for j in range(g)]
         task_named, task_total = score_completions(
-            reward_weights(run, task), [samples[i] for i in idx], [texts[r] for r in rows], g,
-            run.reward_errors, run.cfg.strict_rewards,
+            reward_weights(run, task),
+            [samples[i] for i in idx],
+            [texts[r] for r in rows],
+            g,
+            run.reward_errors,
+            run.cfg.strict_rewards,
         )
         for name, scores in task_named.items():
             col = named.setdefault(name, [None] * len(texts))
@@ -57,8 +77,16 @@ def _stats(values: list[float | None]) -> tuple[float, float]:
     return float(x.mean()), float(x.std(unbiased=False))
 
 
-def store_rows(run: Run, samples: list[Sample], rollout: Rollout, named: dict, total: list, adv: torch.Tensor,
-               stage: str, step: int) -> list[dict[str, Any]]:
+def store_rows(
+    run: Run,
+    samples: list[Sample],
+    rollout: Rollout,
+    named: dict,
+    total: list,
+    adv: torch.Tensor,
+    stage: str,
+    step: int,
+) -> list[dict[str, Any]]:
     g = rollout.group_size
     prompt_len = rollout.prompts.inputs["attention_mask"].sum(-1).tolist()
     comp_len = rollout.completion_mask.sum(-1).tolist()
@@ -66,10 +94,20 @@ def store_rows(run: Run, samples: list[Sample], rollout: Rollout, named: dict, t
     for b, text in enumerate(rollout.texts):
         s = samples[b // g]
         row = {
-            "run": run.cfg.name, "stage": stage, "step": step, "sample_id": s.id, "group_id": b // g,
-            "completion_index": b % g, "task": s.task, "media": list(s.media), "prompt": s.prompt_text,
-            "completion": text, "reward_total": float(total[b]), "advantage": float(adv[b]),
-            "prompt_len": int(prompt_len[b // g]), "completion_len": int(comp_len[b]),
+            "run": run.cfg.name,
+            "stage": stage,
+            "step": step,
+            "sample_id": s.id,
+            "group_id": b // g,
+            "completion_index": b % g,
+            "task": s.task,
+            "media": list(s.media),
+            "prompt": s.prompt_text,
+            "completion": text,
+            "reward_total": float(total[b]),
+            "advantage": float(adv[b]),
+            "prompt_len": int(prompt_len[b // g]),
+            "completion_len": int(comp_len[b]),
             "truncated": bool(rollout.truncated[b]),
         }
         row.update({f"reward_{n}": (float("nan") if v[b] is None else float(v[b])) for n, v in named.items()})
@@ -85,7 +123,9 @@ def loss_mask_for(rollout: Rollout, keep_rows: torch.Tensor, mask_truncated: boo
     return mask
 
 
-def run_grpo(run: Run, cfg: GRPOConfig, stage_index: int, start_step: int = 0, resume_state: Any = None) -> tuple[Any, Any]:
+def run_grpo(
+    run: Run, cfg: GRPOConfig, stage_index: int, start_step: int = 0, resume_state: Any = None
+) -> tuple[Any, Any]:
     policy, g = run.policy, cfg.group_size
     stage = f"grpo-{stage_index}"
     optimizer = make_optimizer(policy.trainable_parameters(), cfg.lr, cfg.weight_decay)
@@ -93,14 +133,22 @@ def run_grpo(run: Run, cfg: GRPOConfig, stage_index: int, start_step: int = 0, r
     if resume_state is not None:
         resume_state(optimizer, scheduler)
     reference = Reference(policy, cfg.beta)
+    banned = suppressed_token_ids(policy.processor)
     bad_updates = 0
     bar = tqdm(range(start_step, cfg.steps), desc=f"grpo [{stage_index}]", initial=start_step, total=cfg.steps)
     for step in bar:
         t0 = time.perf_counter()
         samples = take_samples(run, cfg.prompts_per_step)
         prompts = encode_prompts(policy.processor, samples, run.device)
-        rollout = generate(policy.model, policy.processor, prompts, g, max_new_tokens=cfg.max_new_tokens,
-                           temperature=cfg.temperature, top_p=cfg.top_p)
+        rollout = generate(
+            policy.model,
+            policy.processor,
+            prompts,
+            g,
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+        )
         named, total = score_mixture(run, samples, rollout.texts, g)
         rewards = torch.tensor(total, dtype=torch.float32, device=run.device)
         adv = group_advantages(rewards, g, scale_std=cfg.scale_std)
@@ -111,18 +159,36 @@ def run_grpo(run: Run, cfg: GRPOConfig, stage_index: int, start_step: int = 0, r
         old_logp = ref_logp = None
         with torch.no_grad():
             if cfg.num_iterations > 1:
-                old_logp, _ = completion_logprobs(policy.model, rows, ids, rollout.completion_mask, cfg.temperature)
+                old_logp, _ = completion_logprobs(
+                    policy.model, rows, ids, rollout.completion_mask, cfg.temperature, suppressed=banned
+                )
             if cfg.beta > 0:
                 with reference.model() as ref:
-                    ref_logp, _ = completion_logprobs(ref, rows, ids, rollout.completion_mask, cfg.temperature)
+                    ref_logp, _ = completion_logprobs(
+                        ref, rows, ids, rollout.completion_mask, cfg.temperature, suppressed=banned
+                    )
         policy.model.train()
         upd: dict[str, float] = {}
         for it in range(cfg.num_iterations if mask.any() else 0):
-            logp, entropy = completion_logprobs(policy.model, rows, ids, rollout.completion_mask, cfg.temperature,
-                                                with_entropy=(it == 0))
+            logp, entropy = completion_logprobs(
+                policy.model,
+                rows,
+                ids,
+                rollout.completion_mask,
+                cfg.temperature,
+                with_entropy=(it == 0),
+                suppressed=banned,
+            )
             loss, stats = grpo_loss(
-                logp, old_logp if old_logp is not None else logp.detach(), adv, mask, eps_low=cfg.eps_low,
-                eps_high=cfg.eps_high, beta=cfg.beta, ref_logp=ref_logp, loss_agg=cfg.loss_agg,
+                logp,
+                old_logp if old_logp is not None else logp.detach(),
+                adv,
+                mask,
+                eps_low=cfg.eps_low,
+                eps_high=cfg.eps_high,
+                beta=cfg.beta,
+                ref_logp=ref_logp,
+                loss_agg=cfg.loss_agg,
                 max_len=cfg.max_new_tokens,
             )
             if it == 0:
@@ -131,7 +197,9 @@ def run_grpo(run: Run, cfg: GRPOConfig, stage_index: int, start_step: int = 0, r
             bad_updates = 0 if ok else bad_updates + 1
             upd.update({"loss": float(loss.detach()), **{k: float(v) for k, v in stats.items()}})
         if bad_updates >= MAX_CONSECUTIVE_BAD_UPDATES:
-            raise RuntimeError(f"grpo stopped: {bad_updates} consecutive non-finite losses/gradients at step {step + 1}")
+            raise RuntimeError(
+                f"grpo stopped: {bad_updates} consecutive non-finite losses/gradients at step {step + 1}"
+            )
         scheduler.step()
         dt = time.perf_counter() - t0
         metrics = _step_metrics(run, named, total, adv, rollout, keep_groups, upd, dt)
@@ -161,24 +229,31 @@ def _update(policy: Any, optimizer: Any, loss: torch.Tensor, max_grad_norm: floa
     return True
 
 
-def _step_metrics(run: Run, named: dict, total: list, adv: torch.Tensor, rollout: Rollout, keep: torch.Tensor,
-                  upd: dict, dt: float) -> dict[str, float]:
+def _step_metrics(
+    run: Run, named: dict, total: list, adv: torch.Tensor, rollout: Rollout, keep: torch.Tensor, upd: dict, dt: float
+) -> dict[str, float]:
     lengths = rollout.completion_mask.sum(-1).float()
     metrics: dict[str, float] = {}
     for name, scores in named.items():
         metrics[f"reward/{name}_mean"], metrics[f"reward/{name}_std"] = _stats(scores)
     metrics["reward_mean"], metrics["reward_std"] = _stats(total)
-    metrics.update({
-        "advantage_mean": float(adv.mean()), "advantage_std": float(adv.std(unbiased=False)),
-        "advantage_abs_max": float(adv.abs().max()),
-        "groups_kept": float(keep.float().mean()),
-        "completion_len_mean": float(lengths.mean()), "completion_len_max": float(lengths.max()),
-        "truncated_rate": float(rollout.truncated.float().mean()),
-        "tokens_per_s": float(lengths.sum()) / dt, "step_time": dt,
-        "peak_memory_mb": peak_memory_mb(run.device),
-        "skipped_samples": float(run.stream.skipped), "reward_errors": float(run.reward_errors.total),
-        **upd,
-    })
+    metrics.update(
+        {
+            "advantage_mean": float(adv.mean()),
+            "advantage_std": float(adv.std(unbiased=False)),
+            "advantage_abs_max": float(adv.abs().max()),
+            "groups_kept": float(keep.float().mean()),
+            "completion_len_mean": float(lengths.mean()),
+            "completion_len_max": float(lengths.max()),
+            "truncated_rate": float(rollout.truncated.float().mean()),
+            "tokens_per_s": float(lengths.sum()) / dt,
+            "step_time": dt,
+            "peak_memory_mb": peak_memory_mb(run.device),
+            "skipped_samples": float(run.stream.skipped),
+            "reward_errors": float(run.reward_errors.total),
+            **upd,
+        }
+    )
     return metrics
 
 

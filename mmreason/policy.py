@@ -64,7 +64,9 @@ def ensure_tiny(cfg: ModelConfig, cache_dir: Path, seed: int = 0) -> Path:
     folder = cache_dir / f"tiny-{t.arch}-h{t.hidden_size}-l{t.layers}-v{t.vision_depth}-s{seed}"
     if not (folder / "config.json").is_file():
         tmp = folder.with_name(folder.name + ".tmp")
-        build_tiny(tmp, arch=t.arch, hidden_size=t.hidden_size, layers=t.layers, vision_depth=t.vision_depth, seed=seed)
+        build_tiny(
+            tmp, arch=t.arch, hidden_size=t.hidden_size, layers=t.layers, vision_depth=t.vision_depth, seed=seed
+        )
         tmp.replace(folder)
     return folder
 
@@ -81,7 +83,9 @@ def model_family(config: Any, requested: str = "auto") -> str:
 def load_processor(source: str | Path, cfg: ModelConfig) -> Any:
     from transformers import AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(str(source), min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+    # Images and frames are resized by mmreason.processors (qwen-vl-utils rules, the config's pixel budget) before
+    # they reach the processor, which is called with do_resize=False; its own min/max pixels are not used.
+    processor = AutoProcessor.from_pretrained(str(source))
     # Without torchvision AutoProcessor can silently hand back a bare tokenizer; fail loudly instead.
     if not hasattr(processor, "image_processor") or not hasattr(processor, "tokenizer"):
         raise RuntimeError(
@@ -109,7 +113,9 @@ def apply_lora(model: Any, cfg: ModelConfig) -> Any:
     return get_peft_model(model, lora)
 
 
-def build_policy(cfg: ModelConfig, cache_dir: str | Path = "runs/.cache", device: str = "auto", seed: int = 0) -> Policy:
+def build_policy(
+    cfg: ModelConfig, cache_dir: str | Path = "runs/.cache", device: str = "auto", seed: int = 0
+) -> Policy:
     """Load model + processor from a hub id, a local folder, or the tiny default; optional LoRA / checkpointing."""
     from transformers import AutoConfig, AutoModelForImageTextToText
 
@@ -132,18 +138,19 @@ def load_checkpoint_policy(path: str | Path, cfg: ModelConfig, device: str = "au
     """A policy from a checkpoint folder (full model or LoRA adapter) written by `save_checkpoint`."""
     path = Path(path)
     if (path / "adapter_config.json").is_file():
-        from peft import AutoPeftModelForCausalLM  # noqa: F401  (imported for its error message if peft is missing)
+        import json
+
         from peft import PeftModel
         from transformers import AutoModelForImageTextToText
-
-        import json
 
         base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
         model = AutoModelForImageTextToText.from_pretrained(base, dtype=DTYPES[cfg.dtype])
         model = PeftModel.from_pretrained(model, str(path))
         processor = load_processor(path if (path / "preprocessor_config.json").is_file() else base, cfg)
         model.to(resolve_device(device))
-        return Policy(model=model, processor=processor, family=model_family(model.config, cfg.family), source=str(path))
+        return Policy(
+            model=model, processor=processor, family=model_family(model.config, cfg.family), source=str(path)
+        )
     sub = ModelConfig(**{**cfg.__dict__, "name": str(path), "lora": cfg.lora.__class__()})
     return build_policy(sub, device=device)
 

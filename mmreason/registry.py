@@ -52,7 +52,9 @@ class Registry(Generic[T]):
             known = sorted(self._items)
             close = difflib.get_close_matches(name, known, n=3)
             hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise RegistryError(f"unknown {self.kind} {name!r}.{hint} Known {self.kind}s: {', '.join(known)}") from None
+            raise RegistryError(
+                f"unknown {self.kind} {name!r}.{hint} Known {self.kind}s: {', '.join(known)}"
+            ) from None
 
     def names(self) -> list[str]:
         _load_builtins()

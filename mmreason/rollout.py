@@ -57,7 +57,9 @@ def encode_prompts(processor: Any, samples: list[Sample], device: torch.device) 
     return PromptBatch(batch, [len(s.images) for s in samples], [int(s.video is not None) for s in samples])
 
 
-def _split_vision(values: torch.Tensor, grid: torch.Tensor, counts: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _split_vision(
+    values: torch.Tensor, grid: torch.Tensor, counts: list[int]
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Cut concatenated patches [N, D] + grids [n, 3] into per-sample chunks, given items per sample."""
     patches = grid.prod(-1).tolist()
     out, p0, g0 = [], 0, 0
@@ -79,6 +81,9 @@ def repeat_prompts(batch: PromptBatch, g: int) -> dict[str, torch.Tensor]:
         chunks = _split_vision(batch.inputs[vals_key], batch.inputs[grid_key], counts)
         out[vals_key] = torch.cat([c[0] for c in chunks for _ in range(g)])
         out[grid_key] = torch.cat([c[1] for c in chunks for _ in range(g)])
+    if "second_per_grid_ts" in batch.inputs:  # one value per video
+        per_video = batch.inputs["second_per_grid_ts"].split(batch.n_videos)
+        out["second_per_grid_ts"] = torch.cat([t for t in per_video for _ in range(g)])
     return out
 
 
@@ -88,6 +93,16 @@ def completion_mask_from_ids(ids: torch.Tensor, eos_ids: list[int]) -> tuple[tor
     seen_before = (is_eos.cumsum(-1) - is_eos.long()) > 0
     mask = (~seen_before).long()
     return mask, ~is_eos.any(-1)
+
+
+VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+
+
+def suppressed_token_ids(processor: Any) -> list[int]:
+    """Vision placeholder tokens: a completion must never contain them (the model would look for image features
+    that do not exist), so sampling excludes them and scoring renormalises without them."""
+    vocab = processor.tokenizer.get_vocab()
+    return sorted(vocab[t] for t in VISION_TOKENS if t in vocab)
 
 
 def eos_token_ids(processor: Any, model: Any) -> list[int]:
@@ -116,7 +131,12 @@ def generate(
     eos = eos_token_ids(processor, model)
     was_training = model.training
     model.eval()
-    kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=processor.tokenizer.pad_token_id, eos_token_id=eos)
+    kwargs = dict(
+        max_new_tokens=max_new_tokens,
+        pad_token_id=processor.tokenizer.pad_token_id,
+        eos_token_id=eos,
+        suppress_tokens=suppressed_token_ids(processor),
+    )
     if greedy:
         kwargs.update(do_sample=False, num_beams=1)
     else:
@@ -142,7 +162,9 @@ def score_inputs(prompt_rows: dict[str, torch.Tensor], completion_ids: torch.Ten
     """
     inputs = dict(prompt_rows)
     inputs["input_ids"] = torch.cat([prompt_rows["input_ids"], completion_ids], dim=1)
-    inputs["attention_mask"] = torch.cat([prompt_rows["attention_mask"], completion_mask.to(prompt_rows["attention_mask"])], 1)
+    inputs["attention_mask"] = torch.cat(
+        [prompt_rows["attention_mask"], completion_mask.to(prompt_rows["attention_mask"])], 1
+    )
     if "mm_token_type_ids" in prompt_rows:
         zeros = torch.zeros_like(completion_ids, dtype=prompt_rows["mm_token_type_ids"].dtype)
         inputs["mm_token_type_ids"] = torch.cat([prompt_rows["mm_token_type_ids"], zeros], dim=1)
@@ -156,16 +178,20 @@ def completion_logprobs(
     completion_mask: torch.Tensor,
     temperature: float = 1.0,
     with_entropy: bool = False,
+    suppressed: list[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs [B, T] of the completion tokens under `model` (and their entropies if asked).
 
     Only the last T + 1 positions' logits are materialised (`logits_to_keep`): the prompt's logits are never needed.
-    Logits are divided by the sampling temperature so the ratios compare the distributions actually sampled from.
+    Logits are divided by the sampling temperature and the `suppressed` tokens removed, so the ratios compare the
+    distributions actually sampled from.
     """
     t = completion_ids.shape[1]
     inputs = score_inputs(prompt_rows, completion_ids, completion_mask)
     logits = model(**inputs, logits_to_keep=t + 1, use_cache=False).logits[:, :-1].float()
     if temperature != 1.0:
         logits = logits / temperature
+    if suppressed:
+        logits[..., suppressed] = float("-inf")  # the same support generation sampled from
     logp = token_logprobs(logits, completion_ids)
     return logp, (token_entropy(logits) if with_entropy else None)

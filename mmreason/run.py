@@ -126,8 +126,13 @@ def checkpoint(run: Run, stage_index: int, stage: str, step: int, optimizer: Any
     }
     name = f"s{stage_index:02d}-{stage}-step{step:06d}"
     path = save_checkpoint(
-        run.run_dir, name, model=run.policy.model, processor=run.policy.processor,
-        optimizer=optimizer, scheduler=scheduler, state=state,
+        run.run_dir,
+        name,
+        model=run.policy.model,
+        processor=run.policy.processor,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        state=state,
     )
     keep_last(run.run_dir, run.cfg.keep_checkpoints)
     return path

@@ -80,10 +80,6 @@ def score_completions(
 ) -> tuple[dict[str, list[float | None]], list[float]]:
     """All named rewards and their weighted total (a missing score contributes 0) for B = len(samples) * G."""
     columns = expand_columns(samples, group_size)
-    named = {
-        name: call_reward(name, resolve_reward(name), completions, columns, errors, strict) for name in weights
-    }
-    total = [
-        sum(w * (named[n][i] or 0.0) for n, w in weights.items()) for i in range(len(completions))
-    ]
+    named = {name: call_reward(name, resolve_reward(name), completions, columns, errors, strict) for name in weights}
+    total = [sum(w * (named[n][i] or 0.0) for n, w in weights.items()) for i in range(len(completions))]
     return named, total

@@ -48,7 +48,9 @@ def _take_trainable(run: Run, n: int) -> list[Sample]:
     return samples or take_samples(run, n)
 
 
-def run_sft(run: Run, cfg: SFTConfig, stage_index: int, start_step: int = 0, resume_state: Any = None) -> tuple[Any, Any]:
+def run_sft(
+    run: Run, cfg: SFTConfig, stage_index: int, start_step: int = 0, resume_state: Any = None
+) -> tuple[Any, Any]:
     """Train `cfg.steps` optimizer steps (continuing from `start_step` on resume)."""
     model = run.policy.model
     optimizer = make_optimizer(run.policy.trainable_parameters(), cfg.lr, cfg.weight_decay)
@@ -59,8 +61,10 @@ def run_sft(run: Run, cfg: SFTConfig, stage_index: int, start_step: int = 0, res
     bar = tqdm(range(start_step, cfg.steps), desc=f"sft [{stage_index}]", initial=start_step, total=cfg.steps)
     for step in bar:
         t0 = time.perf_counter()
-        micro = [sft_batch(run.policy.processor, _take_trainable(run, cfg.batch_size), run.device)
-                 for _ in range(cfg.grad_accum)]
+        micro = [
+            sft_batch(run.policy.processor, _take_trainable(run, cfg.batch_size), run.device)
+            for _ in range(cfg.grad_accum)
+        ]
         n_tokens = sum(b["assistant_mask"][:, 1:].sum() for b in micro).clamp(min=1)
         total = 0.0
         for batch in micro:
@@ -77,9 +81,14 @@ def run_sft(run: Run, cfg: SFTConfig, stage_index: int, start_step: int = 0, res
         scheduler.step()
         dt = time.perf_counter() - t0
         metrics = {
-            "loss": loss, "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0],
-            "tokens": int(n_tokens), "tokens_per_s": float(n_tokens) / dt, "step_time": dt,
-            "peak_memory_mb": peak_memory_mb(run.device), "skipped_samples": run.stream.skipped,
+            "loss": loss,
+            "grad_norm": float(grad_norm),
+            "lr": scheduler.get_last_lr()[0],
+            "tokens": int(n_tokens),
+            "tokens_per_s": float(n_tokens) / dt,
+            "step_time": dt,
+            "peak_memory_mb": peak_memory_mb(run.device),
+            "skipped_samples": run.stream.skipped,
         }
         log_metrics(run, "sft", step + 1, metrics)
         bar.set_postfix(loss=f"{loss:.3f}")

@@ -29,13 +29,19 @@ STAGE_FNS = {"sft": run_sft, "grpo": run_grpo}
 
 def plan(cfg: RunConfig) -> str:
     """Human-readable plan of a run (printed by --dry-run)."""
-    lines = [f"run {cfg.name!r} -> {cfg.run_dir}", f"model: {cfg.model.name} ({cfg.model.dtype}, lora={cfg.model.lora.enabled})"]
+    lines = [
+        f"run {cfg.name!r} -> {cfg.run_dir}",
+        f"model: {cfg.model.name} ({cfg.model.dtype}, lora={cfg.model.lora.enabled})",
+    ]
     for d in cfg.data:
         lines.append(f"task {d.task}: train={d.train} val={d.val} weight={d.weight}")
     for i, stage in enumerate(cfg.stages):
         sc = getattr(cfg, stage)
-        extra = (f", G={sc.group_size}, prompts/step={sc.prompts_per_step}, beta={sc.beta}, loss_agg={sc.loss_agg}"
-                 if stage == "grpo" else f", batch={sc.batch_size}x{sc.grad_accum}")
+        extra = (
+            f", G={sc.group_size}, prompts/step={sc.prompts_per_step}, beta={sc.beta}, loss_agg={sc.loss_agg}"
+            if stage == "grpo"
+            else f", batch={sc.batch_size}x{sc.grad_accum}"
+        )
         lines.append(f"stage {i}: {stage} for {sc.steps} steps, lr={sc.lr}{extra}")
     return "\n".join(lines)
 
@@ -67,6 +73,9 @@ def setup(cfg: RunConfig, resume: bool) -> tuple[Run, dict[str, Any] | None, Pat
     run_dir = prepare_run_dir(cfg)
     policy = build_policy(cfg.model, cache_dir=Path(cfg.output_dir) / ".cache", device=cfg.device, seed=cfg.seed)
     ctx = sample_context(cfg, policy.family, Path.cwd())
+    # what inspection tools need to rebuild samples from the store's ids: the model family and the data files
+    info = {"family": policy.family, "model": policy.source, "data": [d.__dict__ for d in cfg.data]}
+    (run_dir / "run.json").write_text(json.dumps(info, indent=2, default=str))
     run = Run(cfg, run_dir, policy, ctx, build_stream(cfg, ctx), load_val(cfg, ctx), RolloutStore(run_dir))
     ckpt = latest_checkpoint(run_dir) if resume else None
     state = None

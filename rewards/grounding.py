@@ -163,8 +163,12 @@ def predicted_boxes(completion: str, frame: tuple[float, float]) -> list[Box] | 
 
 def _prepare(completion: str, solution: Any, image_size: Any, model_size: Any, family: Any):
     family = canonical_family(family)
+    # both sizes are checked even when unused (empty GT, qwen2_vl), so a bad row never passes silently
+    check_size(image_size, "image_size")
+    check_size(model_size, "model_size")
+    frame = model_frame(model_size, family)
     gts = [gt_to_model_coords(b, image_size, model_size, family) for b in check_boxes(solution)]
-    return predicted_boxes(completion, model_frame(model_size, family)), gts
+    return predicted_boxes(completion, frame), gts
 
 
 def iou_score(

@@ -3,8 +3,9 @@
 Column `solution`: the gold answer (str; ints/floats are turned into str), e.g. "\\frac{1}{2}", "0.5", "x^2+1".
 The answer-tag content and the solution are each parsed with `math_verify.parse` (as given when they contain LaTeX
 delimiters `$`, `\\boxed`, `\\(` or `\\[`; otherwise wrapped as `$...$`, falling back to the bare text) and
-compared with `math_verify.verify(gold, pred)`: numbers, fractions, LaTeX, sets, intervals and symbolic equality. 1.0 or 0.0; no answer tag, an answer over 1000 characters, a parse
-failure or a timeout -> 0.0. (This module is not named `math.py`, so it can never shadow the standard library.)
+compared with `math_verify.verify(gold, pred)`: numbers, fractions, LaTeX, sets, intervals and symbolic equality.
+1.0 or 0.0; no answer tag, an answer over 1000 characters, a parse failure or a timeout -> 0.0.
+(This module is not named `math.py`, so it can never shadow the standard library.)
 
 Timeouts without signals off the main thread: math-verify bounds its work with SIGALRM, which only the main thread
 may use. So `math_equal` runs in-process with math-verify's own timeouts only when called on the main thread with

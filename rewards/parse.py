@@ -63,18 +63,19 @@ def extract_think(text: str) -> str | None:
 # Text helpers
 # ---------------------------------------------------------------------------------------------------------------
 
-_NON_ALNUM_RE = re.compile(r"[^0-9a-z]+")
+_NON_WORD_RE = re.compile(r"[\W_]+")  # unicode-aware: CJK, Cyrillic, ... letters are kept
 _FENCE_RE = re.compile(r"```[a-zA-Z]{0,10}\s*((?:(?!```).)*)```", re.DOTALL)
 
 
 def normalize_text(text: str) -> str:
-    """Lower-case ASCII-folded words: NFKD, accents dropped, casefolded, punctuation -> single spaces, stripped.
+    """Comparable words: NFKD, accents dropped, casefolded, punctuation/underscores -> single spaces, stripped.
 
-    "Île-de-France" -> "ile de france", "GOLDEN_retriever!" -> "golden retriever".
+    "Île-de-France" -> "ile de france", "GOLDEN_retriever!" -> "golden retriever"; letters of any script stay
+    ("東京" -> "東京").
     """
     decomposed = unicodedata.normalize("NFKD", text)
     folded = "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
-    return _NON_ALNUM_RE.sub(" ", folded).strip()
+    return _NON_WORD_RE.sub(" ", folded).strip()
 
 
 def strip_code_fence(text: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from mmreason.tasks.jigsaw import generate_puzzles
 
 TASK_NAMES = ("grounding", "jigsaw", "geolocation", "classification", "counting", "multiple_choice", "math",
               "temporal_grounding")
-VIZ_DIR = Path("/tmp/viz")
+VIZ_DIR = Path(os.environ.get("MMREASON_VIZ_DIR", "/tmp/viz"))  # visualize PNGs land here for a look by eye
 GT_BOX = [8, 12, 24, 36]  # in the 32x48 picture; smart_resize makes it 56x84 (x1.75), so the gold box is exact
 
 
@@ -32,12 +33,12 @@ GT_BOX = [8, 12, 24, 36]  # in the 32x48 picture; smart_resize makes it 56x84 (x
 
 
 def picture(w: int = 32, h: int = 48) -> Image.Image:
-    """A gradient with a red object at GT_BOX and four differently tinted quadrants (so jigsaw tiles differ)."""
+    """A gradient with a white object at GT_BOX and four differently tinted quadrants (so jigsaw tiles differ)."""
     y, x = np.mgrid[0:h, 0:w]
     arr = np.stack([x * 255 // w, y * 255 // h, np.full_like(x, 90)], axis=-1).astype(np.uint8)
     arr[: h // 2, : w // 2, 2] = 230
     arr[h // 2 :, w // 2 :, 2] = 10
-    arr[GT_BOX[1] : GT_BOX[3], GT_BOX[0] : GT_BOX[2]] = (230, 30, 30)
+    arr[GT_BOX[1] : GT_BOX[3], GT_BOX[0] : GT_BOX[2]] = (250, 250, 250)
     return Image.fromarray(arr)
 
 
@@ -73,16 +74,16 @@ def jigsaw_solution() -> list[int]:
 
 # task -> (record, wrong answer, number of image placeholders, has video)
 CASES = {
-    "grounding": ({"id": "g1", "image": "pic.png", "problem": "the red square", "solution": [GT_BOX]},
+    "grounding": ({"id": "g1", "image": "pic.png", "problem": "the white square", "solution": [GT_BOX]},
                   "[[0, 0, 10, 10]]", 1, False),
     "jigsaw": ({"id": "j1", "image": "shuffled.png", "grid": [2, 2], "solution": jigsaw_solution(),
                 "original": "pic.png"}, "[1, 2, 3, 4]", 1, False),
     "geolocation": ({"id": "geo1", "image": "pic.png",
                      "solution": {"lat": 48.8566, "lon": 2.3522, "country": "France", "city": "Paris"}},
                     "-33.8688, 151.2093", 1, False),
-    "classification": ({"id": "c1", "image": "pic.png", "solution": "red square", "options": ["red square",
-                        "blue circle"], "synonyms": ["crimson square"]}, "blue circle", 1, False),
-    "counting": ({"id": "n1", "image": "pic.png", "problem": "How many red squares are there?", "solution": 1},
+    "classification": ({"id": "c1", "image": "pic.png", "solution": "white square", "options": ["white square",
+                        "blue circle"], "synonyms": ["snow square"]}, "blue circle", 1, False),
+    "counting": ({"id": "n1", "image": "pic.png", "problem": "How many white squares are there?", "solution": 1},
                  "7", 1, False),
     "multiple_choice": ({"id": "m1", "images": ["pic.png", "wide.png"], "problem": "Which picture is wider?",
                          "options": ["the first", "the second"], "solution": "B"}, "A", 2, False),
@@ -156,18 +157,20 @@ def test_metrics_perfect_and_wrong(name, data_dir):
     assert bad[headline] == 0.0
     with pytest.raises(ValueError, match="pair up"):
         task.metrics([sample.target], [sample, sample])
+    empty = task.metrics([], [])
+    assert tuple(empty) == task.metric_names and all(math.isnan(v) for v in empty.values())
 
 
 @pytest.mark.parametrize("name", TASK_NAMES)
-@pytest.mark.parametrize("kind", ["correct", "wrong", "malformed"])
+@pytest.mark.parametrize("kind", ["correct", "wrong", "malformed", "huge"])
 def test_visualize_returns_rgb_image(name, kind, data_dir):
     sample = build(name, data_dir)
     completion = {"correct": sample.target, "wrong": f"<answer>{CASES[name][1]}</answer>",
-                  "malformed": MALFORMED}[kind]
+                  "malformed": MALFORMED, "huge": "<answer>" + "9Ω, " * 20000 + "</answer>"}[kind]
     img = get_task(name).visualize(sample, completion)
     assert isinstance(img, Image.Image) and img.mode == "RGB"
     assert 200 <= img.width <= 2000 and 150 <= img.height <= 1500, img.size
-    VIZ_DIR.mkdir(exist_ok=True)
+    VIZ_DIR.mkdir(parents=True, exist_ok=True)
     img.save(VIZ_DIR / f"{name}_{kind}.png")
 
 
@@ -238,18 +241,20 @@ def test_corrupt_image_and_record_without_id(data_dir, tmp_path):
     ok = {"image": str(data_dir / "pic.png"), "problem": "How many?", "solution": 2}
     a, b = task.to_sample(ok, ctx_for(tmp_path)), task.to_sample(dict(ok), ctx_for(tmp_path))
     assert a.id == b.id and a.id.startswith("counting-")
-    assert a.id in task.check_record({**ok, "solution": -3}, ctx_for(tmp_path))[0]
+    assert task.check_record({**ok, "solution": -3}, ctx_for(tmp_path))[0].startswith("record 'counting-")
 
 
 # ---------------------------------------------------------------- task specifics
 
 
-@pytest.mark.parametrize(("family", "expected"), [("qwen2_5_vl", [[14, 21, 42, 63]]), ("qwen2_vl", [[250, 250, 750,
-                                                                                                   750]])])
+@pytest.mark.parametrize(("family", "expected"), [
+    ("qwen2_5_vl", '[{"bbox_2d": [14, 21, 42, 63]}]'),  # absolute pixels of the 56x84 model image
+    ("qwen2_vl", "(250,250),(750,750)"),                  # 0-1000 of the image, the Qwen2-VL box syntax
+])
 def test_grounding_target_in_the_model_family_convention(family, expected, data_dir):
     task = get_task("grounding")
     sample = task.to_sample(CASES["grounding"][0], ctx_for(data_dir, think=False, family=family))
-    assert sample.target == f"<answer>{json.dumps(expected)}</answer>"
+    assert sample.target == f"<answer>{expected}</answer>"
     assert sample.columns == {"solution": [GT_BOX], "image_size": [32, 48], "model_size": [56, 84],
                               "coord_family": family}
     assert ("56x84" in sample.prompt_text) == (family == "qwen2_5_vl") and ("0-1000" in sample.prompt_text) == (
@@ -260,9 +265,9 @@ def test_grounding_target_in_the_model_family_convention(family, expected, data_
 
 @pytest.mark.parametrize(("solution", "target"), [
     ([], "[]"),                                  # absent object: the gold answer abstains
-    (GT_BOX, "[[14, 21, 42, 63]]"),              # one flat box is accepted
-    ([[-5, -5, 8, 12]], "[[0, 0, 14, 21]]"),     # clipped to the image
-    ([[0, 0, 16, 24], GT_BOX], "[[0, 0, 28, 42], [14, 21, 42, 63]]"),
+    (GT_BOX, '[{"bbox_2d": [14, 21, 42, 63]}]'),              # one flat box is accepted
+    ([[-5, -5, 8, 12]], '[{"bbox_2d": [0, 0, 14, 21]}]'),     # clipped to the image
+    ([[0, 0, 16, 24], GT_BOX], '[{"bbox_2d": [0, 0, 28, 42]}, {"bbox_2d": [14, 21, 42, 63]}]'),
 ])
 def test_grounding_solution_forms(solution, target, data_dir):
     sample = build("grounding", data_dir, think=False, solution=solution)
@@ -284,15 +289,20 @@ def test_jigsaw_gold_order_reassembles_the_original(data_dir):
     assert "1 to 4" in sample.prompt_text and "reading order" in sample.prompt_text
 
 
-def test_generate_puzzles_round_trip(data_dir, tmp_path):
-    records = generate_puzzles([data_dir / "pic.png", data_dir / "wide.png"], tmp_path, grid=(2, 2), seed=5)
-    assert records == generate_puzzles([data_dir / "pic.png", data_dir / "wide.png"], tmp_path, (2, 2), seed=5)
-    task = get_task("jigsaw")
+@pytest.mark.parametrize("grid", [(2, 2), (2, 3)])
+def test_generate_puzzles_round_trip(grid, data_dir, tmp_path):
+    sources = [data_dir / "pic.png", data_dir / "wide.png"]
+    records = generate_puzzles(sources, tmp_path, grid=grid, seed=5)
+    assert records == generate_puzzles(sources, tmp_path, grid, seed=5)
+    task, rows, cols = get_task("jigsaw"), *grid
     for record in records:
         sample = task.to_sample(record, ctx_for(tmp_path))
         assert call_reward("jigsaw_exact", sample.target, sample.columns) == 1.0
-        restored = assemble_jigsaw(load_image(tmp_path / record["image"]), 2, 2, [p - 1 for p in record["solution"]])
-        assert np.array_equal(np.asarray(restored), np.asarray(load_image(record["original"])))
+        order = [p - 1 for p in record["solution"]]
+        restored = assemble_jigsaw(load_image(tmp_path / record["image"]), rows, cols, order)
+        original = load_image(record["original"])  # cropped to the grid by make_jigsaw (32 / 3 columns)
+        assert np.array_equal(np.asarray(restored), np.asarray(original)[: restored.height, : restored.width])
+        assert task.visualize(sample, sample.target).mode == "RGB"  # model image does not divide: cropped
 
 
 def test_temporal_prompt_gives_duration_and_frame_times(data_dir):
@@ -313,7 +323,7 @@ def test_multiple_choice_renders_lettered_options(data_dir):
 
 def test_classification_nothink_variant_and_default_question(data_dir):
     sample = build("classification", data_dir, think=False, options=None, synonyms=None)
-    assert sample.target == "<answer>red square</answer>" and sample.columns["synonyms"] == []
+    assert sample.target == "<answer>white square</answer>" and sample.columns["synonyms"] == []
     assert "category" in sample.prompt_text and "<think>" not in sample.prompt_text
     assert get_task("classification").reward_weights(False) == {"format_nothink": 0.5, "cls_match": 1.0}
 

@@ -1,4 +1,4 @@
-"""End-to-end tests of the CLI commands on the tiny model: train (SFT + GRPO), resume, eval, tasks, data, tiny-model."""
+"""End-to-end tests of the CLI commands on the tiny model: train (SFT + GRPO), resume, eval, tasks, data."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def counting_data(tmp_path_factory) -> Path:
-    from mmreason.data import make_synthetic
+    from mmreason.synthetic import make_synthetic
 
     out = tmp_path_factory.mktemp("counting")
     make_synthetic("counting", out, n=48, seed=0)
@@ -28,13 +28,18 @@ def counting_data(tmp_path_factory) -> Path:
 
 def _config(tmp_path: Path, data: Path, **extra: str) -> list[str]:
     cfg = {
-        "name": "t", "output_dir": str(tmp_path / "runs"), "think": False,
+        "name": "t",
+        "output_dir": str(tmp_path / "runs"),
+        "think": False,
         "model": {"name": "tiny", "min_pixels": 3136, "max_pixels": 3136},
-        "data": [{"task": "counting", "train": str(data / "train.jsonl"), "val": str(data / "val.jsonl"), "max_val": 4}],
-        "sft": {"steps": 2, "batch_size": 4}, "grpo": {"steps": 2, "prompts_per_step": 2, "group_size": 4,
-                                                      "max_new_tokens": 8},
+        "data": [
+            {"task": "counting", "train": str(data / "train.jsonl"), "val": str(data / "val.jsonl"), "max_val": 4}
+        ],
+        "sft": {"steps": 2, "batch_size": 4},
+        "grpo": {"steps": 2, "prompts_per_step": 2, "group_size": 4, "max_new_tokens": 8},
         "eval": {"max_new_tokens": 8, "batch_size": 4},
     }
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "cfg.yaml"
     path.write_text(json.dumps(cfg))
     return [str(path), *[f"{k}={v}" for k, v in extra.items()]]
@@ -54,8 +59,17 @@ def test_train_sft_then_grpo_end_to_end(tmp_path, counting_data):
     grpo = [m for m in metrics if m["stage"] == "grpo"]
     assert [m["step"] for m in sft] == [1, 2] and [m["step"] for m in grpo] == [1, 2]
     assert all(math.isfinite(m["loss"]) for m in sft + grpo if "loss" in m)
-    for key in ("reward_mean", "reward/format_nothink_mean", "reward/count_match_mean", "completion_len_mean",
-                "truncated_rate", "tokens_per_s", "step_time", "peak_memory_mb", "advantage_std"):
+    for key in (
+        "reward_mean",
+        "reward/format_nothink_mean",
+        "reward/count_match_mean",
+        "completion_len_mean",
+        "truncated_rate",
+        "tokens_per_s",
+        "step_time",
+        "peak_memory_mb",
+        "advantage_std",
+    ):
         assert key in grpo[0], key
     df = store.read(run_dir)
     train_rows = df[df["stage"] == "grpo-1"]
@@ -102,6 +116,10 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return AutoModelForImageTextToText.from_pretrained(ckpt).state_dict()
 
 
+class SimulatedCrash(Exception):
+    pass
+
+
 def test_resume_matches_uninterrupted_run(tmp_path, counting_data, monkeypatch):
     import mmreason.grpo as grpo
 
@@ -113,10 +131,10 @@ def test_resume_matches_uninterrupted_run(tmp_path, counting_data, monkeypatch):
     def crash_after_save(run, cfg, stage_index, step, optimizer, scheduler):
         real_periodic(run, cfg, stage_index, step, optimizer, scheduler)
         if step == 2:
-            raise KeyboardInterrupt  # the process dies right after the step-2 checkpoint
+            raise SimulatedCrash  # the process dies right after the step-2 checkpoint
 
     monkeypatch.setattr(grpo, "_periodic", crash_after_save)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SimulatedCrash):
         runner.invoke(app, ["train", *_config(tmp_path / "b", counting_data, **base)], catch_exceptions=False)
     monkeypatch.setattr(grpo, "_periodic", real_periodic)
     result = _invoke(["train", *_config(tmp_path / "b", counting_data, **base), "--resume"])
@@ -131,8 +149,21 @@ def test_resume_matches_uninterrupted_run(tmp_path, counting_data, monkeypatch):
 def test_eval_command_reports_metrics_and_stores_generations(tmp_path, counting_data):
     _invoke(["train", *_config(tmp_path, counting_data, stages="[sft]", **{"eval.at_start": "false"})])
     run_dir = tmp_path / "runs" / "t"
-    result = _invoke(["eval", str(run_dir), "--task", "counting", "--data", str(counting_data / "val.jsonl"),
-                      "--limit", "3", "--max-new-tokens", "6", "--no-think"])
+    result = _invoke(
+        [
+            "eval",
+            str(run_dir),
+            "--task",
+            "counting",
+            "--data",
+            str(counting_data / "val.jsonl"),
+            "--limit",
+            "3",
+            "--max-new-tokens",
+            "6",
+            "--no-think",
+        ]
+    )
     assert "accuracy" in result.output
     df = store.read(run_dir)
     assert any(s.startswith("eval-s00-sft") for s in df["stage"].unique())
@@ -140,8 +171,16 @@ def test_eval_command_reports_metrics_and_stores_generations(tmp_path, counting_
 
 def test_tasks_command_lists_builtins():
     result = _invoke(["tasks"])
-    for name in ("grounding", "jigsaw", "geolocation", "classification", "counting", "multiple_choice", "math",
-                 "temporal_grounding"):
+    for name in (
+        "grounding",
+        "jigsaw",
+        "geolocation",
+        "classification",
+        "counting",
+        "multiple_choice",
+        "math",
+        "temporal_grounding",
+    ):
         assert name in result.output
 
 

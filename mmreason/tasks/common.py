@@ -20,6 +20,7 @@ from mmreason.registry import get_reward
 from mmreason.rewards import extract_answer
 from mmreason.sample import Sample, SampleContext
 from mmreason.tasks import viz
+from mmreason.tasks.base import NO_THINK_SUFFIX, THINK_SUFFIX
 
 MODEL_FAMILIES = ("qwen2_5_vl", "qwen2_vl")
 URI_PREFIXES = ("data:", "http://", "https://", "file://")
@@ -33,6 +34,12 @@ def short_repr(value: Any, limit: int = 80) -> str:
     """repr() cut to `limit` characters, so a huge bad field does not flood the error message."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def clip_text(text: str, limit: int = 120) -> str:
+    """`text` on one line, cut to `limit` characters (for captions: model output can be huge)."""
+    flat = " / ".join(line.strip() for line in text.strip().splitlines() if line.strip())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 def record_id(record: dict[str, Any], task: str) -> str:
@@ -209,10 +216,11 @@ def answer_card(sample: Sample, completion: str, reward: str, truth: str) -> Ima
     answer = extract_answer(completion)
     value = score_one(reward, completion, sample)
     ok = not math.isnan(value) and value >= 1.0
-    shown = short_repr(answer, 120) if answer is not None else "no <answer>...</answer> found (malformed completion)"
+    shown = clip_text(answer, 120) if answer is not None else "no <answer>...</answer> found (malformed completion)"
+    question = sample.prompt_text.replace(THINK_SUFFIX.strip(), "").replace(NO_THINK_SUFFIX.strip(), "")
     return viz.caption_bar(board, [
         f"{reward}: {fmt_num(value, 3)}",
         (f"truth: {truth}", viz.TRUE_COLOR),
         (f"answer: {shown}", viz.TRUE_COLOR if ok else viz.PRED_COLOR),
-        f"question: {short_repr(sample.prompt_text, 200)}",
+        f"question: {clip_text(question, 200)}",
     ])

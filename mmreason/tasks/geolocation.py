@@ -19,19 +19,19 @@ from typing import Any
 from PIL import Image
 
 from mmreason.registry import register_task
-from mmreason.rewards import extract_answer, haversine_km, parse_latlon
+from mmreason.rewards import extract_answer, predicted_distance_km, predicted_latlon
 from mmreason.sample import Sample, SampleContext
 from mmreason.tasks import viz
 from mmreason.tasks.base import Task, answer_instruction, wrap_target
 from mmreason.tasks.common import (
     as_number,
+    clip_text,
     field_error,
     fmt_num,
     reasoning_of,
     record_id,
     require,
     score,
-    short_repr,
     single_image,
     user_messages,
 )
@@ -63,17 +63,10 @@ def parse_geo_solution(value: Any, rid: str) -> dict[str, Any]:
     return out
 
 
-def predicted_point(completion: str) -> tuple[float, float] | None:
-    answer = extract_answer(completion)
-    return parse_latlon(answer) if answer is not None else None
-
-
 def error_km(completion: str, solution: dict[str, Any]) -> float:
     """Great-circle distance of the answer from the truth; MAX_KM when the answer holds no coordinates."""
-    point = predicted_point(completion)
-    if point is None:
-        return MAX_KM
-    return haversine_km(point[0], point[1], solution["lat"], solution["lon"])
+    km = predicted_distance_km(completion, solution)
+    return MAX_KM if km is None else km
 
 
 @register_task("geolocation")
@@ -110,12 +103,11 @@ class GeolocationTask(Task):
 
     def visualize(self, sample: Sample, completion: str) -> Image.Image:
         sol = sample.columns["solution"]
-        point = predicted_point(completion)
-        answer = extract_answer(completion)
+        point, answer = predicted_latlon(completion), extract_answer(completion)
         if point is None:
             title = "no coordinates in the answer" if answer is not None else "no <answer> found (malformed)"
         else:
-            title = f"great-circle distance {haversine_km(point[0], point[1], sol['lat'], sol['lon']):,.1f} km"
+            title = f"great-circle distance {error_km(completion, sol):,.1f} km"
         world = viz.world_plot((sol["lat"], sol["lon"]), point, title)
         photo, _ = viz.enlarge(sample.images[0], min_side=160)
         board = viz.side_by_side([photo, world], ["photo", "map (equirectangular)"], height=world.height)
@@ -125,6 +117,6 @@ class GeolocationTask(Task):
         return viz.caption_bar(board, [
             f"geo_distance {fmt_num(dist_score, 3)} | geo_hierarchy {fmt_num(tier_score, 3)}",
             (f"truth (green): {fmt_num(sol['lat'], 4)}, {fmt_num(sol['lon'], 4)} {place}".rstrip(), viz.TRUE_COLOR),
-            (f"predicted (red): {short_repr(answer, 90) if answer is not None else 'malformed completion'}",
+            (f"predicted (red): {clip_text(answer, 90) if answer is not None else 'malformed completion'}",
              viz.PRED_COLOR),
         ])

@@ -31,6 +31,7 @@ from mmreason.tasks.base import Task, answer_instruction, wrap_target
 from mmreason.tasks.common import (
     as_number,
     check_family,
+    clip_text,
     field_error,
     fmt_num,
     mean,
@@ -41,7 +42,6 @@ from mmreason.tasks.common import (
     require_text,
     score,
     score_one,
-    short_repr,
     single_image,
     user_messages,
 )
@@ -97,7 +97,7 @@ class GroundingTask(Task):
     def to_sample(self, record: dict[str, Any], ctx: SampleContext) -> Sample:
         rid = record_id(record, self.name)
         family = check_family(ctx)
-        problem = require_text(record, rid, "problem")
+        problem = require_text(record, rid, "problem").rstrip(".")
         solution = require(record, rid, "solution")
         img, ref = single_image(record, rid, ctx, self.name)
         image_size, model_size = tuple(img.original_size), tuple(img.model_size)
@@ -139,9 +139,9 @@ class GroundingTask(Task):
         if answer is None:
             verdict = "no <answer>...</answer> found: malformed completion"
         elif preds is None:
-            verdict = f"no boxes in the answer: {short_repr(answer, 80)}"
+            verdict = f"no boxes in the answer: {clip_text(answer, 80)}"
         else:
-            verdict = f"predicted (red, {family}): {short_repr(answer, 90) if preds else 'no object'}"
+            verdict = f"predicted (red, {family}): {clip_text(answer, 90) if preds else 'no object'}"
         return viz.caption_bar(view, [
             f"IoU {fmt_num(iou)} | F1@0.5 {fmt_num(f1)} | {len(cols['solution'])} true box(es), "
             f"{len(shown)} predicted",

@@ -29,6 +29,7 @@ from mmreason.tasks import viz
 from mmreason.tasks.base import Task, answer_instruction, wrap_target
 from mmreason.tasks.common import (
     RecordError,
+    clip_text,
     field_error,
     fmt_num,
     mean,
@@ -37,7 +38,6 @@ from mmreason.tasks.common import (
     record_id,
     require,
     score,
-    short_repr,
     single_image,
     user_messages,
 )
@@ -118,14 +118,15 @@ class JigsawTask(Task):
             rebuilt = _placeholder(shuffled.size, "answer is not a permutation" if answer is not None else
                                    "no <answer> found")
         panels = [_grid_lines(shuffled, rows, cols, numbers=True), rebuilt, self._reference(sample, shuffled)]
-        labels = ["shuffled (tile numbers)", "reassembled by prediction", "original"]
-        board = viz.side_by_side(panels, labels, height=max(200, shuffled.height))
+        labels = ["shuffled, tiles 1..N", "put back by the answer", "original"]
+        board = viz.side_by_side(panels, labels, height=max(220, shuffled.height))
         exact = score("jigsaw_exact", [completion], [sample])[0]
         frac = score("jigsaw_fraction", [completion], [sample])[0]
         return viz.caption_bar(board, [
             f"exact {fmt_num(exact)} | tiles in place {fmt_num(frac)} | grid {rows}x{cols}",
             (f"truth: {json.dumps(truth)}", viz.TRUE_COLOR),
-            (f"predicted: {json.dumps(pred) if pred is not None else short_repr(answer, 80)}", viz.PRED_COLOR),
+            (f"predicted: {json.dumps(pred) if pred is not None else clip_text(answer, 80)}" if answer is not None
+             else "predicted: no <answer>...</answer> found (malformed completion)", viz.PRED_COLOR),
         ])
 
     @staticmethod

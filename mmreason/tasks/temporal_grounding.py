@@ -17,13 +17,14 @@ from PIL import Image
 
 from mmreason.processors import MediaError, load_video
 from mmreason.registry import register_task
-from mmreason.rewards import extract_answer, parse_segment
+from mmreason.rewards import extract_answer, predicted_segment
 from mmreason.sample import Sample, SampleContext
 from mmreason.tasks import viz
 from mmreason.tasks.base import Task, answer_instruction, wrap_target
 from mmreason.tasks.common import (
     RecordError,
     as_number,
+    clip_text,
     field_error,
     fmt_num,
     mean,
@@ -33,7 +34,6 @@ from mmreason.tasks.common import (
     require,
     require_text,
     score,
-    short_repr,
     user_messages,
 )
 
@@ -107,12 +107,12 @@ class TemporalGroundingTask(Task):
     def visualize(self, sample: Sample, completion: str) -> Image.Image:
         clip, (start, end) = sample.video, sample.columns["solution"]
         answer = extract_answer(completion)
-        pred = parse_segment(answer) if answer is not None else None
+        pred = predicted_segment(completion, sample.columns["duration"])
         tiou = score("tiou", [completion], [sample])[0]
         strip = viz.frame_strip(clip.frames, clip.timestamps, sample.columns["duration"],
                                 [("truth", (start, end), viz.TRUE_COLOR), ("predicted", pred, viz.PRED_COLOR)],
                                 f"tIoU {fmt_num(tiou, 3)}")
-        shown = short_repr(answer, 80) if answer is not None else "no <answer>...</answer> found (malformed)"
+        shown = clip_text(answer, 80) if answer is not None else "no <answer>...</answer> found (malformed)"
         return viz.caption_bar(strip, [
             (f"truth: {fmt_num(start)} - {fmt_num(end)} s of {fmt_num(sample.columns['duration'])} s",
              viz.TRUE_COLOR),

@@ -99,7 +99,7 @@ def caption_bar(img: Image.Image, lines: Sequence[str | tuple[str, tuple[int, in
 
 def side_by_side(images: Sequence[Image.Image], labels: Sequence[str] | None = None, *, height: int | None = None,
                  gap: int = 8) -> Image.Image:
-    """Panels scaled to one height, left to right, each with an optional label above."""
+    """Panels scaled to one height, left to right, each with an optional label above (wrapped to its width)."""
     if not images:
         raise ValueError("side_by_side needs at least one image")
     height = height or max(im.height for im in images)
@@ -108,13 +108,15 @@ def side_by_side(images: Sequence[Image.Image], labels: Sequence[str] | None = N
         w = max(1, round(im.width * height / im.height))
         resample = Image.Resampling.NEAREST if im.height < height else Image.Resampling.BICUBIC
         panels.append(im.convert("RGB").resize((w, height), resample))
-    label_h = 22 if labels else 0
+    fnt = font(14)
+    wrapped = [wrap(label, p.width, fnt) for label, p in zip(labels, panels, strict=True)] if labels else []
+    label_h = 18 * max(len(lines) for lines in wrapped) + 4 if wrapped else 0
     total_w = sum(p.width for p in panels) + gap * (len(panels) + 1)
     out = Image.new("RGB", (total_w, height + label_h + 2 * gap), BG)
     draw, x = ImageDraw.Draw(out), gap
     for i, panel in enumerate(panels):
-        if labels:
-            draw.text((x, gap // 2), labels[i], fill=TEXT, font=font(14))
+        for j, line in enumerate(wrapped[i] if wrapped else []):
+            draw.text((x, gap // 2 + 18 * j), line, fill=TEXT, font=fnt)
         out.paste(panel, (x, gap + label_h))
         x += panel.width + gap
     return out

@@ -1,0 +1,89 @@
+"""Jigsaw rewards: exact order and fraction of tiles in place, including malformed orders."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mmreason.registry import get_reward
+from mmreason.rewards.jigsaw import check_order, format_order, order_exact, order_fraction
+from mmreason.rewards.parse import ColumnError, parse_order
+
+SOLUTION = [3, 1, 4, 2]
+
+
+@pytest.mark.parametrize(
+    "text, exact, fraction",
+    [
+        ("<answer>[3, 1, 4, 2]</answer>", 1.0, 1.0),
+        ("<think>tiles</think><answer>3 1 4 2</answer>", 1.0, 1.0),
+        ("<answer>[[3, 1], [4, 2]]</answer>", 1.0, 1.0),  # a grid of rows, row-major
+        ("<answer>[3, 1, 2, 4]</answer>", 0.0, 0.5),
+        ("<answer>[1, 2, 3, 4]</answer>", 0.0, 0.0),
+        ("<answer>[3, 3, 3, 3]</answer>", 0.0, 0.25),  # repeats: only the positions that hold the right tile
+        ("<answer>[3, 1, 4, 9]</answer>", 0.0, 0.75),  # out of range
+        ("<answer>[2, 0, 3, 1]</answer>", 0.0, 0.0),  # 0-based answer
+        ("<answer>[3, 1, 4]</answer>", 0.0, 0.0),  # wrong length
+        ("<answer>[3, 1, 4, 2, 5]</answer>", 0.0, 0.0),
+        ("<answer>[]</answer>", 0.0, 0.0),
+        ("<answer>three one four two</answer>", 0.0, 0.0),
+        ("<answer>[3, 1, 4, 2.0]</answer>", 0.0, 0.0),
+        ("[3, 1, 4, 2]", 0.0, 0.0),  # no answer tag
+        ("<answer>[1, 2, 3, 4]</answer><answer>[3, 1, 4, 2]</answer>", 1.0, 1.0),  # the last answer counts
+        ("<answer>" + "3 1 4 2 " * 20_000 + "</answer>", 0.0, 0.0),
+        ("", 0.0, 0.0),
+    ],
+)
+def test_jigsaw_rewards(text, exact, fraction):
+    assert get_reward("jigsaw_exact")([text], solution=[SOLUTION]) == [exact]
+    assert get_reward("jigsaw_fraction")([text], solution=[SOLUTION]) == [fraction]
+
+
+@pytest.mark.parametrize("bad", [[1, 1, 2], [0, 1, 2], [1, 2, 4], [], "1 2 3", [1.0, 2.0], [True, 2], [[1, 2], [3, "4"]]])
+def test_solution_must_be_a_permutation(bad):
+    with pytest.raises(ColumnError, match="solution"):
+        get_reward("jigsaw_fraction")(["<answer>[1, 2, 3]</answer>"], solution=[bad])
+
+
+def test_grid_solution_and_not_applicable_rows():
+    assert check_order([[2, 1], [4, 3]]) == [2, 1, 4, 3]
+    assert get_reward("jigsaw_exact")(["<answer>2 1</answer>", "x"], solution=[[2, 1], None]) == [1.0, None]
+
+
+def test_format_order_round_trips():
+    assert format_order([3, 1, 4, 2]) == "[3, 1, 4, 2]"
+    assert parse_order(format_order([3, 1, 4, 2])) == [3, 1, 4, 2]
+
+
+permutations = st.integers(1, 16).flatmap(lambda n: st.permutations(list(range(1, n + 1))))
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(permutations)
+def test_identity_scores_one(solution):
+    text = f"<answer>{format_order(solution)}</answer>"
+    assert get_reward("jigsaw_fraction")([text], solution=[solution]) == [1.0]
+    assert get_reward("jigsaw_exact")([text], solution=[solution]) == [1.0]
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(permutations.flatmap(lambda s: st.tuples(st.just(s), st.permutations(s))))
+def test_any_permutation_scores_in_unit_interval(pair):
+    solution, pred = pair
+    fraction = order_fraction(pred, solution)
+    assert 0.0 <= fraction <= 1.0
+    assert fraction == sum(p == s for p, s in zip(pred, solution, strict=True)) / len(solution)
+    assert order_exact(pred, solution) == (1.0 if list(pred) == list(solution) else 0.0)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(permutations, st.lists(st.integers(-3, 20), max_size=20))
+def test_repeats_never_beat_a_permutation(solution, pred):
+    # the positions a malformed order gets right can always be completed into a valid permutation scoring the same
+    hits = {i for i, (p, s) in enumerate(zip(pred, solution, strict=False)) if p == s}
+    same_length = len(pred) == len(solution)
+    rest = iter(v for v in solution if v not in {solution[i] for i in hits})
+    completed = [solution[i] if i in hits else next(rest) for i in range(len(solution))]
+    assert sorted(completed) == sorted(solution)
+    assert order_fraction(pred, solution) <= (order_fraction(completed, solution) if same_length else 0.0)

@@ -1,0 +1,104 @@
+"""`math_verify`: math-verify equality, on the main thread (SIGALRM timeouts) and off it (helper process)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import pytest
+
+from mmreason.registry import get_reward
+from mmreason.rewards import math_answer
+from mmreason.rewards.math_answer import math_equal
+from mmreason.rewards.parse import ColumnError
+
+
+@pytest.mark.parametrize(
+    "text, solution, expected",
+    [
+        ("<answer>\\frac{1}{2}</answer>", "0.5", 1.0),
+        ("<answer>0.5</answer>", "\\frac{1}{2}", 1.0),
+        ("<answer>1/2</answer>", "0.5", 1.0),
+        ("<think>2+2</think><answer>4</answer>", "4", 1.0),
+        ("<answer>$\\boxed{4}$</answer>", "4", 1.0),
+        ("<answer>The answer is 4</answer>", "4", 1.0),
+        ("<answer>x^2+1</answer>", "1+x^2", 1.0),  # bare expressions are read as LaTeX
+        ("<answer>3\\sqrt{2}</answer>", "\\sqrt{18}", 1.0),
+        ("<answer>(1, 2)</answer>", "(1,2)", 1.0),
+        ("<answer>[0, 1)</answer>", "(0, 1)", 0.0),
+        ("<answer>1/3</answer>", "0.5", 0.0),
+        ("<answer>5</answer>", 5, 1.0),  # numeric solutions are turned into strings
+        ("<answer>2.50</answer>", 2.5, 1.0),
+        ("<answer>abc</answer>", "4", 0.0),
+        ("<answer></answer>", "4", 0.0),
+        ("<answer>1e400</answer>", "4", 0.0),
+        ("4", "4", 0.0),  # no answer tag
+        ("<answer>" + "4" * 2000 + "</answer>", "4", 0.0),  # over MAX_ANSWER_CHARS
+        ("<answer><script>alert(4)</script></answer>", "4", 0.0),
+        ("<answer>4</answer><answer>5</answer>", "5", 1.0),  # the last answer counts
+    ],
+)
+def test_math_verify_reward(text, solution, expected):
+    assert get_reward("math_verify")([text], solution=[solution]) == [expected]
+
+
+@pytest.mark.parametrize("solution", ["", "   ", [1], {"a": 1}, True])
+def test_bad_solution(solution):
+    with pytest.raises(ColumnError, match="math_verify.*solution"):
+        get_reward("math_verify")(["<answer>1</answer>"], solution=[solution])
+
+
+def _in_thread(fn, *args):
+    box = {}
+    worker = threading.Thread(target=lambda: box.setdefault("out", fn(*args)))
+    worker.start()
+    worker.join(timeout=120)
+    assert not worker.is_alive()
+    return box["out"]
+
+
+def test_off_main_thread_uses_the_helper_process_and_times_out():
+    # (100!)! cannot finish: inside the helper, math-verify's own alarm ends it after timeout_s
+    start = time.perf_counter()
+    results = _in_thread(
+        get_reward("math_verify"),
+        ["<answer>\\frac{1}{2}</answer>", "<answer>(100!)!</answer>", "<answer>7</answer>"],
+    )  if False else None
+    scores = _in_thread(
+        lambda: get_reward("math_verify")(
+            ["<answer>\\frac{1}{2}</answer>", "<answer>(100!)!</answer>", "<answer>7</answer>"],
+            solution=["0.5", "5", "7"],
+        )
+    )
+    assert results is None and scores == [1.0, 0.0, 1.0]
+    assert time.perf_counter() - start < 90
+    assert math_answer._HELPER._proc is not None and math_answer._HELPER._proc.poll() is None
+
+
+def test_a_helper_that_misses_its_deadline_is_killed_and_replaced():
+    helper = math_answer._Helper()
+    try:
+        assert helper.verify("2", "2", 1) is True  # starts the helper
+        first = helper._proc
+        assert helper.verify("(100!)!", "5", 1, deadline_s=0.05) is False  # parent gives up first
+        assert first.poll() is not None  # killed
+        assert helper.verify("3", "3", 1) is True  # a fresh helper
+        assert helper._proc is not first
+    finally:
+        helper.stop()
+
+
+def test_an_armed_timer_is_left_alone():
+    # someone else's alarm (e.g. pytest-timeout's) must survive: the comparison goes to the helper instead
+    fired = []
+    old = signal.signal(signal.SIGALRM, lambda *_: fired.append(True))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 100.0)
+        assert math_equal("\\frac{2}{4}", "0.5") is True
+        remaining = signal.getitimer(signal.ITIMER_REAL)[0]
+        assert 0.0 < remaining <= 100.0
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert not fired
