@@ -188,6 +188,20 @@ def tiny_model(
     console.print(f"saved a {n / 1e6:.2f}M-parameter {arch} model to {out_dir}")
 
 
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="A run directory (runs/<name>)."),
+    out: Path = typer.Option(None, "--out", help="Output HTML file (default: RUN_DIR/report.html)."),
+    task_file: list[Path] = TaskFiles,
+) -> None:
+    """Write a run's self-contained HTML report: curves, group spreads, best/worst samples, eval generations."""
+    from mmreason.report import write_report
+
+    _load_user_files(task_file)
+    path = write_report(run_dir, out)
+    console.print(f"report: {path}")
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by the user's input: shown as one clear line, without a traceback."""
     from mmreason.config import ConfigError

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from mmreason import store
@@ -266,11 +267,11 @@ def split_completion(text: str) -> tuple[str | None, str | None]:
 
 def select_samples(view: RunView, kind: str = "best", n: int = 5, *, task: str | Sequence[str] | None = None,
                    steps: Range | None = None, reward_range: Range | None = None, stage: str | None = None,
-                   reward: str = TOTAL) -> pd.DataFrame:
+                   reward: str = TOTAL, per_sample: bool = False) -> pd.DataFrame:
     """The n best / worst completions by `reward`, or the n samples that improved most.
 
     best / worst: rows of view.rollouts (index kept, so `view.rollouts.loc[i]` works), ties in training order;
-        rows where `reward` does not apply are left out.
+        rows where `reward` does not apply are left out; per_sample keeps only each sample's best (worst) row.
     most_improved: one row per (task, sample_id) seen at two or more (stage, step) points after the filters: the
         best completion of its last appearance, with first_stage, first_step, first_reward, last_reward (the mean
         `reward` of the sample's completions there), improvement = last - first and first_row (index of the best
@@ -291,7 +292,10 @@ def select_samples(view: RunView, kind: str = "best", n: int = 5, *, task: str |
         return table.head(n)
     if reward_range is not None:
         rows = rows[_in_range(rows[col], reward_range, "reward_range")]
-    return rows.sort_values(col, ascending=(kind == "worst"), kind="stable").head(n)
+    rows = rows.sort_values(col, ascending=(kind == "worst"), kind="stable")
+    if per_sample:
+        rows = rows.drop_duplicates(["task", "sample_id"], keep="first")
+    return rows.head(n)
 
 
 def _improvements(rows: pd.DataFrame, stage_order: list[str], col: str) -> pd.DataFrame:
@@ -380,7 +384,7 @@ def reward_curves(view: RunView, *, task: str | Sequence[str] | None = None, sta
     """Mean reward per step: one line per named reward and one for the total, one panel per training stage."""
     table = reward_table(view, task=task, stage=stage)
     stages = list(dict.fromkeys(table["stage"]))
-    fig = Figure(figsize=(6.4 * max(1, len(stages)), 3.8), layout="constrained")
+    fig = Figure(figsize=(7.6 * max(1, len(stages)), 3.8), layout="constrained")
     if not stages:
         return _empty(fig, "no training rollouts to plot")
     axes = fig.subplots(1, len(stages), squeeze=False)[0]
@@ -394,10 +398,10 @@ def reward_curves(view: RunView, *, task: str | Sequence[str] | None = None, sta
         series = part[["step", TOTAL]].dropna()
         ax.plot(series["step"], series[TOTAL], marker="o", markersize=4, linewidth=2.4, color="black", label=TOTAL)
         ax.set_title(f"{name}: mean reward per step" + (f" ({_describe(task)})" if task else ""), fontsize=10)
-        ax.set_xlabel("step")
+        _step_axis(ax)
+        _reward_ylim(ax)
         ax.set_ylabel("mean reward")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never hides a curve
     return fig
 
 
@@ -421,8 +425,8 @@ def group_reward_distribution(view: RunView, step: int | None = None, *, stage: 
     right.plot(per_step.index, per_step["zero"], marker="s", linestyle="--", label="share of groups with zero spread")
     right.axvline(step, color="grey", linewidth=0.8, linestyle=":")
     right.set_title(f"{name}: spread of {reward_column(reward)} within groups", fontsize=10)
-    right.set_xlabel("step")
-    right.grid(True, alpha=0.3)
+    _step_axis(right)
+    _reward_ylim(right)
     right.legend(fontsize=8)
     return fig
 
@@ -442,6 +446,7 @@ def _group_boxes(ax: Any, view: RunView, stage: str, step: int, reward: str, max
     ax.set_title(f"{stage} step {step}: {col} of each group (G={g})", fontsize=10)
     ax.set_ylabel(col)
     ax.grid(True, axis="y", alpha=0.3)
+    _reward_ylim(ax)
 
 
 def training_curves(view: RunView, keys: Sequence[str] = TRAINING_METRICS) -> Figure:
@@ -457,11 +462,22 @@ def training_curves(view: RunView, keys: Sequence[str] = TRAINING_METRICS) -> Fi
         for index, part in rows.groupby("stage_index", sort=True):
             ax.plot(part["step"], part[key], marker="o", markersize=3, label=f"grpo-{index}")
         ax.set_title(key, fontsize=10)
-        ax.set_xlabel("step")
-        ax.grid(True, alpha=0.3)
+        _step_axis(ax)
     if rows["stage_index"].nunique() > 1:
         axes[0].legend(fontsize=8)
     return fig
+
+
+def _step_axis(ax: Any) -> None:
+    ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(True, alpha=0.3)
+
+
+def _reward_ylim(ax: Any) -> None:
+    """Show at least [0, 1], where rewards live: a flat line at 0 then reads as "no reward", not as noise."""
+    low, high = ax.get_ylim()
+    ax.set_ylim(min(low, -0.05), max(high, 1.05))
 
 
 def _empty(fig: Figure, message: str) -> Figure:

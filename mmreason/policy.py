@@ -81,7 +81,12 @@ def model_family(config: Any, requested: str = "auto") -> str:
 
 
 def load_processor(source: str | Path, cfg: ModelConfig) -> Any:
+    import warnings
+
     from transformers import AutoProcessor
+
+    # transformers 5.x warns on every call when a saved processor carries min/max pixels; they are unused here.
+    warnings.filterwarnings("ignore", message="Passing `min_pixels` and `max_pixels`", category=FutureWarning)
 
     # Images and frames are resized by mmreason.processors (qwen-vl-utils rules, the config's pixel budget) before
     # they reach the processor, which is called with do_resize=False; its own min/max pixels are not used.

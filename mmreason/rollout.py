@@ -192,6 +192,7 @@ def completion_logprobs(
     if temperature != 1.0:
         logits = logits / temperature
     if suppressed:
-        logits[..., suppressed] = float("-inf")  # the same support generation sampled from
+        # the same support generation sampled from; the most negative finite value keeps entropy free of 0 * inf
+        logits[..., suppressed] = torch.finfo(logits.dtype).min
     logp = token_logprobs(logits, completion_ids)
     return logp, (token_entropy(logits) if with_entropy else None)

@@ -111,7 +111,19 @@ def train(cfg: RunConfig, resume: bool = False) -> Run:
         evaluate(run, label=f"after-s{index:02d}-{stage}")
         checkpoint(run, index, stage, getattr(cfg, stage).steps, optimizer, scheduler, done=True)
         state = None
+    write_run_report(run.run_dir)
     return run
+
+
+def write_run_report(run_dir: Path) -> Path | None:
+    """The run's report.html; a failure is logged, never raised: the report must not cost a finished run."""
+    try:
+        from mmreason.report import write_report
+
+        return write_report(run_dir)
+    except Exception as exc:  # noqa: BLE001 - any report failure is only a warning
+        log.warning("could not write the report of %s: %s: %s", run_dir, type(exc).__name__, exc)
+        return None
 
 
 def eval_table(history: list[dict[str, Any]]) -> Table:

@@ -41,6 +41,7 @@ from mmreason.registry import register_reward
 from .parse import (
     ColumnError,
     extract_answer,
+    is_number,
     loads_or_none,
     normalize_text,
     parse_latlon,
@@ -56,7 +57,7 @@ MAX_PLACE_PARTS = 3
 
 # Normalised alias -> ISO 3166-1 alpha-2 code, for names the package's country list spells differently.
 _COUNTRY_ALIASES = {
-    "usa": "US", "us": "US", "u s": "US", "u s a": "US", "united states of america": "US", "america": "US",
+    "usa": "US", "us": "US", "u s": "US", "u s a": "US", "united states of america": "US",
     "uk": "GB", "u k": "GB", "great britain": "GB", "britain": "GB", "england": "GB", "scotland": "GB",
     "wales": "GB", "northern ireland": "GB", "uae": "AE", "czechia": "CZ", "south korea": "KR", "korea": "KR",
     "republic of korea": "KR", "north korea": "KP", "russia": "RU", "iran": "IR", "syria": "SY", "laos": "LA",
@@ -97,7 +98,7 @@ def check_location(value: Any, name: str = "solution") -> dict[str, Any]:
     """The solution dict with finite lat in [-90, 90] and lon in [-180, 180]; optional names must be str/None."""
     if isinstance(value, dict):
         lat, lon = value.get("lat"), value.get("lon")
-        ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (lat, lon))
+        ok = all(is_number(v) and math.isfinite(v) for v in (lat, lon))
         names_ok = all(isinstance(value.get(k), (str, type(None))) for k in ("country", "region", "city"))
         if ok and names_ok and -90 <= lat <= 90 and -180 <= lon <= 180:
             return value

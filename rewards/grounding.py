@@ -25,7 +25,7 @@ from typing import Any
 
 from mmreason.registry import register_reward
 
-from .parse import ColumnError, clean_box, extract_answer, is_abstention, parse_boxes, score_each
+from .parse import ColumnError, clean_box, extract_answer, is_abstention, is_number, parse_boxes, score_each
 
 QWEN2_5_VL = "qwen2_5_vl"
 QWEN2_VL = "qwen2_vl"
@@ -47,7 +47,7 @@ def canonical_family(value: Any) -> str:
 def check_size(value: Any, name: str) -> tuple[float, float]:
     """(w, h) from a [w, h] column value; both finite and > 0, else ColumnError naming `name`."""
     if isinstance(value, (list, tuple)) and len(value) == 2:
-        w, h = (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan for v in value)
+        w, h = (float(v) if is_number(v) else math.nan for v in value)
         if math.isfinite(w) and math.isfinite(h) and w > 0 and h > 0:
             return (w, h)
     raise ColumnError(f"{name}: expected [width, height] with positive finite numbers, got {value!r}")
@@ -57,7 +57,7 @@ def check_boxes(value: Any, name: str = "solution") -> list[Box]:
     """GT boxes from a column value: a list of [x1, y1, x2, y2] (or one flat box); corners ordered."""
     if not isinstance(value, (list, tuple)):
         raise ColumnError(f"{name}: expected a list of [x1, y1, x2, y2] boxes, got {value!r}")
-    items = [value] if len(value) == 4 and all(isinstance(v, (int, float)) for v in value) else value
+    items = [value] if len(value) == 4 and all(is_number(v) for v in value) else value
     boxes = []
     for item in items:
         box = clean_box(item) if isinstance(item, (list, tuple)) else None

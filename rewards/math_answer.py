@@ -26,17 +26,19 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
 from mmreason.registry import register_reward
 
-from .parse import ColumnError, extract_answer, score_each
+from .parse import ColumnError, extract_answer, is_number, score_each
 
 DEFAULT_TIMEOUT_S = 2  # per math-verify step (each parse, each comparison); SIGALRM takes whole seconds
 MAX_ANSWER_CHARS = 1000
 _STARTUP_GRACE_S = 60.0  # a fresh helper imports sympy and the package before answering
+_RETRY_AFTER_S = 60.0
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +74,7 @@ def _verify_here(answer: str, solution: str, timeout_s: int) -> bool:
 
 
 def _signals_usable() -> bool:
-    if os.name != "posix" or threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread():
         return False
     return signal.getitimer(signal.ITIMER_REAL)[0] == 0.0
 
@@ -84,6 +86,8 @@ class _Helper:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[str] | None = None
         self._fresh = False
+        # after a helper fails to start or dies twice in a row, calls score 0 at once until this time (monotonic s)
+        self._retry_at = 0.0
 
     def _start(self) -> subprocess.Popen[str]:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
@@ -108,12 +112,14 @@ class _Helper:
     def verify(self, answer: str, solution: str, timeout_s: int, deadline_s: float | None = None) -> bool:
         request = json.dumps({"answer": answer, "solution": solution, "timeout": timeout_s}) + "\n"
         with self._lock:
+            if time.monotonic() < self._retry_at:
+                return False
             for _ in range(2):  # a helper found dead is restarted once
-                proc = self._proc if self._proc is not None and self._proc.poll() is None else self._start()
                 try:
+                    proc = self._proc if self._proc is not None and self._proc.poll() is None else self._start()
                     proc.stdin.write(request)  # type: ignore[union-attr]
                     proc.stdin.flush()  # type: ignore[union-attr]
-                except OSError:
+                except (OSError, ValueError):  # cannot spawn, or the pipe broke
                     self.stop()
                     continue
                 wait = deadline_s if deadline_s is not None else 5.0 * timeout_s + 1.0
@@ -124,10 +130,16 @@ class _Helper:
                     return False
                 line = proc.stdout.readline()  # type: ignore[union-attr]
                 self._fresh = False
-                if line:
-                    return bool(json.loads(line).get("equal", False))
-                self.stop()
-            log.warning("math_verify helper process could not be started; scoring 0")
+                try:
+                    return bool(json.loads(line)["equal"])
+                except (ValueError, KeyError, TypeError):  # EOF (it died) or a line that is not its reply
+                    self.stop()
+            self._retry_at = time.monotonic() + _RETRY_AFTER_S
+            log.error(
+                "math_verify helper process cannot run (try: %s -c 'import mmreason.rewards'); scoring 0 for %.0f s",
+                sys.executable,
+                _RETRY_AFTER_S,
+            )
             return False
 
 
@@ -151,6 +163,8 @@ def math_equal(answer: str, solution: str, timeout_s: int = DEFAULT_TIMEOUT_S) -
     """Is `answer` mathematically equal to `solution`? Thread-safe; never raises on any answer string."""
     if not answer.strip() or len(answer) > MAX_ANSWER_CHARS:
         return False
+    if os.name != "posix":  # math-verify times out with processes there, not signals: safe on any thread
+        return _verify_here(answer, solution, timeout_s)
     if _signals_usable():
         try:
             return _verify_here(answer, solution, timeout_s)
@@ -161,7 +175,7 @@ def math_equal(answer: str, solution: str, timeout_s: int = DEFAULT_TIMEOUT_S) -
 
 def check_solution(value: Any, name: str = "solution") -> str:
     """The gold answer as a non-empty string (numbers are formatted with str), else ColumnError."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if is_number(value):
         value = str(value)
     if isinstance(value, str) and value.strip():
         return value

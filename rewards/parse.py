@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import numbers
 import re
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
@@ -94,6 +95,17 @@ def loads_or_none(text: str) -> Any:
         return None
 
 
+def is_number(value: Any) -> bool:
+    """A real number (python or numpy scalar), and not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def to_plain(value: Any) -> Any:
+    """numpy/torch/pandas arrays and scalars -> python lists and numbers (via `.tolist()`); others unchanged."""
+    tolist = getattr(value, "tolist", None)
+    return tolist() if callable(tolist) and not isinstance(value, (str, bytes)) else value
+
+
 def _finite(value: Any) -> float | None:
     """A finite float from an int/float/numeric string (never from a bool), else None."""
     if isinstance(value, bool):
@@ -102,7 +114,7 @@ def _finite(value: Any) -> float | None:
         value = parse_number(value)
         if value is None:
             return None
-    if not isinstance(value, (int, float)):
+    if not is_number(value):
         return None
     try:
         f = float(value)
@@ -229,7 +241,7 @@ def _boxes_from_json(obj: Any, depth: int = 0) -> list[list[float]]:
         return []
     if not isinstance(obj, list):
         return []
-    if len(obj) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in obj):
+    if len(obj) == 4 and all(is_number(v) for v in obj):
         box = clean_box(obj)
         return [box] if box else []
     out: list[list[float]] = []
@@ -269,7 +281,7 @@ def parse_boxes(text: str) -> list[list[float]]:
     if not isinstance(text, str):
         return []
     body = strip_code_fence(text).strip()
-    if body[:1] in "[{":
+    if body.startswith(("[", "{")):
         boxes = _boxes_from_json(loads_or_none(body))
         if boxes:
             return boxes[:MAX_BOXES]
@@ -376,7 +388,7 @@ _HEMI_RE = re.compile(
     rf"{_N}\s{{0,3}}°?\s{{0,3}}(?:{_N}\s{{0,3}}['′]\s{{0,3}})?(?:{_N}\s{{0,3}}(?:\"|″|'')\s{{0,3}})?"
     r"([NSEW]|[Nn]orth|[Ss]outh|[Ee]ast|[Ww]est)(?![a-zA-Z])",
 )
-_LABELLED_RE = re.compile(rf"\b(lat(?:itude)?|lo?ng?(?:itude)?)\b\s{{0,3}}[:=]?\s{{0,3}}{_N}", re.IGNORECASE)
+_LABELLED_RE = re.compile(rf"\b(lat(?:itude)?|lo?ng?(?:itude)?)\b[\"']?\s{{0,3}}[:=]?\s{{0,3}}{_N}", re.IGNORECASE)
 _PAIR_SEP_RE = re.compile(r"\s{0,10}°?\s{0,10}[,;/]?\s{0,10}")
 
 
@@ -561,7 +573,7 @@ def score_each(
     table = {c: _column_values(reward, c, columns[c], n) for c in (*required, *optional) if c in columns}
     out: list[float | None] = []
     for i, completion in enumerate(completions):
-        row = {c: table[c][i] if c in table else None for c in (*required, *optional)}
+        row = {c: to_plain(table[c][i]) if c in table else None for c in (*required, *optional)}
         for c, default in optional.items():
             if row[c] is None:
                 row[c] = default

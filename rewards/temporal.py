@@ -15,13 +15,13 @@ from typing import Any
 
 from mmreason.registry import register_reward
 
-from .parse import ColumnError, extract_answer, parse_segment, score_each
+from .parse import ColumnError, extract_answer, is_number, parse_segment, score_each
 
 
 def check_segment(value: Any, name: str = "solution") -> tuple[float, float]:
     """(start, end) from a column value: two finite numbers with 0 <= start <= end, else ColumnError."""
     if isinstance(value, (list, tuple)) and len(value) == 2:
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+        if all(is_number(v) and math.isfinite(v) for v in value):
             start, end = float(value[0]), float(value[1])
             if 0.0 <= start <= end:
                 return (start, end)
@@ -49,7 +49,7 @@ def predicted_segment(completion: str, duration: float | None = None) -> tuple[f
 def _check_duration(value: Any) -> float | None:
     if value is None:
         return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
+    if is_number(value) and math.isfinite(value) and value > 0:
         return float(value)
     raise ColumnError(f"duration: expected a positive number of seconds or None, got {value!r}")
 

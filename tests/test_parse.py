@@ -7,7 +7,6 @@ import time
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from mmreason.rewards.parse import (
     ColumnError,
     completion_text,
@@ -249,6 +248,7 @@ def test_parse_order(text, expected):
         ("48 North, 2 West", (48.0, -2.0)),
         ("lat: 48.8, lon: 2.3", (48.8, 2.3)),
         ("Longitude 2.3; latitude 48.8", (48.8, 2.3)),
+        ('roughly {"lat": 48.8, "lon": 2.3} I think', (48.8, 2.3)),  # JSON inside prose, read by its labels
         ("Paris 2024, 48.85, 2.35", (48.85, 2.35)),  # the first in-range adjacent pair
         ("Paris, France", None),
         ("100, 200", None),
@@ -335,8 +335,13 @@ def _echo(text: str, solution, extra="dflt") -> float:
 
 
 def test_score_each_rows_defaults_and_not_applicable():
-    out = score_each("echo", ["a", "b", "c"], {"solution": [1, None, 2], "extra": [None, "x", "x"]}, _echo,
-                     optional={"extra": "dflt"})
+    out = score_each(
+        "echo",
+        ["a", "b", "c"],
+        {"solution": [1, None, 2], "extra": [None, "x", "x"]},
+        _echo,
+        optional={"extra": "dflt"},
+    )
     assert out == [1.0, None, 0.5]
 
 
@@ -354,8 +359,19 @@ def test_score_each_errors_name_the_reward_and_column(columns, message):
         score_each("echo", ["a", "b"], columns, _echo)
 
 
-PARSERS = [extract_answer, extract_think, parse_boxes, is_abstention, parse_number, parse_int, parse_choice,
-           parse_order, parse_latlon, parse_segment, normalize_text]
+PARSERS = [
+    extract_answer,
+    extract_think,
+    parse_boxes,
+    is_abstention,
+    parse_number,
+    parse_int,
+    parse_choice,
+    parse_order,
+    parse_latlon,
+    parse_segment,
+    normalize_text,
+]
 ADVERSARIAL = {
     "digits": "1" * BIG,
     "spaces": " " * BIG,

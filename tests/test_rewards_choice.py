@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-
-from mmreason.registry import get_reward
 from mmreason.rewards.choice import check_letter, predicted_choice
 from mmreason.rewards.parse import ColumnError
+
+from mmreason.registry import get_reward
 
 OPTIONS = ["London", "Paris", "Rome", "Berlin"]
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-
-from mmreason.registry import get_reward
 from mmreason.rewards.counting import check_count, predicted_count
 from mmreason.rewards.parse import ColumnError
+
+from mmreason.registry import get_reward
 
 
 @pytest.mark.parametrize(

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from mmreason.rewards.format import has_answer_only_format, has_think_answer_format
 
 from mmreason.registry import get_reward
-from mmreason.rewards.format import has_answer_only_format, has_think_answer_format
 
 CASES = [
     # text, format, format_nothink

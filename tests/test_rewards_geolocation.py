@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
-
-from mmreason.registry import get_reward
 from mmreason.rewards.geolocation import (
     EARTH_RADIUS_KM,
     Place,
@@ -20,6 +19,8 @@ from mmreason.rewards.geolocation import (
     reverse_geocode_place,
 )
 from mmreason.rewards.parse import ColumnError, parse_latlon
+
+from mmreason.registry import get_reward
 
 PARIS, LONDON = (48.8566, 2.3522), (51.5074, -0.1278)
 NEW_YORK, LOS_ANGELES = (40.7128, -74.0060), (34.0522, -118.2437)
@@ -171,8 +172,14 @@ def test_hierarchy_denominator_skips_tiers_the_truth_lacks():
 
 @pytest.mark.parametrize(
     "solution",
-    [{"lat": 91, "lon": 0}, {"lat": 0}, {"lat": "48", "lon": 2}, {"lat": math.nan, "lon": 0}, [48.8, 2.3],
-     {"lat": 0, "lon": 0, "country": 3}],
+    [
+        {"lat": 91, "lon": 0},
+        {"lat": 0},
+        {"lat": "48", "lon": 2},
+        {"lat": math.nan, "lon": 0},
+        [48.8, 2.3],
+        {"lat": 0, "lon": 0, "country": 3},
+    ],
 )
 def test_bad_solution_is_a_column_error(solution):
     for name in ("geo_distance", "geo_hierarchy"):
@@ -185,3 +192,10 @@ def test_helpers_round_trip_and_distance():
     km = predicted_distance_km(f"<answer>{format_latlon(*TOKYO)}</answer>", {"lat": SYDNEY[0], "lon": SYDNEY[1]})
     assert km == pytest.approx(7825.829, abs=1.0)
     assert predicted_distance_km("<answer>Tokyo</answer>", TRUTH_PARIS) is None
+
+
+def test_numpy_scalars_in_the_solution_are_accepted():
+    solution = {"lat": np.float32(PARIS[0]), "lon": np.float64(PARIS[1])}
+    assert get_reward("geo_distance")(["<answer>48.8566, 2.3522</answer>"], solution=[solution]) == [
+        pytest.approx(1.0, abs=1e-4)
+    ]

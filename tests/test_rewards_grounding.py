@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from mmreason.registry import get_reward
 from mmreason.rewards.grounding import (
     box_iou,
     canonical_family,
@@ -21,6 +20,8 @@ from mmreason.rewards.grounding import (
     predicted_boxes,
 )
 from mmreason.rewards.parse import ColumnError, parse_boxes
+
+from mmreason.registry import get_reward
 
 
 @pytest.mark.parametrize(
@@ -40,8 +41,9 @@ def test_box_iou(a, b, expected):
 
 
 coord = st.floats(-1e6, 1e6, allow_nan=False)
-box = st.tuples(coord, coord, coord, coord).map(lambda t: [min(t[0], t[2]), min(t[1], t[3]), max(t[0], t[2]),
-                                                           max(t[1], t[3])])
+box = st.tuples(coord, coord, coord, coord).map(
+    lambda t: [min(t[0], t[2]), min(t[1], t[3]), max(t[0], t[2]), max(t[1], t[3])]
+)
 positive_box = st.tuples(st.floats(-1e4, 1e4), st.floats(-1e4, 1e4), st.floats(1e-2, 1e4), st.floats(1e-2, 1e4)).map(
     lambda t: [t[0], t[1], t[0] + t[2], t[1] + t[3]]
 )
@@ -133,13 +135,23 @@ SIZES = {"image_size": [200, 100], "model_size": [100, 50]}  # model sees the im
 
 def _iou(text: str, solution, family="qwen2_5_vl", **sizes) -> float:
     cols = {**SIZES, **sizes}
-    return get_reward("iou")([text], solution=[solution], image_size=[cols["image_size"]],
-                             model_size=[cols["model_size"]], coord_family=[family])[0]
+    return get_reward("iou")(
+        [text],
+        solution=[solution],
+        image_size=[cols["image_size"]],
+        model_size=[cols["model_size"]],
+        coord_family=[family],
+    )[0]
 
 
 def _f1(text: str, solution, family="qwen2_5_vl") -> float:
-    return get_reward("box_f1")([text], solution=[solution], image_size=[SIZES["image_size"]],
-                                model_size=[SIZES["model_size"]], coord_family=[family])[0]
+    return get_reward("box_f1")(
+        [text],
+        solution=[solution],
+        image_size=[SIZES["image_size"]],
+        model_size=[SIZES["model_size"]],
+        coord_family=[family],
+    )[0]
 
 
 GT = [[20, 20, 100, 60]]  # original pixels; in Qwen2.5-VL model pixels [10, 10, 50, 30]; Qwen2-VL [100, 200, 500, 600]
@@ -238,3 +250,14 @@ def test_single_item_helpers():
     assert predicted_boxes("<answer>none</answer>", (100.0, 50.0)) == []
     assert predicted_boxes("<answer>dog</answer>", (100.0, 50.0)) is None
     assert predicted_boxes("nothing", (100.0, 50.0)) is None
+
+
+def test_numpy_columns_are_accepted():
+    got = get_reward("iou")(
+        ["<answer>[10, 10, 50, 30]</answer>"],
+        solution=[np.array([[20, 20, 100, 60]], dtype=np.float32)],
+        image_size=np.array([[200, 100]]),
+        model_size=[np.array([100, 50], dtype=np.int64)],
+        coord_family=np.array(["qwen2_5_vl"]),
+    )
+    assert got == [1.0]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from mmreason.registry import get_reward
 from mmreason.rewards.jigsaw import check_order, format_order, order_exact, order_fraction
 from mmreason.rewards.parse import ColumnError, parse_order
+
+from mmreason.registry import get_reward
 
 SOLUTION = [3, 1, 4, 2]
 
@@ -40,7 +40,9 @@ def test_jigsaw_rewards(text, exact, fraction):
     assert get_reward("jigsaw_fraction")([text], solution=[SOLUTION]) == [fraction]
 
 
-@pytest.mark.parametrize("bad", [[1, 1, 2], [0, 1, 2], [1, 2, 4], [], "1 2 3", [1.0, 2.0], [True, 2], [[1, 2], [3, "4"]]])
+@pytest.mark.parametrize(
+    "bad", [[1, 1, 2], [0, 1, 2], [1, 2, 4], [], "1 2 3", [1.0, 2.0], [True, 2], [[1, 2], [3, "4"]]]
+)
 def test_solution_must_be_a_permutation(bad):
     with pytest.raises(ColumnError, match="solution"):
         get_reward("jigsaw_fraction")(["<answer>[1, 2, 3]</answer>"], solution=[bad])

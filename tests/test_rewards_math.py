@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
+import sys
 import threading
 import time
 
 import pytest
-
-from mmreason.registry import get_reward
 from mmreason.rewards import math_answer
 from mmreason.rewards.math_answer import math_equal
 from mmreason.rewards.parse import ColumnError
+
+from mmreason.registry import get_reward
 
 
 @pytest.mark.parametrize(
@@ -59,34 +61,25 @@ def _in_thread(fn, *args):
 
 
 def test_off_main_thread_uses_the_helper_process_and_times_out():
-    # (100!)! cannot finish: inside the helper, math-verify's own alarm ends it after timeout_s
+    # (100!)! cannot finish: inside the helper process, math-verify's own alarm ends it after timeout_s
     start = time.perf_counter()
-    results = _in_thread(
-        get_reward("math_verify"),
-        ["<answer>\\frac{1}{2}</answer>", "<answer>(100!)!</answer>", "<answer>7</answer>"],
-    )  if False else None
-    scores = _in_thread(
-        lambda: get_reward("math_verify")(
-            ["<answer>\\frac{1}{2}</answer>", "<answer>(100!)!</answer>", "<answer>7</answer>"],
-            solution=["0.5", "5", "7"],
-        )
-    )
-    assert results is None and scores == [1.0, 0.0, 1.0]
+    assert _in_thread(math_equal, "\\frac{1}{2}", "0.5", 1) is True
+    assert _in_thread(math_equal, "(100!)!", "5", 1) is False
+    reward = get_reward("math_verify")
+    texts = ["<answer>1/2</answer>", "<answer>3</answer>"]
+    assert _in_thread(lambda: reward(texts, solution=["0.5", "4"])) == [1.0, 0.0]
     assert time.perf_counter() - start < 90
     assert math_answer._HELPER._proc is not None and math_answer._HELPER._proc.poll() is None
 
 
 def test_a_helper_that_misses_its_deadline_is_killed_and_replaced():
-    helper = math_answer._Helper()
-    try:
-        assert helper.verify("2", "2", 1) is True  # starts the helper
-        first = helper._proc
-        assert helper.verify("(100!)!", "5", 1, deadline_s=0.05) is False  # parent gives up first
-        assert first.poll() is not None  # killed
-        assert helper.verify("3", "3", 1) is True  # a fresh helper
-        assert helper._proc is not first
-    finally:
-        helper.stop()
+    helper = math_answer._HELPER
+    assert helper.verify("2", "2", 1) is True  # (re)uses the shared helper
+    first = helper._proc
+    assert helper.verify("(100!)!", "5", 1, deadline_s=0.05) is False  # the parent gives up first
+    assert first.poll() is not None  # killed
+    assert helper.verify("3", "3", 1) is True  # a fresh helper
+    assert helper._proc is not first
 
 
 def test_an_armed_timer_is_left_alone():
@@ -102,3 +95,17 @@ def test_an_armed_timer_is_left_alone():
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
     assert not fired
+
+
+@pytest.mark.parametrize("executable", ["/nonexistent/python", shutil.which("false") or "/bin/false"])
+def test_a_helper_that_cannot_run_scores_zero_and_backs_off(monkeypatch, executable):
+    helper = math_answer._Helper()
+    monkeypatch.setattr(sys, "executable", executable)
+    try:
+        assert helper.verify("2", "2", 1) is False
+        assert helper._retry_at > time.monotonic()
+        start = time.perf_counter()
+        assert helper.verify("2", "2", 1) is False  # no new spawn while backing off
+        assert time.perf_counter() - start < 0.1
+    finally:
+        helper.stop()

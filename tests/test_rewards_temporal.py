@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from mmreason.registry import get_reward
 from mmreason.rewards.parse import ColumnError, parse_segment
 from mmreason.rewards.temporal import format_segment, interval_iou, predicted_segment
+
+from mmreason.registry import get_reward
 
 SOLUTION = [10.0, 20.0]
 
