@@ -94,14 +94,17 @@ def build_tokenizer(vocab_size: int = 1024):
     return fast
 
 
-def build_processor(tokenizer, min_pixels: int = 28 * 28 * 4, max_pixels: int = 28 * 28 * 256):
-    """A real Qwen2.5-VL processor (image + video processors, chat template) around `tokenizer`."""
-    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+def build_processor(
+    tokenizer, min_pixels: int = 28 * 28 * 4, max_pixels: int = 28 * 28 * 256, arch: str = "qwen2_5_vl"
+):
+    """A real Qwen2.5-VL (or Qwen2-VL) processor (image + video processors, chat template) around `tokenizer`."""
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
 
     size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
     image_processor = Qwen2VLImageProcessor(size=size, patch_size=14, merge_size=2, temporal_patch_size=2)
     video_processor = Qwen2VLVideoProcessor(size=size, patch_size=14, merge_size=2, temporal_patch_size=2)
-    return Qwen2_5_VLProcessor(
+    cls = Qwen2_5_VLProcessor if arch == "qwen2_5_vl" else Qwen2VLProcessor
+    return cls(
         image_processor=image_processor,
         tokenizer=tokenizer,
         video_processor=video_processor,
@@ -169,7 +172,7 @@ def build_tiny(
     from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
 
     tokenizer = build_tokenizer()
-    processor = build_processor(tokenizer)
+    processor = build_processor(tokenizer, arch=arch)
     config = build_config(tokenizer, arch, hidden_size, layers, vision_depth)
     torch.manual_seed(seed)
     cls = Qwen2_5_VLForConditionalGeneration if arch == "qwen2_5_vl" else Qwen2VLForConditionalGeneration

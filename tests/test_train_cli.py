@@ -209,3 +209,21 @@ def test_tiny_model_command_round_trip(tmp_path):
     _invoke(["tiny-model", str(tmp_path / "tiny")])
     assert isinstance(AutoProcessor.from_pretrained(tmp_path / "tiny"), Qwen2_5_VLProcessor)
     assert AutoModelForImageTextToText.from_pretrained(tmp_path / "tiny").config.model_type == "qwen2_5_vl"
+
+
+def test_tiny_qwen2_vl_round_trip_and_generates(tmp_path):
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor, Qwen2VLProcessor
+
+    from mmreason.processors import build_inputs
+
+    _invoke(["tiny-model", str(tmp_path / "q2"), "--arch", "qwen2_vl"])
+    processor = AutoProcessor.from_pretrained(tmp_path / "q2")
+    assert isinstance(processor, Qwen2VLProcessor)
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path / "q2")
+    assert model.config.model_type == "qwen2_vl"
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many?"}]}]
+    inputs = build_inputs(processor, messages, images=[Image.new("RGB", (56, 56), "red")])
+    torch.manual_seed(0)
+    out = model.generate(**inputs, max_new_tokens=4, do_sample=True, pad_token_id=processor.tokenizer.pad_token_id)
+    assert out.shape[1] > inputs["input_ids"].shape[1]
