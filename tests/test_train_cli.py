@@ -212,10 +212,9 @@ def test_tiny_model_command_round_trip(tmp_path):
 
 
 def test_tiny_qwen2_vl_round_trip_and_generates(tmp_path):
+    from mmreason.processors import build_inputs
     from PIL import Image
     from transformers import AutoModelForImageTextToText, AutoProcessor, Qwen2VLProcessor
-
-    from mmreason.processors import build_inputs
 
     _invoke(["tiny-model", str(tmp_path / "q2"), "--arch", "qwen2_vl"])
     processor = AutoProcessor.from_pretrained(tmp_path / "q2")
