@@ -226,3 +226,35 @@ def test_tiny_qwen2_vl_round_trip_and_generates(tmp_path):
     torch.manual_seed(0)
     out = model.generate(**inputs, max_new_tokens=4, do_sample=True, pad_token_id=processor.tokenizer.pad_token_id)
     assert out.shape[1] > inputs["input_ids"].shape[1]
+
+
+def test_lora_grpo_with_kl_uses_the_adapter_disabled_base(tmp_path, counting_data):
+    args = _config(
+        tmp_path,
+        counting_data,
+        stages="[grpo]",
+        **{"model.lora.enabled": "true", "model.lora.r": "4", "grpo.beta": "0.04", "eval.at_start": "false"},
+    )
+    _invoke(["train", *args])
+    run_dir = tmp_path / "runs" / "t"
+    grpo = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    grpo = [m for m in grpo if m["stage"] == "grpo"]
+    assert all(math.isfinite(m["kl"]) and m["kl"] >= 0 for m in grpo)
+    ckpt = sorted((run_dir / "checkpoints").iterdir())[-1]
+    assert (ckpt / "adapter_config.json").is_file() and not (ckpt / "model.safetensors").exists()
+    result = _invoke(
+        [
+            "eval",
+            str(run_dir),
+            "--task",
+            "counting",
+            "--data",
+            str(counting_data / "val.jsonl"),
+            "--limit",
+            "2",
+            "--max-new-tokens",
+            "4",
+            "--no-think",
+        ]
+    )
+    assert "accuracy" in result.output
