@@ -11,6 +11,7 @@ Importing this package registers every built-in reward in `mmreason.registry.REW
     choice_match                                (choice)        -- columns solution, options?
     math_verify                                 (math_answer)   -- column solution
     tiou                                        (temporal)      -- columns solution, duration?
+    tool_success, tool_discipline               (tool_use)      -- columns tool_calls, tool_errors, budget_exceeded
 
 Contract: `fn(completions, **columns) -> list[float | None]`, one score per completion in [0, 1]; each column is a
 per-completion list; unknown columns are ignored; a row whose `solution` is None scores None (not applicable);
@@ -31,6 +32,7 @@ from . import (  # noqa: F401
     math_answer,
     parse,
     temporal,
+    tool_use,
 )
 from .choice import check_letter, choice_score, predicted_choice
 from .classification import cls_score, label_matches, normalize_label

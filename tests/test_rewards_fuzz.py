@@ -51,6 +51,9 @@ _SEGMENT = st.tuples(st.floats(0, 1e4), st.floats(0, 1e4)).map(sorted)
 _OPTIONS = st.one_of(st.none(), st.lists(st.text(max_size=12), min_size=2, max_size=6))
 
 EXAMPLE_COLUMNS: dict[str, st.SearchStrategy[dict]] = {
+    # trajectory columns (None rows, i.e. single-turn completions, are covered in tests/test_tools.py)
+    "tool_success": st.fixed_dictionaries({"tool_calls": st.integers(0, 5)}),
+    "tool_discipline": st.fixed_dictionaries({"tool_errors": st.integers(0, 5), "budget_exceeded": st.booleans()}),
     "format": st.just({}),
     "format_nothink": st.just({}),
     "iou": _grounding_row(),

@@ -97,6 +97,8 @@ class TemporalGroundingTask(Task):
             target=wrap_target(answer, ctx.think, reasoning_of(record, rid)),
             columns={"solution": segment, "duration": clip.duration},
             media=[ref],
+            # the crop_video tool re-samples a window of the source file at a higher frame rate
+            meta={"video_path": ref},
         )
 
     def metrics(self, completions: list[str], samples: list[Sample]) -> dict[str, float]:

@@ -1,0 +1,250 @@
+"""Multi-turn rollouts with tools ("thinking with images"): generate until the policy calls a tool, run it, append
+its result (text and new images) as a tool turn, and resume, up to `max_turns` tool calls per trajectory.
+
+Trajectories are kept at the token level (the policy's own tokens are never re-tokenized), with a `policy_mask`
+that is 1 only on tokens the policy generated: tool-output tokens (text and vision) carry no loss. The tool turn is
+rendered as a user turn `<tool_response>...</tool_response>` so it works with any chat template.
+
+Shapes: B trajectories (P prompts x G), L the longest full sequence; `trajectory_batch` lays rows out right-padded
+with every row's images concatenated in row order, the order the model assigns them to placeholders.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+
+from mmreason.processors import build_inputs, collate
+from mmreason.rl import token_logprobs
+from mmreason.rollout import eos_token_ids, suppressed_token_ids
+from mmreason.sample import Sample
+from mmreason.tools import ToolBudget, ToolError, ToolResult, parse_tool_call, run_tool
+
+TOOL_CALL_END = "</tool_call>"
+VISION_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
+
+
+@dataclass
+class Trajectory:
+    """One sampled conversation: tokens, which of them the policy wrote, and the media they refer to."""
+
+    sample: Sample
+    ids: list[int]
+    mm: list[int]
+    policy: list[int]
+    vision: list[dict[str, torch.Tensor]]  # processor outputs whose media keys feed the model, in order
+    segments: list[str] = field(default_factory=list)
+    turns: list[dict[str, Any]] = field(default_factory=list)
+    tool_images: list[Image.Image] = field(default_factory=list)
+    tool_calls: int = 0
+    tool_errors: int = 0
+    budget_exceeded: bool = False
+    truncated: bool = False
+    done: bool = False
+
+    @property
+    def answer(self) -> str:
+        """The final assistant segment: what the task's answer rewards score."""
+        return self.segments[-1] if self.segments else ""
+
+
+def start(processor: Any, sample: Sample) -> Trajectory:
+    prompt = build_inputs(processor, sample.messages, images=sample.images or None, video=sample.video)
+    ids = prompt["input_ids"][0].tolist()
+    mm = prompt["mm_token_type_ids"][0].tolist() if "mm_token_type_ids" in prompt else [0] * len(ids)
+    media = {k: v for k, v in prompt.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
+    return Trajectory(sample, ids, mm, [0] * len(ids), [media])
+
+
+def tool_turn(processor: Any, result: ToolResult) -> dict[str, torch.Tensor]:
+    """Tokens (and vision inputs) of `<|im_end|>` + a user turn holding the tool's answer + the next assistant
+    header; the images' placeholders are expanded by the processor itself."""
+    text = (
+        "<|im_end|>\n<|im_start|>user\n"
+        + VISION_PLACEHOLDER * len(result.images)
+        + f"<tool_response>{result.text}</tool_response><|im_end|>\n<|im_start|>assistant\n"
+    )
+    call: dict[str, Any] = {"text": [text], "return_tensors": "pt"}
+    if result.images:
+        call.update(images=result.images, images_kwargs={"do_resize": False})
+    out = processor(**call)
+    turn = {k: out[k] for k in ("input_ids", "mm_token_type_ids", "pixel_values", "image_grid_thw") if k in out}
+    if "mm_token_type_ids" not in turn:
+        turn["mm_token_type_ids"] = torch.zeros_like(turn["input_ids"])
+    return turn
+
+
+def batch_inputs(trajs: list[Trajectory], pad_id: int, side: str) -> dict[str, torch.Tensor]:
+    """Collate trajectories (their current tokens and every image so far) for generation or scoring."""
+    rows = []
+    for t in trajs:
+        row = {
+            "input_ids": torch.tensor([t.ids]),
+            "attention_mask": torch.ones(1, len(t.ids), dtype=torch.long),
+            "mm_token_type_ids": torch.tensor([t.mm]),
+        }
+        for chunk in t.vision:
+            for key, value in chunk.items():
+                row[key] = torch.cat([row[key], value]) if key in row else value
+        rows.append(row)
+    return collate(rows, pad_id=pad_id, side=side)
+
+
+def _segment(ids: torch.Tensor, stops: list[int], pad_id: int) -> tuple[list[int], bool]:
+    """Generated ids -> (tokens up to and including the first stop token, stopped?)."""
+    out = []
+    for tok in ids.tolist():
+        out.append(tok)
+        if tok in stops:
+            return out, True
+    while out and out[-1] == pad_id:
+        out.pop()
+    return out, False
+
+
+@torch.no_grad()
+def generate_turn(
+    model: Any,
+    processor: Any,
+    trajs: list[Trajectory],
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    greedy: bool = False,
+) -> list[tuple[list[int], bool]]:
+    """One sampled segment per active trajectory, stopping at EOS or at the end of a tool call."""
+    tok = processor.tokenizer
+    stops = eos_token_ids(processor, model) + [tok.convert_tokens_to_ids(TOOL_CALL_END)]
+    batch = {k: v.to(model.device) for k, v in batch_inputs(trajs, tok.pad_token_id, "left").items()}
+    sampling = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+    out = model.generate(
+        **batch,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=stops,
+        pad_token_id=tok.pad_token_id,
+        suppress_tokens=suppressed_token_ids(processor),
+        **sampling,
+    )
+    new = out[:, batch["input_ids"].shape[1] :].cpu()
+    return [_segment(row, stops, tok.pad_token_id) for row in new]
+
+
+def advance(
+    processor: Any, traj: Trajectory, segment: list[int], stopped: bool, allowed: tuple[str, ...], budget: ToolBudget
+) -> None:
+    """Append a generated segment; if it ends in a tool call, run the tool and append its turn."""
+    tok = processor.tokenizer
+    text = tok.decode(segment, skip_special_tokens=False)
+    traj.ids += segment
+    traj.mm += [0] * len(segment)
+    traj.policy += [1] * len(segment)
+    clean = tok.decode(segment, skip_special_tokens=True)
+    traj.segments.append(clean)
+    traj.turns.append({"role": "assistant", "text": clean})
+    if not stopped:
+        traj.truncated, traj.done = True, True
+        return
+    if not text.rstrip().endswith(TOOL_CALL_END):
+        traj.done = True
+        return
+    if budget.used_turns >= budget.max_turns:
+        traj.budget_exceeded, traj.done = True, True
+        return
+    budget.used_turns += 1
+    try:
+        result = run_tool(parse_tool_call(text), traj.sample, allowed, budget)
+    except ToolError as exc:
+        result = ToolResult(f"error: {exc}", ok=False)
+    traj.tool_calls += int(result.ok)
+    traj.tool_errors += int(not result.ok)
+    traj.tool_images += result.images
+    traj.turns.append({"role": "tool", "text": result.text, "n_images": len(result.images)})
+    turn = tool_turn(processor, result)
+    traj.ids += turn["input_ids"][0].tolist()
+    traj.mm += turn["mm_token_type_ids"][0].tolist()
+    traj.policy += [0] * turn["input_ids"].shape[1]
+    if "pixel_values" in turn:
+        traj.vision.append({"pixel_values": turn["pixel_values"], "image_grid_thw": turn["image_grid_thw"]})
+
+
+def rollout(
+    model: Any,
+    processor: Any,
+    samples: list[Sample],
+    group_size: int,
+    allowed: tuple[str, ...],
+    *,
+    max_turns: int = 3,
+    max_new_tokens: int = 64,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    min_pixels: int = 28 * 28 * 4,
+    max_pixels: int = 28 * 28 * 256,
+    greedy: bool = False,
+) -> list[Trajectory]:
+    """G multi-turn trajectories per sample (row b belongs to sample b // G)."""
+    was_training = model.training
+    model.eval()
+    trajs = [start(processor, s) for s in samples for _ in range(group_size)]
+    budgets = [ToolBudget(max_turns, max_pixels, min_pixels) for _ in trajs]
+    for _ in range(max_turns + 1):
+        active = [i for i, t in enumerate(trajs) if not t.done]
+        if not active:
+            break
+        segments = generate_turn(
+            model,
+            processor,
+            [trajs[i] for i in active],
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            greedy=greedy,
+        )
+        for i, (segment, stopped) in zip(active, segments, strict=True):
+            advance(processor, trajs[i], segment, stopped, allowed, budgets[i])
+    for t in trajs:
+        if not t.done:  # still calling tools after the last allowed turn
+            t.budget_exceeded, t.done = True, True
+    if was_training:
+        model.train()
+    return trajs
+
+
+def trajectory_logprobs(
+    model: Any, batch: dict[str, torch.Tensor], temperature: float = 1.0, suppressed: list[int] | None = None
+) -> torch.Tensor:
+    """Log-probs [B, L-1] of every next token of right-padded full trajectories (mask with policy_mask[:, 1:])."""
+    inputs = {k: v for k, v in batch.items() if k != "policy_mask"}
+    logits = model(**inputs, use_cache=False).logits[:, :-1].float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    if suppressed:
+        logits[..., suppressed] = torch.finfo(logits.dtype).min
+    return token_logprobs(logits, batch["input_ids"][:, 1:])
+
+
+def scoring_batch(trajs: list[Trajectory], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Right-padded full trajectories with `policy_mask` [B, L] (1 on the policy's tokens only)."""
+    batch = batch_inputs(trajs, pad_id, "right")
+    length = batch["input_ids"].shape[1]
+    batch["policy_mask"] = torch.tensor([t.policy + [0] * (length - len(t.policy)) for t in trajs])
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def trajectory_columns(trajs: list[Trajectory]) -> dict[str, list]:
+    """Per-trajectory columns for the tool rewards."""
+    return {
+        "tool_calls": [t.tool_calls for t in trajs],
+        "tool_errors": [t.tool_errors for t in trajs],
+        "budget_exceeded": [t.budget_exceeded for t in trajs],
+    }
+
+
+def turns_json(traj: Trajectory) -> str:
+    """Every turn as JSON, for the rollout store's `turns` column."""
+    return json.dumps(traj.turns, ensure_ascii=False)

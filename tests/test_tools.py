@@ -1,0 +1,207 @@
+"""Tools and multi-turn rollouts: the call protocol, every error path, the loss mask over the policy's own tokens,
+and scripted (forced-token) trajectories through the real processor, tools and tiny model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText
+
+from mmreason import multiturn
+from mmreason.registry import get_reward
+from mmreason.sample import Sample
+from mmreason.tools import ToolBudget, ToolCall, ToolError, parse_tool_call, run_tool
+
+ALL = ("zoom_in", "crop_video", "select_frames")
+
+
+def _image_sample(n: int = 1) -> Sample:
+    content = [{"type": "image"}] * n + [{"type": "text", "text": "How many shapes are in the image?"}]
+    images = [Image.new("RGB", (56, 56), (200, 30 * i, 30)) for i in range(n)]
+    return Sample("s", "counting", [{"role": "user", "content": content}], images, columns={"solution": 2})
+
+
+@pytest.mark.parametrize(
+    ("segment", "name", "error"),
+    [
+        ('<tool_call>{"name": "zoom_in", "arguments": {"bbox": [0, 0, 9, 9]}}</tool_call>', "zoom_in", None),
+        ('think <tool_call> {"name": "a"} </tool_call>', "a", None),
+        ('<tool_call>{"name": "a"}</tool_call><tool_call>{"name": "b"}</tool_call>', "b", None),
+        ("<tool_call>{bad json</tool_call>", None, "not valid JSON"),
+        ('<tool_call>["zoom_in"]</tool_call>', None, "JSON object"),
+        ('<tool_call>{"arguments": {}}</tool_call>', None, "JSON object"),
+        ('<tool_call>{"name": "x", "arguments": [1]}</tool_call>', None, "'arguments' must be"),
+        ('<tool_call>{"name": "x"}', None, "no complete"),
+        ("", None, "no complete"),
+        ("<tool_call>" + "[" * 100000 + "</tool_call>", None, "not valid JSON"),
+    ],
+)
+def test_parse_tool_call(segment, name, error):
+    if error:
+        with pytest.raises(ToolError, match=error):
+            parse_tool_call(segment)
+    else:
+        assert parse_tool_call(segment).name == name
+
+
+@pytest.mark.parametrize(
+    ("args", "ok", "text"),
+    [
+        ({"bbox": [0, 0, 28, 28]}, True, "zoomed into [0, 0, 28, 28] of image 1"),
+        ({"bbox": [28, 28, 0, 0]}, True, "zoomed into [0, 0, 28, 28]"),  # swapped corners
+        ({"bbox": [-10, -10, 20, 20]}, True, "zoomed into [0, 0, 20, 20]"),  # clipped to the image
+        ({"bbox": [60, 60, 90, 90]}, False, "outside the 56x56 image"),
+        ({"bbox": [10, 10, 10, 30]}, False, "zero area"),
+        ({"bbox": [0, 0, 1]}, False, "must be [x1, y1, x2, y2]"),
+        ({"bbox": [0, 0, "a", 3]}, False, "must be a number"),
+        ({"bbox": [0, 0, float("nan"), 3]}, False, "must be a number"),
+        ({"bbox": [0, 0, 9, 9], "image": 3}, False, "between 1 and 1"),
+    ],
+)
+def test_zoom_in_and_its_errors(args, ok, text):
+    result = run_tool(ToolCall("zoom_in", args), _image_sample(), ALL, ToolBudget())
+    assert result.ok is ok and text in result.text
+    if ok:
+        assert len(result.images) == 1 and result.images[0].width % 28 == 0 and result.images[0].height % 28 == 0
+
+
+def test_unknown_disallowed_and_no_video_tools_return_errors():
+    sample = _image_sample()
+    assert "unknown tool 'draw'" in run_tool(ToolCall("draw", {}), sample, ALL, ToolBudget()).text
+    assert "unknown tool 'zoom_in'" in run_tool(ToolCall("zoom_in", {}), sample, ("select_frames",), ToolBudget()).text
+    assert "has no video" in run_tool(ToolCall("select_frames", {"frames": [1]}), sample, ALL, ToolBudget()).text
+    assert "no video file" in run_tool(ToolCall("crop_video", {"start": 0, "end": 1}), sample, ALL, ToolBudget()).text
+
+
+@pytest.fixture(scope="module")
+def video_sample(tmp_path_factory) -> Sample:
+    import av
+    import numpy as np
+
+    from mmreason.processors import load_video
+
+    path = tmp_path_factory.mktemp("video") / "clip.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        for i in range(30):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), i * 8, dtype=np.uint8), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    clip = load_video(path, fps=2.0)
+    msgs = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "When?"}]}]
+    return Sample("v", "temporal_grounding", msgs, video=clip, meta={"video_path": str(path)})
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "ok", "text"),
+    [
+        ("select_frames", {"frames": [1, 2]}, True, "frames [1, 2] at"),
+        ("select_frames", {"frames": [0]}, False, "out of range"),
+        ("select_frames", {"frames": []}, False, "non-empty list"),
+        ("crop_video", {"start": 1.0, "end": 2.0}, True, "of [1.00, 2.00]s"),
+        ("crop_video", {"start": 2.5, "end": 99}, True, "of [2.50, 3.00]s"),  # end clipped to the video
+        ("crop_video", {"start": 5.0, "end": 6.0}, False, "past the video's end"),
+        ("crop_video", {"start": 2.0, "end": 1.0}, False, "start < end"),
+    ],
+)
+def test_video_tools_and_their_errors(video_sample, name, args, ok, text):
+    result = run_tool(ToolCall(name, args), video_sample, ALL, ToolBudget())
+    assert result.ok is ok and text in result.text, result.text
+    assert bool(result.images) is ok
+
+
+@pytest.fixture(scope="module")
+def model(tiny_dir):
+    return AutoModelForImageTextToText.from_pretrained(tiny_dir).eval()
+
+
+def _scripted(monkeypatch, processor, script: list[str]) -> None:
+    """Replace sampling with forced segments (turn by turn, the same for every active row)."""
+    turns = iter(script)
+    tok = processor.tokenizer
+
+    def fake_generate_turn(model, processor, trajs, **_):
+        ids = tok.encode(next(turns), add_special_tokens=False)
+        stops = {tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("</tool_call>")}
+        return [(list(ids), ids[-1] in stops) for _ in trajs]
+
+    monkeypatch.setattr(multiturn, "generate_turn", fake_generate_turn)
+
+
+def test_scripted_zoom_trajectory_masks_tool_tokens(monkeypatch, model, tiny_processor):
+    call = (
+        '<think>look closer</think><tool_call>{"name": "zoom_in", "arguments": {"bbox": [0, 0, 28, 28]}}</tool_call>'
+    )
+    answer = "<think>two</think><answer>2</answer><|im_end|>"
+    _scripted(monkeypatch, tiny_processor, [call, answer])
+    trajs = multiturn.rollout(model, tiny_processor, [_image_sample()], 2, ("zoom_in",))
+    t = trajs[0]
+    assert len(trajs) == 2 and t.done and t.tool_calls == 1 and t.tool_errors == 0 and not t.budget_exceeded
+    assert [turn["role"] for turn in t.turns] == ["assistant", "tool", "assistant"]
+    assert t.answer == "<think>two</think><answer>2</answer>"
+    tok = tiny_processor.tokenizer
+    policy_ids = [i for i, m in zip(t.ids, t.policy, strict=True) if m]
+    assert policy_ids == tok.encode(call, add_special_tokens=False) + tok.encode(answer, add_special_tokens=False)
+    image_pad = tok.convert_tokens_to_ids("<|image_pad|>")
+    assert t.ids.count(image_pad) == 4 + 4  # prompt image (56x56) + zoomed crop (56x56 after resize)
+    assert all(m == 0 for i, m in zip(t.ids, t.policy, strict=True) if i == image_pad)
+    batch = multiturn.scoring_batch(trajs, tok.pad_token_id, torch.device("cpu"))
+    logp = multiturn.trajectory_logprobs(model, batch)
+    mask = batch["policy_mask"][:, 1:].bool()
+    assert logp.shape == mask.shape and torch.isfinite(logp[mask]).all()
+    assert int(mask.sum()) == 2 * len(policy_ids)
+    cols = multiturn.trajectory_columns(trajs)
+    assert get_reward("tool_success")([x.answer for x in trajs], **cols) == [1.0, 1.0]
+    assert get_reward("tool_discipline")([x.answer for x in trajs], **cols) == [1.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("script", "max_turns", "errors", "exceeded", "tool_text"),
+    [
+        (["<tool_call>{bad</tool_call>", "<answer>1</answer><|im_end|>"], 3, 1, False, "not valid JSON"),
+        (['<tool_call>{"name": "paint"}</tool_call>', "<answer>1</answer><|im_end|>"], 3, 1, False, "unknown tool"),
+        (
+            [
+                '<tool_call>{"name": "zoom_in", "arguments": {"bbox": [90, 90, 99, 99]}}</tool_call>',
+                "<answer>1</answer><|im_end|>",
+            ],
+            3,
+            1,
+            False,
+            "outside",
+        ),
+        (
+            ['<tool_call>{"name": "zoom_in", "arguments": {"bbox": [0, 0, 9, 9]}}</tool_call>'] * 2,
+            1,
+            0,
+            True,
+            "zoomed",
+        ),
+    ],
+)
+def test_scripted_error_paths_reach_the_model_as_tool_turns(
+    monkeypatch, model, tiny_processor, script, max_turns, errors, exceeded, tool_text
+):
+    _scripted(monkeypatch, tiny_processor, script)
+    (t,) = multiturn.rollout(model, tiny_processor, [_image_sample()], 1, ("zoom_in",), max_turns=max_turns)
+    assert t.tool_errors == errors and t.budget_exceeded is exceeded and t.done
+    assert tool_text in t.turns[1]["text"]
+    assert get_reward("tool_discipline")([t.answer], **multiturn.trajectory_columns([t])) == [0.0]
+
+
+def test_tool_rewards_do_not_apply_to_single_turn_rows():
+    assert get_reward("tool_success")(["a", "b"]) == [None, None]
+    assert get_reward("tool_discipline")(["a"], tool_errors=[None], budget_exceeded=[None]) == [None]
+
+
+def test_real_sampling_rollout_runs_and_masks_only_generated_tokens(model, tiny_processor):
+    torch.manual_seed(0)
+    trajs = multiturn.rollout(model, tiny_processor, [_image_sample(), _image_sample(2)], 2, ALL, max_new_tokens=6)
+    assert len(trajs) == 4 and all(t.done for t in trajs)
+    for t in trajs:
+        assert t.policy.index(1) == len(multiturn.start(tiny_processor, t.sample).ids)  # prompt carries no loss
+        assert 1 <= sum(t.policy) <= 6 * 4
+    batch = multiturn.scoring_batch(trajs, tiny_processor.tokenizer.pad_token_id, torch.device("cpu"))
+    assert batch["input_ids"].shape == batch["policy_mask"].shape
