@@ -26,6 +26,37 @@ from mmreason.tools import ToolBudget, ToolError, ToolResult, parse_tool_call, r
 
 TOOL_CALL_END = "</tool_call>"
 VISION_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
+TOOL_DOCS = {
+    "zoom_in": 'zoom_in: {"image": 1, "bbox": [x1, y1, x2, y2]} crops that region of an image (pixels) and enlarges it',
+    "crop_video": 'crop_video: {"start": s, "end": e} shows more frames of the video between s and e seconds',
+    "select_frames": 'select_frames: {"frames": [i, ...]} shows frames i (1-based) of the video in more detail',
+}
+
+
+def tool_instructions(allowed: tuple[str, ...]) -> str:
+    """The sentence appended to the prompt that tells the model how to call its tools."""
+    docs = "; ".join(TOOL_DOCS.get(name, name) for name in allowed)
+    return (
+        ' Before answering you may call a tool by writing <tool_call>{"name": ..., "arguments": {...}}</tool_call>'
+        f" and reading its result. Tools: {docs}."
+    )
+
+
+def with_tools(messages: list[dict[str, Any]], allowed: tuple[str, ...]) -> list[dict[str, Any]]:
+    """A copy of the chat messages with the tool instructions added to the last user text."""
+    out = [dict(m) for m in messages]
+    last = next(m for m in reversed(out) if m.get("role") == "user")
+    if isinstance(last["content"], str):
+        last["content"] += tool_instructions(allowed)
+        return out
+    content = [dict(c) for c in last["content"]]
+    texts = [c for c in content if c.get("type") == "text"]
+    if texts:
+        texts[-1]["text"] = texts[-1]["text"] + tool_instructions(allowed)
+    else:
+        content.append({"type": "text", "text": tool_instructions(allowed).strip()})
+    last["content"] = content
+    return out
 
 
 @dataclass
@@ -52,8 +83,9 @@ class Trajectory:
         return self.segments[-1] if self.segments else ""
 
 
-def start(processor: Any, sample: Sample) -> Trajectory:
-    prompt = build_inputs(processor, sample.messages, images=sample.images or None, video=sample.video)
+def start(processor: Any, sample: Sample, allowed: tuple[str, ...] = ()) -> Trajectory:
+    messages = with_tools(sample.messages, allowed) if allowed else sample.messages
+    prompt = build_inputs(processor, messages, images=sample.images or None, video=sample.video)
     ids = prompt["input_ids"][0].tolist()
     mm = prompt["mm_token_type_ids"][0].tolist() if "mm_token_type_ids" in prompt else [0] * len(ids)
     media = {k: v for k, v in prompt.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
@@ -190,7 +222,7 @@ def rollout(
     """G multi-turn trajectories per sample (row b belongs to sample b // G)."""
     was_training = model.training
     model.eval()
-    trajs = [start(processor, s) for s in samples for _ in range(group_size)]
+    trajs = [start(processor, s, allowed) for s in samples for _ in range(group_size)]
     budgets = [ToolBudget(max_turns, max_pixels, min_pixels) for _ in trajs]
     for _ in range(max_turns + 1):
         active = [i for i, t in enumerate(trajs) if not t.done]

@@ -78,7 +78,6 @@ def test_unknown_disallowed_and_no_video_tools_return_errors():
 def video_sample(tmp_path_factory) -> Sample:
     import av
     import numpy as np
-
     from mmreason.processors import load_video
 
     path = tmp_path_factory.mktemp("video") / "clip.mp4"
@@ -201,7 +200,15 @@ def test_real_sampling_rollout_runs_and_masks_only_generated_tokens(model, tiny_
     trajs = multiturn.rollout(model, tiny_processor, [_image_sample(), _image_sample(2)], 2, ALL, max_new_tokens=6)
     assert len(trajs) == 4 and all(t.done for t in trajs)
     for t in trajs:
-        assert t.policy.index(1) == len(multiturn.start(tiny_processor, t.sample).ids)  # prompt carries no loss
+        assert t.policy.index(1) == len(multiturn.start(tiny_processor, t.sample, ALL).ids)  # no loss on the prompt
         assert 1 <= sum(t.policy) <= 6 * 4
     batch = multiturn.scoring_batch(trajs, tiny_processor.tokenizer.pad_token_id, torch.device("cpu"))
     assert batch["input_ids"].shape == batch["policy_mask"].shape
+
+
+def test_tool_instructions_are_added_to_the_prompt_text():
+    sample = _image_sample()
+    messages = multiturn.with_tools(sample.messages, ("zoom_in",))
+    text = messages[0]["content"][-1]["text"]
+    assert text.startswith("How many shapes") and "<tool_call>" in text and "zoom_in" in text
+    assert "tool_call" not in sample.messages[0]["content"][-1]["text"]  # the sample itself is untouched
