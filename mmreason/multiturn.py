@@ -27,7 +27,7 @@ from mmreason.tools import ToolBudget, ToolError, ToolResult, parse_tool_call, r
 TOOL_CALL_END = "</tool_call>"
 VISION_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
 TOOL_DOCS = {
-    "zoom_in": 'zoom_in: {"image": 1, "bbox": [x1, y1, x2, y2]} crops that region of an image (pixels) and enlarges it',
+    "zoom_in": 'zoom_in: {"image": 1, "bbox": [x1, y1, x2, y2]} crops a region of an image (pixels), enlarged',
     "crop_video": 'crop_video: {"start": s, "end": e} shows more frames of the video between s and e seconds',
     "select_frames": 'select_frames: {"frames": [i, ...]} shows frames i (1-based) of the video in more detail',
 }
