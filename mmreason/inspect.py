@@ -186,8 +186,15 @@ def stage_matches(stage: str, pattern: str | None) -> bool:
     return pattern is None or stage == pattern or stage.startswith(pattern + "-")
 
 
-def filter_rows(rows: pd.DataFrame, *, task: str | Sequence[str] | None = None, steps: Range | None = None,
-                reward_range: Range | None = None, stage: str | None = None, reward: str = TOTAL) -> pd.DataFrame:
+def filter_rows(
+    rows: pd.DataFrame,
+    *,
+    task: str | Sequence[str] | None = None,
+    steps: Range | None = None,
+    reward_range: Range | None = None,
+    stage: str | None = None,
+    reward: str = TOTAL,
+) -> pd.DataFrame:
     """Rows of the given task(s), stage, inclusive step range and inclusive range of `reward` (None = open end)."""
     keep = pd.Series(True, index=rows.index)
     if task is not None:
@@ -238,8 +245,9 @@ def group_stats(view: RunView, *, stage: str | None = None, reward: str = TOTAL)
     rows = rows[~rows["stage"].str.startswith("eval-")]
     col = _column(view.rollouts, reward)
     grouped = rows.groupby(["stage", "step", "group_id"], sort=False)
-    stats = grouped[col].agg(n="count", mean="mean", std=lambda x: float(np.std(x)) if len(x) else math.nan,
-                             min="min", max="max")
+    stats = grouped[col].agg(
+        n="count", mean="mean", std=lambda x: float(np.std(x)) if len(x) else math.nan, min="min", max="max"
+    )
     ids = grouped[["sample_id", "task"]].first()
     return ids.join(stats).reset_index()
 
@@ -265,9 +273,18 @@ def split_completion(text: str) -> tuple[str | None, str | None]:
 # ------------------------------------------------------------------------------------------------ selection
 
 
-def select_samples(view: RunView, kind: str = "best", n: int = 5, *, task: str | Sequence[str] | None = None,
-                   steps: Range | None = None, reward_range: Range | None = None, stage: str | None = None,
-                   reward: str = TOTAL, per_sample: bool = False) -> pd.DataFrame:
+def select_samples(
+    view: RunView,
+    kind: str = "best",
+    n: int = 5,
+    *,
+    task: str | Sequence[str] | None = None,
+    steps: Range | None = None,
+    reward_range: Range | None = None,
+    stage: str | None = None,
+    reward: str = TOTAL,
+    per_sample: bool = False,
+) -> pd.DataFrame:
     """The n best / worst completions by `reward`, or the n samples that improved most.
 
     best / worst: rows of view.rollouts (index kept, so `view.rollouts.loc[i]` works), ties in training order;
@@ -307,10 +324,24 @@ def _improvements(rows: pd.DataFrame, stage_order: list[str], col: str) -> pd.Da
         if len(seen) < 2:
             continue
         first, last = seen.iloc[0], seen.iloc[-1]
-        picked.append({"row": last["idxmax"], "first_row": first["idxmax"], "first_reward": first["mean"],
-                       "last_reward": last["mean"], "improvement": last["mean"] - first["mean"]})
-    columns = [*rows.columns.drop("_when"), "first_stage", "first_step", "first_reward", "last_reward",
-               "improvement", "first_row"]
+        picked.append(
+            {
+                "row": last["idxmax"],
+                "first_row": first["idxmax"],
+                "first_reward": first["mean"],
+                "last_reward": last["mean"],
+                "improvement": last["mean"] - first["mean"],
+            }
+        )
+    columns = [
+        *rows.columns.drop("_when"),
+        "first_stage",
+        "first_step",
+        "first_reward",
+        "last_reward",
+        "improvement",
+        "first_row",
+    ]
     if not picked:
         return pd.DataFrame(columns=columns)
     meta = pd.DataFrame(picked).set_index("row")
@@ -333,8 +364,13 @@ def sample_for(view: RunView, row: Mapping[str, Any] | pd.Series) -> Sample:
             continue
         key = (file, sid)
         if key not in view._samples:
-            ctx = SampleContext(think=view.config.think, model_family=view.family, base_dir=dataset.base_dir,
-                                min_pixels=view.config.model.min_pixels, max_pixels=view.config.model.max_pixels)
+            ctx = SampleContext(
+                think=view.config.think,
+                model_family=view.family,
+                base_dir=dataset.base_dir,
+                min_pixels=view.config.model.min_pixels,
+                max_pixels=view.config.model.max_pixels,
+            )
             view._samples[key] = get_task(task).to_sample(by_id[sid], ctx)
         return view._samples[key]
     where = ", ".join(map(str, files)) or "no data file of that task in run.json"
@@ -366,8 +402,10 @@ def _resolve(view: RunView, path: str) -> Path:
         if (base / p).exists():
             return (base / p).resolve()
     tried = ", ".join(str(b / p) for b in bases[:4])
-    raise FileNotFoundError(f"data file {path!r} of {view.run_dir}/run.json not found (tried {tried}, ...); "
-                            "pass its folder in load_run(..., data_roots=[...])")
+    raise FileNotFoundError(
+        f"data file {path!r} of {view.run_dir}/run.json not found (tried {tried}, ...); "
+        "pass its folder in load_run(..., data_roots=[...])"
+    )
 
 
 def _dataset(view: RunView, file: Path) -> tuple[Dataset, dict[str, dict[str, Any]]]:
@@ -405,8 +443,9 @@ def reward_curves(view: RunView, *, task: str | Sequence[str] | None = None, sta
     return fig
 
 
-def group_reward_distribution(view: RunView, step: int | None = None, *, stage: str | None = None,
-                              reward: str = TOTAL, max_groups: int = 32) -> Figure:
+def group_reward_distribution(
+    view: RunView, step: int | None = None, *, stage: str | None = None, reward: str = TOTAL, max_groups: int = 32
+) -> Figure:
     """Left: each group's rewards at one step (box + points; default the last step of the last training stage);
     right: mean within-group std and the share of zero-spread groups (no learning signal) over the steps."""
     stats = group_stats(view, stage=stage, reward=reward)

@@ -149,7 +149,7 @@ def _safe(what: str, build: Any) -> str:
     """One broken piece (a plot, a user task's visualize) becomes a note in the page instead of no report."""
     try:
         return build()
-    except Exception as exc:  # noqa: BLE001 - any failure of one piece must leave the rest of the report
+    except Exception as exc:  # any failure of one piece must leave the rest of the report
         log.warning("report: %s failed: %s: %s", what, type(exc).__name__, exc)
         return f'<p class="note">{esc(what)} unavailable: {esc(type(exc).__name__)}: {esc(exc)}</p>'
 
@@ -165,15 +165,23 @@ def _summary(view: ins.RunView) -> str:
         ("model", f"{esc(view.info.get('model', cfg.model.name))} ({esc(view.family)}, {esc(cfg.model.dtype)})"),
         ("stages", esc(stages)),
         ("prompt style", "think + answer" if cfg.think else "answer only"),
-        ("GRPO", esc(f"G={cfg.grpo.group_size}, prompts/step={cfg.grpo.prompts_per_step}, lr={cfg.grpo.lr}, "
-                     f"beta={cfg.grpo.beta}, loss_agg={cfg.grpo.loss_agg}, max_new_tokens={cfg.grpo.max_new_tokens}")),
-        ("rollouts", esc(f"{len(view.rollouts)} completions in {len(view.stages)} stage(s): "
-                         + ", ".join(view.stages))),
+        (
+            "GRPO",
+            esc(
+                f"G={cfg.grpo.group_size}, prompts/step={cfg.grpo.prompts_per_step}, lr={cfg.grpo.lr}, "
+                f"beta={cfg.grpo.beta}, loss_agg={cfg.grpo.loss_agg}, max_new_tokens={cfg.grpo.max_new_tokens}"
+            ),
+        ),
+        (
+            "rollouts",
+            esc(f"{len(view.rollouts)} completions in {len(view.stages)} stage(s): " + ", ".join(view.stages)),
+        ),
         ("report written", esc(dt.datetime.now().isoformat(timespec="seconds"))),
     ]
     for d in view.info.get("data", []):
-        rows.append((f"task {esc(d.get('task'))}", esc(f"train={d.get('train')} val={d.get('val')} "
-                                                        f"weight={d.get('weight')}")))
+        rows.append(
+            (f"task {esc(d.get('task'))}", esc(f"train={d.get('train')} val={d.get('val')} weight={d.get('weight')}"))
+        )
     return _section("summary", "Run", table_html(["", ""], [(f"<b>{k}</b>", v) for k, v in rows]))
 
 
@@ -231,25 +239,36 @@ def _none(text: str = "nothing to show") -> str:
 
 
 def _card(view: ins.RunView, row: pd.Series, before: pd.Series | None = None) -> str:
-    picture = _safe(f"picture of {row['task']} sample {row['sample_id']}",
-                    lambda: image_tag(ins.render_row(view, row), f"{row['task']} {row['sample_id']}"))
+    picture = _safe(
+        f"picture of {row['task']} sample {row['sample_id']}",
+        lambda: image_tag(ins.render_row(view, row), f"{row['task']} {row['sample_id']}"),
+    )
     text = _completion_html(str(row["completion"] or ""))
     if before is not None:
-        meta = (f"improved {fmt(row['improvement'])}: mean reward {fmt(row['first_reward'])} at "
-                f"{esc(row['first_stage'])} step {esc(row['first_step'])} → {fmt(row['last_reward'])} at "
-                f"{esc(row['stage'])} step {esc(row['step'])}")
-        text = (f'<p class="meta">{meta}</p><h4>now</h4>{text}'
-                f"<details><summary>best completion at its first appearance (reward "
-                f"{fmt(before['reward_total'])})</summary>{_completion_html(str(before['completion'] or ''))}"
-                f"</details>")
+        meta = (
+            f"improved {fmt(row['improvement'])}: mean reward {fmt(row['first_reward'])} at "
+            f"{esc(row['first_stage'])} step {esc(row['first_step'])} → {fmt(row['last_reward'])} at "
+            f"{esc(row['stage'])} step {esc(row['step'])}"
+        )
+        text = (
+            f'<p class="meta">{meta}</p><h4>now</h4>{text}'
+            f"<details><summary>best completion at its first appearance (reward "
+            f"{fmt(before['reward_total'])})</summary>{_completion_html(str(before['completion'] or ''))}"
+            f"</details>"
+        )
     prompt = f"<details><summary>prompt</summary><pre>{esc(clip_text(str(row['prompt'])))}</pre></details>"
-    return (f'<div class="card"><div class="pic">{picture}</div>\n<div class="text"><div class="meta">'
-            f"{_row_meta(view, row)}</div>{text}{prompt}</div></div>")
+    return (
+        f'<div class="card"><div class="pic">{picture}</div>\n<div class="text"><div class="meta">'
+        f"{_row_meta(view, row)}</div>{text}{prompt}</div></div>"
+    )
 
 
 def _row_meta(view: ins.RunView, row: pd.Series) -> str:
-    rewards = [f"{esc(name)} {fmt(row.get(f'reward_{name}'))}" for name in view.reward_names
-               if not _missing(row.get(f"reward_{name}"))]
+    rewards = [
+        f"{esc(name)} {fmt(row.get(f'reward_{name}'))}"
+        for name in view.reward_names
+        if not _missing(row.get(f"reward_{name}"))
+    ]
     parts = [
         f"<b>{esc(row['task'])}</b> · sample <code>{esc(row['sample_id'])}</code>",
         f"{esc(row['stage'])} step {esc(row['step'])} · group {esc(row['group_id'])} #{esc(row['completion_index'])}",
@@ -273,8 +292,10 @@ def _completion_html(completion: str) -> str:
         parts.append(f"<h4>answer</h4><pre>{esc(clip_text(answer))}</pre>")
     else:
         parts.append('<p class="note">no &lt;answer&gt;…&lt;/answer&gt; in the completion</p>')
-    parts.append(f"<details><summary>raw completion ({len(completion)} characters)</summary>"
-                 f"<pre>{esc(clip_text(completion))}</pre></details>")
+    parts.append(
+        f"<details><summary>raw completion ({len(completion)} characters)</summary>"
+        f"<pre>{esc(clip_text(completion))}</pre></details>"
+    )
     return "".join(parts)
 
 
@@ -290,8 +311,11 @@ def _eval_generations(view: ins.RunView, n: int, per_task: int) -> str:
         table_rows = [[f"<code>{esc(sid)}</code>", *(_eval_cell(part, sid, s) for s in stages)] for sid in ids]
         last = part[part["stage"] == stages[-1]].head(n)
         cells = [_eval_picture(view, row) for _, row in last.iterrows()]
-        parts.append(f"<h3>{esc(task)}</h3>\n" + table_html(headers, table_rows)
-                     + f"\n<h4>{esc(stages[-1])}, drawn</h4>\n<div class=\"grid\">{''.join(cells)}</div>")
+        parts.append(
+            f"<h3>{esc(task)}</h3>\n"
+            + table_html(headers, table_rows)
+            + f'\n<h4>{esc(stages[-1])}, drawn</h4>\n<div class="grid">{"".join(cells)}</div>'
+        )
     return _section("eval-generations", "Evaluation generations", "\n".join(parts))
 
 
@@ -303,12 +327,15 @@ def _eval_cell(part: pd.DataFrame, sample_id: str, stage: str) -> str:
     _, answer = ins.split_completion(str(row["completion"] or ""))
     shown = answer if answer is not None else str(row["completion"] or "")
     label = "answer" if answer is not None else "no answer tag; raw"
-    return (f"<b>{fmt(row['reward_total'])}</b> <small>({label})</small>"
-            f"<pre>{esc(clip_text(shown, 300))}</pre>")
+    return f"<b>{fmt(row['reward_total'])}</b> <small>({label})</small><pre>{esc(clip_text(shown, 300))}</pre>"
 
 
 def _eval_picture(view: ins.RunView, row: pd.Series) -> str:
-    picture = _safe(f"picture of {row['task']} sample {row['sample_id']}",
-                    lambda: image_tag(ins.render_row(view, row), f"{row['task']} {row['sample_id']}", max_width=360))
-    return (f'<div class="cell">{picture}<div><code>{esc(row["sample_id"])}</code> · reward_total '
-            f"{fmt(row['reward_total'])}</div></div>")
+    picture = _safe(
+        f"picture of {row['task']} sample {row['sample_id']}",
+        lambda: image_tag(ins.render_row(view, row), f"{row['task']} {row['sample_id']}", max_width=360),
+    )
+    return (
+        f'<div class="cell">{picture}<div><code>{esc(row["sample_id"])}</code> · reward_total '
+        f"{fmt(row['reward_total'])}</div></div>"
+    )
