@@ -152,6 +152,14 @@ def keep_last(run_dir: str | Path, n: int) -> list[Path]:
     return doomed
 
 
+def delete_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Delete every complete checkpoint of a run (each renamed out of sight first); return the deleted paths."""
+    done = complete_checkpoints(run_dir)
+    for path in done:
+        _remove_dir(path)
+    return done
+
+
 def rng_state() -> dict[str, Any]:
     """Every RNG the training loop draws from, as tensors / ints / lists (loadable with weights_only=True)."""
     version, mt, gauss = random.getstate()

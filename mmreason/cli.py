@@ -32,8 +32,15 @@ def _load_user_files(files: list[Path] | None) -> None:
         load_user_file(f)
 
 
+def _error(message: str) -> None:
+    """One red `error:` line; the message is escaped (data problems hold `[id ...]`, which rich reads as markup)."""
+    from rich.markup import escape
+
+    console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+
+
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}")
+    _error(message)
     raise typer.Exit(2)
 
 
@@ -213,14 +220,27 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def main() -> None:
+    """Entry point: user errors (config, data, media, registry) exit 2 and a stopped run exits 1, each with one
+    clear message instead of a traceback."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
     except _user_errors() as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        _error(str(exc))
         sys.exit(2)
+    except Exception as exc:
+        if not _stopped_run(exc):
+            raise
+        _error(str(exc))
+        sys.exit(1)
+
+
+def _stopped_run(exc: Exception) -> bool:
+    """Whether `exc` is mmreason.run.TrainingStopped (only a run raises it: no need to import torch to check)."""
+    run = sys.modules.get("mmreason.run")
+    return run is not None and isinstance(exc, run.TrainingStopped)
 
 
 if __name__ == "__main__":

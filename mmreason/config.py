@@ -18,6 +18,7 @@ import yaml
 
 STAGES = ("sft", "grpo")
 LOSS_AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
+DATA_ERRORS = ("skip", "fatal")
 
 
 class ConfigError(ValueError):
@@ -80,6 +81,7 @@ class SFTConfig:
     max_grad_norm: float = 1.0
     eval_every: int = 0  # 0 = only at the end of the stage
     save_every: int = 0  # 0 = only at the end of the stage
+    max_bad_updates: int = 5  # stop after this many updates in a row skipped for a non-finite loss or gradient
 
 
 @dataclass
@@ -103,8 +105,12 @@ class GRPOConfig:
     scale_std: bool = True
     dynamic_sampling: bool = False
     mask_truncated: bool = False
+    # encode each prompt (and its images) once per group in rollouts and in the loss (mmreason.prefix); false:
+    # the prompt rows are repeated G times (HF generate, full-sequence scoring), the reference path
+    share_prefix: bool = True
     eval_every: int = 0
     save_every: int = 0
+    max_bad_updates: int = 5  # stop after this many updates in a row skipped for a non-finite loss or gradient
 
 
 @dataclass
@@ -122,6 +128,9 @@ class RunConfig:
     stages: list[str] = field(default_factory=lambda: ["sft", "grpo"])
     think: bool = True
     strict_rewards: bool = False
+    # a record that cannot become a sample: "skip" it during training (counted and logged), or "fatal": check every
+    # record before training starts and stop with the list of all problems
+    data_errors: str = "skip"
     keep_checkpoints: int = 2
     device: str = "auto"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -284,6 +293,11 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"data[{i}].train is empty: give the path of the task's training file")
         if d.weight <= 0:
             raise ConfigError(f"data[{i}].weight must be > 0, got {d.weight}")
+    if cfg.data_errors not in DATA_ERRORS:
+        raise ConfigError(f"data_errors must be one of {', '.join(DATA_ERRORS)}, got {cfg.data_errors!r}")
+    for stage in STAGES:
+        if getattr(cfg, stage).max_bad_updates < 1:
+            raise ConfigError(f"{stage}.max_bad_updates must be >= 1, got {getattr(cfg, stage).max_bad_updates}")
     if cfg.model.dtype not in ("float32", "bfloat16", "float16"):
         raise ConfigError(f"model.dtype must be float32, bfloat16 or float16, got {cfg.model.dtype!r}")
 

@@ -436,6 +436,11 @@ class SampleStream:
             sample.meta.update(source=source.name, epoch=epoch, position=position)
             return source.task, sample
 
+    @property
+    def unreadable_lines(self) -> int:
+        """Lines of the sources' files that could not be read as records (never drawn, so never in `skipped`)."""
+        return sum(len(s.dataset.problems) for s in self.sources)
+
     def take(self, n: int) -> list[tuple[Any, Sample]]:
         """The next n items."""
         return [next(self) for _ in range(n)]

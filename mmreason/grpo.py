@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from mmreason.config import GRPOConfig
 from mmreason.policy import Reference
+from mmreason.prefix import shared_completion_logprobs
 from mmreason.rl import group_advantages, grpo_loss, zero_variance_groups
 from mmreason.rollout import (
     Rollout,
@@ -29,19 +30,19 @@ from mmreason.rollout import (
 from mmreason.run import (
     Run,
     checkpoint,
+    data_metrics,
     log_metrics,
     make_optimizer,
     make_scheduler,
     peak_memory_mb,
     reward_weights,
+    stop_if_diverging,
     take_samples,
 )
 from mmreason.sample import Sample
 from mmreason.scoring import score_completions
 
 log = logging.getLogger(__name__)
-
-MAX_CONSECUTIVE_BAD_UPDATES = 5
 
 
 def score_mixture(run: Run, samples: list[Sample], texts: list[str], g: int) -> tuple[dict[str, list], list[float]]:
@@ -134,6 +135,9 @@ def run_grpo(
         resume_state(optimizer, scheduler)
     reference = Reference(policy, cfg.beta)
     banned = suppressed_token_ids(policy.processor)
+    share_loss = cfg.share_prefix and not _checkpointing(policy.model)
+    if cfg.share_prefix and not share_loss:
+        log.warning("grpo.share_prefix: gradient checkpointing drops the KV cache, so the loss repeats the prompts")
     bad_updates = 0
     bar = tqdm(range(start_step, cfg.steps), desc=f"grpo [{stage_index}]", initial=start_step, total=cfg.steps)
     for step in bar:
@@ -148,58 +152,17 @@ def run_grpo(
             max_new_tokens=cfg.max_new_tokens,
             temperature=cfg.temperature,
             top_p=cfg.top_p,
+            share_prefix=cfg.share_prefix,
         )
         named, total = score_mixture(run, samples, rollout.texts, g)
         rewards = torch.tensor(total, dtype=torch.float32, device=run.device)
         adv = group_advantages(rewards, g, scale_std=cfg.scale_std)
         keep_groups = ~zero_variance_groups(rewards, g) if cfg.dynamic_sampling else torch.ones_like(adv[::g]).bool()
         mask = loss_mask_for(rollout, keep_groups.repeat_interleave(g), cfg.mask_truncated)
-        rows = repeat_prompts(prompts, g)
-        ids = rollout.completion_ids
-        old_logp = ref_logp = None
-        with torch.no_grad():
-            if cfg.num_iterations > 1:
-                old_logp, _ = completion_logprobs(
-                    policy.model, rows, ids, rollout.completion_mask, cfg.temperature, suppressed=banned
-                )
-            if cfg.beta > 0:
-                with reference.model() as ref:
-                    ref_logp, _ = completion_logprobs(
-                        ref, rows, ids, rollout.completion_mask, cfg.temperature, suppressed=banned
-                    )
-        policy.model.train()
-        upd: dict[str, float] = {}
-        for it in range(cfg.num_iterations if mask.any() else 0):
-            logp, entropy = completion_logprobs(
-                policy.model,
-                rows,
-                ids,
-                rollout.completion_mask,
-                cfg.temperature,
-                with_entropy=(it == 0),
-                suppressed=banned,
-            )
-            loss, stats = grpo_loss(
-                logp,
-                old_logp if old_logp is not None else logp.detach(),
-                adv,
-                mask,
-                eps_low=cfg.eps_low,
-                eps_high=cfg.eps_high,
-                beta=cfg.beta,
-                ref_logp=ref_logp,
-                loss_agg=cfg.loss_agg,
-                max_len=cfg.max_new_tokens,
-            )
-            if it == 0:
-                upd["entropy"] = float((entropy.detach() * mask).sum() / mask.sum().clamp(min=1))
-            ok = _update(policy, optimizer, loss, cfg.max_grad_norm, upd)
+        upd, applied = update_policy(policy, optimizer, reference, rollout, adv, mask, cfg, banned, share_loss)
+        for ok in applied:
             bad_updates = 0 if ok else bad_updates + 1
-            upd.update({"loss": float(loss.detach()), **{k: float(v) for k, v in stats.items()}})
-        if bad_updates >= MAX_CONSECUTIVE_BAD_UPDATES:
-            raise RuntimeError(
-                f"grpo stopped: {bad_updates} consecutive non-finite losses/gradients at step {step + 1}"
-            )
+        stop_if_diverging(bad_updates, cfg.max_bad_updates, "grpo", step + 1)
         scheduler.step()
         dt = time.perf_counter() - t0
         metrics = _step_metrics(run, named, total, adv, rollout, keep_groups, upd, dt)
@@ -211,11 +174,94 @@ def run_grpo(
     return optimizer, scheduler
 
 
+def update_policy(
+    policy: Any,
+    optimizer: Any,
+    reference: Reference,
+    rollout: Rollout,
+    adv: torch.Tensor,
+    mask: torch.Tensor,
+    cfg: GRPOConfig,
+    banned: list[int],
+    share_loss: bool,
+) -> tuple[dict[str, float], list[bool]]:
+    """The policy updates on one rollout -> (metrics, whether each update was applied).
+
+    Old-policy and reference log-probs first (no grad), then cfg.num_iterations clipped-surrogate steps (none when
+    no token carries loss). adv [B], mask [B, T] of the tokens that carry loss.
+    """
+    old_logp, ref_logp = _frozen_logprobs(policy, reference, rollout, cfg, banned)
+    policy.model.train()
+    upd: dict[str, float] = {}
+    applied = []
+    for it in range(cfg.num_iterations if mask.any() else 0):
+        logp, entropy = rollout_logprobs(
+            policy.model, rollout, cfg.temperature, banned, share_loss, with_entropy=(it == 0)
+        )
+        loss, stats = grpo_loss(
+            logp,
+            old_logp if old_logp is not None else logp.detach(),
+            adv,
+            mask,
+            eps_low=cfg.eps_low,
+            eps_high=cfg.eps_high,
+            beta=cfg.beta,
+            ref_logp=ref_logp,
+            loss_agg=cfg.loss_agg,
+            max_len=cfg.max_new_tokens,
+        )
+        if it == 0:
+            upd["entropy"] = float((entropy.detach() * mask).sum() / mask.sum().clamp(min=1))
+        applied.append(_update(policy, optimizer, loss, cfg.max_grad_norm, upd))
+        upd.update({"loss": float(loss.detach()), **{k: float(v) for k, v in stats.items()}})
+    return upd, applied
+
+
+def rollout_logprobs(
+    model: Any, rollout: Rollout, temperature: float, banned: list[int], share: bool, with_entropy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs [B, T] (and entropies) of the rollout's completions under `model`; with `share`, each prompt is
+    encoded once per group (mmreason.prefix), else its rows are repeated G times (same values and gradients)."""
+    args = (rollout.completion_ids, rollout.completion_mask, temperature)
+    if share:
+        prompts = rollout.prompts.inputs
+        return shared_completion_logprobs(
+            model, prompts, rollout.group_size, *args, with_entropy=with_entropy, suppressed=banned
+        )
+    rows = repeat_prompts(rollout.prompts, rollout.group_size)
+    return completion_logprobs(model, rows, *args, with_entropy=with_entropy, suppressed=banned)
+
+
+@torch.no_grad()
+def _frozen_logprobs(
+    policy: Any, reference: Reference, rollout: Rollout, cfg: GRPOConfig, banned: list[int]
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The no-grad log-probs the loss compares against: old policy (only with several updates per rollout) and
+    reference (only when beta > 0). No gradient, so the prefix is shared even under gradient checkpointing."""
+    old_logp = ref_logp = None
+    if cfg.num_iterations > 1:
+        old_logp, _ = rollout_logprobs(policy.model, rollout, cfg.temperature, banned, cfg.share_prefix)
+    if cfg.beta > 0:
+        with reference.model() as ref:
+            ref_logp, _ = rollout_logprobs(ref, rollout, cfg.temperature, banned, cfg.share_prefix)
+    return old_logp, ref_logp
+
+
+def _checkpointing(model: Any) -> bool:
+    """Whether activation (gradient) checkpointing is on (through DDP-style `.module` wrappers); transformers 5.x
+    renamed the flag."""
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        model = model.module
+    flag = getattr(model, "is_activation_checkpointing", None)
+    return bool(flag if flag is not None else getattr(model, "is_gradient_checkpointing", False))
+
+
 def _update(policy: Any, optimizer: Any, loss: torch.Tensor, max_grad_norm: float, out: dict) -> bool:
     """backward + clip + step; a non-finite loss or gradient skips the update (returns False) with a warning."""
     if not torch.isfinite(loss):
         log.warning("non-finite GRPO loss (%s): update skipped", float(loss))
         optimizer.zero_grad(set_to_none=True)
+        out["updates_skipped"] = out.get("updates_skipped", 0.0) + 1
         return False
     loss.backward()
     norm = torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), max_grad_norm)
@@ -223,6 +269,7 @@ def _update(policy: Any, optimizer: Any, loss: torch.Tensor, max_grad_norm: floa
     if not torch.isfinite(norm):
         log.warning("non-finite gradient norm: update skipped")
         optimizer.zero_grad(set_to_none=True)
+        out["updates_skipped"] = out.get("updates_skipped", 0.0) + 1
         return False
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -249,8 +296,7 @@ def _step_metrics(
             "tokens_per_s": float(lengths.sum()) / dt,
             "step_time": dt,
             "peak_memory_mb": peak_memory_mb(run.device),
-            "skipped_samples": float(run.stream.skipped),
-            "reward_errors": float(run.reward_errors.total),
+            **data_metrics(run),
             **upd,
         }
     )

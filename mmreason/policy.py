@@ -64,9 +64,11 @@ def ensure_tiny(cfg: ModelConfig, cache_dir: Path, seed: int = 0) -> Path:
     folder = cache_dir / f"tiny-{t.arch}-h{t.hidden_size}-l{t.layers}-v{t.vision_depth}-s{seed}"
     if not (folder / "config.json").is_file():
         tmp = folder.with_name(folder.name + ".tmp")
-        build_tiny(
-            tmp, arch=t.arch, hidden_size=t.hidden_size, layers=t.layers, vision_depth=t.vision_depth, seed=seed
-        )
+        # building seeds and draws from torch's RNG: fork it, so a run samples the same with or without the cache
+        with torch.random.fork_rng(devices=[]):
+            build_tiny(
+                tmp, arch=t.arch, hidden_size=t.hidden_size, layers=t.layers, vision_depth=t.vision_depth, seed=seed
+            )
         tmp.replace(folder)
     return folder
 

@@ -39,6 +39,21 @@ def token_logprobs(logits: Tensor, tokens: Tensor) -> Tensor:
     return torch.stack(rows)
 
 
+def sampling_logits(logits: Tensor, temperature: float = 1.0, suppressed: Sequence[int] | None = None) -> Tensor:
+    """The logits of the distribution completions are sampled from (before top-p): [..., V] -> float32 [..., V].
+
+    Divided by the sampling temperature, with the `suppressed` tokens (which sampling never draws) set to the most
+    negative finite value: their probability is exactly 0 and entropy stays free of 0 * inf. Modifies `logits` in
+    place when it is already float32 and temperature is 1 (callers pass a forward's output they do not keep).
+    """
+    out = logits.float()
+    if temperature != 1.0:
+        out = out / temperature
+    if suppressed:
+        out[..., list(suppressed)] = torch.finfo(out.dtype).min
+    return out
+
+
 def token_entropy(logits: Tensor) -> Tensor:
     """Entropy of the next-token distribution at each position: logits [B,T,V] -> float32 [B,T].
 

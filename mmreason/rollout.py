@@ -1,5 +1,9 @@
 """Rollouts: encode a batch of prompts, sample G completions per prompt, and score token log-probs.
 
+Sampling prefills each prompt once and shares its KV cache across the G samples (`mmreason.prefix`); HF
+`generate` on repeated prompt rows stays available (`share_prefix=False`). `completion_logprobs` is the unshared
+scoring forward (prompt rows repeated G times), the reference `prefix.shared_completion_logprobs` is tested against.
+
 Shapes: P prompts, G completions each, B = P * G rows (row b belongs to prompt b // G), Lp prompt length
 (left-padded), T completion length (right-padded). Vision inputs are concatenated per image in row order,
 exactly as the HF processor lays them out.
@@ -12,8 +16,9 @@ from typing import Any
 
 import torch
 
+from mmreason.prefix import sample_shared
 from mmreason.processors import build_inputs, collate
-from mmreason.rl import token_entropy, token_logprobs
+from mmreason.rl import sampling_logits, token_entropy, token_logprobs
 from mmreason.sample import Sample
 
 VISION_KEYS = (("pixel_values", "image_grid_thw"), ("pixel_values_videos", "video_grid_thw"))
@@ -42,6 +47,9 @@ class Rollout:
     completion_mask: torch.Tensor  # [B, T] (long 0/1)
     truncated: torch.Tensor  # [B] bool: no EOS within max_new_tokens
     texts: list[str]
+    # [B, T] float32 log-probs of the sampled tokens under the temperature-scaled, vision-token-suppressed
+    # distribution (0 off the mask), as sampled; None when the sampler does not report them (HF generate)
+    logprobs: torch.Tensor | None = None
 
 
 def sample_media(sample: Sample) -> tuple[list[Any], list[Any]]:
@@ -125,16 +133,63 @@ def generate(
     temperature: float = 1.0,
     top_p: float = 1.0,
     greedy: bool = False,
+    share_prefix: bool = True,
 ) -> Rollout:
     """Sample `group_size` completions per prompt (pure temperature / top-p sampling: top_k is off so the
-    sampling distribution is the one the importance ratios assume)."""
+    sampling distribution is the one the importance ratios assume).
+
+    share_prefix (default): each prompt is prefilled once and its KV cache shared by its G samples
+    (`mmreason.prefix.sample_shared`), which also returns the sampled tokens' log-probs. Otherwise HF `generate`
+    with num_return_sequences=G, which repeats the prompt and its images G times before the prefill (and applies
+    the checkpoint's generation_config processors too, e.g. a repetition penalty, which the scoring ignores).
+    """
     eos = eos_token_ids(processor, model)
+    pad = processor.tokenizer.pad_token_id
     was_training = model.training
     model.eval()
+    logprobs = None
+    if share_prefix:
+        completion, logprobs = sample_shared(
+            model,
+            batch.inputs,
+            group_size,
+            max_new_tokens=max_new_tokens,
+            eos_ids=eos,
+            pad_id=pad,
+            temperature=temperature,
+            top_p=top_p,
+            greedy=greedy,
+            suppressed=suppressed_token_ids(processor),
+        )
+    else:
+        completion = _hf_generate(model, processor, batch, group_size, max_new_tokens, temperature, top_p, greedy)
+    if was_training:
+        model.train()
+    mask, truncated = completion_mask_from_ids(completion, eos)
+    completion = completion.masked_fill(mask == 0, pad)
+    if logprobs is not None:
+        logprobs = logprobs * mask
+    texts = processor.tokenizer.batch_decode(
+        [row[m.bool()] for row, m in zip(completion, mask, strict=True)], skip_special_tokens=True
+    )
+    return Rollout(batch, group_size, completion, mask, truncated, texts, logprobs)
+
+
+def _hf_generate(
+    model: Any,
+    processor: Any,
+    batch: PromptBatch,
+    group_size: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    greedy: bool,
+) -> torch.Tensor:
+    """HF generate with the prompt rows repeated G times -> completion ids [B, T] (the unshared baseline)."""
     kwargs = dict(
         max_new_tokens=max_new_tokens,
         pad_token_id=processor.tokenizer.pad_token_id,
-        eos_token_id=eos,
+        eos_token_id=eos_token_ids(processor, model),
         suppress_tokens=suppressed_token_ids(processor),
     )
     if greedy:
@@ -142,16 +197,7 @@ def generate(
     else:
         kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
     out = model.generate(**batch.inputs, num_return_sequences=group_size, use_cache=True, **kwargs)
-    if was_training:
-        model.train()
-    completion = out[:, batch.inputs["input_ids"].shape[1] :]
-    mask, truncated = completion_mask_from_ids(completion, eos)
-    pad = processor.tokenizer.pad_token_id
-    completion = completion.masked_fill(mask == 0, pad)
-    texts = processor.tokenizer.batch_decode(
-        [row[m.bool()] for row, m in zip(completion, mask, strict=True)], skip_special_tokens=True
-    )
-    return Rollout(batch, group_size, completion, mask, truncated, texts)
+    return out[:, batch.inputs["input_ids"].shape[1] :]
 
 
 def score_inputs(prompt_rows: dict[str, torch.Tensor], completion_ids: torch.Tensor, completion_mask: torch.Tensor):
@@ -188,11 +234,7 @@ def completion_logprobs(
     """
     t = completion_ids.shape[1]
     inputs = score_inputs(prompt_rows, completion_ids, completion_mask)
-    logits = model(**inputs, logits_to_keep=t + 1, use_cache=False).logits[:, :-1].float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    if suppressed:
-        # the same support generation sampled from; the most negative finite value keeps entropy free of 0 * inf
-        logits[..., suppressed] = torch.finfo(logits.dtype).min
+    logits = model(**inputs, logits_to_keep=t + 1, use_cache=False).logits[:, :-1]
+    logits = sampling_logits(logits, temperature, suppressed)  # the distribution generation sampled from
     logp = token_logprobs(logits, completion_ids)
     return logp, (token_entropy(logits) if with_entropy else None)

@@ -9,16 +9,28 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from mmreason.checkpoint import keep_last, save_checkpoint
 from mmreason.config import RunConfig, save_config
-from mmreason.data import SampleStream, Source, build_samples, read_dataset
+from mmreason.data import (
+    DataError,
+    Problem,
+    SampleStream,
+    Source,
+    build_samples,
+    check_records,
+    format_problems,
+    read_dataset,
+)
 from mmreason.policy import Policy
 from mmreason.registry import get_task
 from mmreason.sample import Sample, SampleContext
@@ -26,6 +38,10 @@ from mmreason.scoring import RewardErrors
 from mmreason.store import RolloutStore
 
 log = logging.getLogger(__name__)
+
+
+class TrainingStopped(RuntimeError):
+    """Training cannot usefully go on (e.g. too many non-finite updates in a row); the message says why."""
 
 
 @dataclass
@@ -45,6 +61,13 @@ class Run:
     @property
     def device(self) -> torch.device:
         return self.policy.device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA): rollout sampling and LoRA init then depend on the seed only."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def sample_context(cfg: RunConfig, family: str, base_dir: Path) -> SampleContext:
@@ -78,6 +101,26 @@ def load_val(cfg: RunConfig, ctx: SampleContext) -> dict[str, list[Sample]]:
     return val
 
 
+def data_problems(cfg: RunConfig, ctx: SampleContext) -> list[Problem]:
+    """Every problem of every training and held-out file of the config, as `mmreason data check` lists them."""
+    problems: list[Problem] = []
+    for d in cfg.data:
+        for path in (d.train, d.val):
+            if path:
+                problems += check_records(read_dataset(path, strict=False), get_task(d.task), ctx)
+    return problems
+
+
+def require_clean_data(cfg: RunConfig, ctx: SampleContext) -> None:
+    """With `data_errors: fatal`, raise a DataError listing all problems before anything is trained."""
+    problems = data_problems(cfg, ctx)
+    if problems:
+        raise DataError(
+            f"{len(problems)} problem(s) in the data (data_errors: fatal; fix them, or set data_errors=skip to skip "
+            "bad records during training):\n" + format_problems(problems)
+        )
+
+
 def build_stream(cfg: RunConfig, ctx: SampleContext) -> SampleStream:
     """The weighted task mixture of the config's training files (unreadable lines skipped and logged)."""
     sources = []
@@ -104,6 +147,25 @@ def make_scheduler(optimizer: torch.optim.Optimizer, kind: str, warmup_ratio: fl
     return get_scheduler(kind, optimizer, num_warmup_steps=warmup, num_training_steps=max(total, 1))
 
 
+def data_metrics(run: Run) -> dict[str, float]:
+    """Run-so-far counts of what was skipped: bad records drawn, unreadable data lines, reward-function errors."""
+    return {
+        "skipped_samples": float(run.stream.skipped),
+        "unreadable_lines": float(run.stream.unreadable_lines),
+        "reward_errors": float(run.reward_errors.total),
+    }
+
+
+def stop_if_diverging(bad_updates: int, limit: int, stage: str, step: int) -> None:
+    """Raise TrainingStopped once `limit` updates in a row were skipped for a non-finite loss or gradient."""
+    if bad_updates >= limit:
+        raise TrainingStopped(
+            f"{stage} stopped at step {step}: {bad_updates} updates in a row were skipped for a non-finite loss or "
+            f"gradient ({stage}.max_bad_updates={limit}). The last checkpoint is intact; lower {stage}.lr or check "
+            "the data and rewards, then continue with --resume."
+        )
+
+
 def log_metrics(run: Run, stage: str, step: int, metrics: dict[str, Any]) -> None:
     """Append one line to metrics.jsonl (flushed at once so it can be tailed while training runs)."""
     row = {"stage": stage, "step": step, "time": time.time(), **metrics}
@@ -121,10 +183,12 @@ def checkpoint(run: Run, stage_index: int, stage: str, step: int, optimizer: Any
         "stage_done": done,
         "stream": run.stream.state_dict(),
         "history_len": len(run.history),
+        "reward_errors": run.reward_errors.state_dict(),
         # shards present now; on resume every other shard (written after this checkpoint) is dropped
         "store_shards": sorted(p.name for p in run.store.dir.glob("*.parquet")),
     }
     name = f"s{stage_index:02d}-{stage}-step{step:06d}"
+    _fsync(run.run_dir / "metrics.jsonl")  # the lines this checkpoint counts are on disk before it is
     path = save_checkpoint(
         run.run_dir,
         name,
@@ -136,6 +200,12 @@ def checkpoint(run: Run, stage_index: int, stage: str, step: int, optimizer: Any
     )
     keep_last(run.run_dir, run.cfg.keep_checkpoints)
     return path
+
+
+def _fsync(path: Path) -> None:
+    if path.is_file():
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
 
 
 def prepare_run_dir(cfg: RunConfig) -> Path:

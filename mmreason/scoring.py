@@ -35,6 +35,14 @@ class RewardErrors:
     def total(self) -> int:
         return sum(self.counts.values())
 
+    def state_dict(self) -> list[list]:
+        """[[reward, error type, count], ...] (JSON) for checkpoints, so a resumed run keeps counting."""
+        return [[name, kind, n] for (name, kind), n in sorted(self.counts.items())]
+
+    def load_state_dict(self, state: list[list]) -> None:
+        """Continue from saved counts; kinds already seen are not logged again."""
+        self.counts = Counter({(name, kind): int(n) for name, kind, n in state})
+
 
 def expand_columns(samples: list[Sample], group_size: int) -> dict[str, list]:
     """Per-sample answer columns -> per-completion lists (each sample's value repeated group_size times)."""

@@ -7,6 +7,7 @@ the whole accumulation window) -> clip -> step, with periodic eval and checkpoin
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any
 
@@ -16,7 +17,17 @@ from tqdm.auto import tqdm
 from mmreason.config import SFTConfig
 from mmreason.processors import build_inputs, collate
 from mmreason.rl import token_logprobs
-from mmreason.run import Run, checkpoint, log_metrics, make_optimizer, make_scheduler, peak_memory_mb, take_samples
+from mmreason.run import (
+    Run,
+    checkpoint,
+    data_metrics,
+    log_metrics,
+    make_optimizer,
+    make_scheduler,
+    peak_memory_mb,
+    stop_if_diverging,
+    take_samples,
+)
 from mmreason.sample import Sample
 
 log = logging.getLogger(__name__)
@@ -52,48 +63,63 @@ def run_sft(
     run: Run, cfg: SFTConfig, stage_index: int, start_step: int = 0, resume_state: Any = None
 ) -> tuple[Any, Any]:
     """Train `cfg.steps` optimizer steps (continuing from `start_step` on resume)."""
-    model = run.policy.model
     optimizer = make_optimizer(run.policy.trainable_parameters(), cfg.lr, cfg.weight_decay)
     scheduler = make_scheduler(optimizer, cfg.scheduler, cfg.warmup_ratio, cfg.steps)
     if resume_state is not None:
         resume_state(optimizer, scheduler)
-    model.train()
+    run.policy.model.train()
+    bad_updates = 0
     bar = tqdm(range(start_step, cfg.steps), desc=f"sft [{stage_index}]", initial=start_step, total=cfg.steps)
     for step in bar:
         t0 = time.perf_counter()
-        micro = [
-            sft_batch(run.policy.processor, _take_trainable(run, cfg.batch_size), run.device)
-            for _ in range(cfg.grad_accum)
-        ]
-        n_tokens = sum(b["assistant_mask"][:, 1:].sum() for b in micro).clamp(min=1)
-        total = 0.0
-        for batch in micro:
-            loss_sum, _ = sft_token_loss(model, batch)
-            (loss_sum / n_tokens).backward()
-            total += float(loss_sum.detach())
-        loss = total / float(n_tokens)
-        grad_norm = torch.nn.utils.clip_grad_norm_(run.policy.trainable_parameters(), cfg.max_grad_norm)
-        if torch.isfinite(grad_norm):
-            optimizer.step()
+        metrics = sft_step(run, cfg, optimizer)
+        if metrics["updates_skipped"]:
+            bad_updates += 1
+            log.warning(
+                "sft step %d: non-finite loss (%s) or gradient norm (%s): update skipped (%d in a row)",
+                step + 1,
+                metrics["loss"],
+                metrics["grad_norm"],
+                bad_updates,
+            )
         else:
-            log.warning("sft step %d: non-finite gradient norm, update skipped", step + 1)
-        optimizer.zero_grad(set_to_none=True)
+            bad_updates = 0
+        stop_if_diverging(bad_updates, cfg.max_bad_updates, "sft", step + 1)
         scheduler.step()
         dt = time.perf_counter() - t0
-        metrics = {
-            "loss": loss,
-            "grad_norm": float(grad_norm),
-            "lr": scheduler.get_last_lr()[0],
-            "tokens": int(n_tokens),
-            "tokens_per_s": float(n_tokens) / dt,
-            "step_time": dt,
-            "peak_memory_mb": peak_memory_mb(run.device),
-            "skipped_samples": run.stream.skipped,
-        }
+        metrics.update(
+            lr=scheduler.get_last_lr()[0],
+            tokens_per_s=metrics["tokens"] / dt,
+            step_time=dt,
+            peak_memory_mb=peak_memory_mb(run.device),
+            **data_metrics(run),
+        )
         log_metrics(run, "sft", step + 1, metrics)
-        bar.set_postfix(loss=f"{loss:.3f}")
+        bar.set_postfix(loss=f"{metrics['loss']:.3f}")
         _periodic(run, cfg, stage_index, step + 1, optimizer, scheduler)
     return optimizer, scheduler
+
+
+def sft_step(run: Run, cfg: SFTConfig, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """One optimizer step over `grad_accum` micro-batches; a non-finite loss or gradient skips the update."""
+    micro = [
+        sft_batch(run.policy.processor, _take_trainable(run, cfg.batch_size), run.device)
+        for _ in range(cfg.grad_accum)
+    ]
+    n_tokens = sum(b["assistant_mask"][:, 1:].sum() for b in micro).clamp(min=1)
+    total = 0.0
+    for batch in micro:
+        loss_sum, _ = sft_token_loss(run.policy.model, batch)
+        (loss_sum / n_tokens).backward()
+        total += float(loss_sum.detach())
+    loss = total / float(n_tokens)
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(run.policy.trainable_parameters(), cfg.max_grad_norm))
+    # an inf loss can come with finite gradients: both must be finite for the update to be taken
+    ok = math.isfinite(loss) and math.isfinite(grad_norm)
+    if ok:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {"loss": loss, "grad_norm": grad_norm, "tokens": int(n_tokens), "updates_skipped": float(not ok)}
 
 
 def _periodic(run: Run, cfg: SFTConfig, stage_index: int, step: int, optimizer: Any, scheduler: Any) -> None:

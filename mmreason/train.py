@@ -6,18 +6,28 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from mmreason.checkpoint import latest_checkpoint, load_training_state
+from mmreason.checkpoint import complete_checkpoints, delete_checkpoints, latest_checkpoint, load_training_state
 from mmreason.config import RunConfig
 from mmreason.eval import evaluate
 from mmreason.grpo import run_grpo
 from mmreason.policy import build_policy, restore_weights
-from mmreason.run import Run, build_stream, checkpoint, load_val, prepare_run_dir, sample_context
+from mmreason.run import (
+    Run,
+    build_stream,
+    checkpoint,
+    load_val,
+    prepare_run_dir,
+    require_clean_data,
+    sample_context,
+    seed_everything,
+)
 from mmreason.sft import run_sft
 from mmreason.store import RolloutStore
 
@@ -47,11 +57,16 @@ def plan(cfg: RunConfig) -> str:
 
 
 def _truncate_metrics(run_dir: Path, keep: int) -> None:
-    """Drop metrics lines written after the checkpoint being resumed (they will be written again)."""
+    """Drop metrics lines written after the checkpoint being resumed (they will be written again).
+
+    The shorter file replaces the old one by rename: a crash here must not cost the lines the checkpoint counts.
+    """
     path = run_dir / "metrics.jsonl"
     if path.is_file():
         lines = path.read_text().splitlines(keepends=True)[:keep]
-        path.write_text("".join(lines))
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text("".join(lines))
+        os.replace(tmp, path)
 
 
 def _history(run_dir: Path) -> list[dict[str, Any]]:
@@ -62,17 +77,53 @@ def _history(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def drop_shards_after(run_dir: Path, keep: list[str]) -> RolloutStore:
-    """Remove rollout shards written after the resumed checkpoint, so no step is ever duplicated or stale."""
-    for shard in (run_dir / "rollouts").glob("*.parquet"):
+    """Remove rollout shards written after the resumed checkpoint, so no step is ever duplicated or stale, and the
+    temp files of shard or metrics writes a crash cut short."""
+    folder = run_dir / "rollouts"
+    for shard in folder.glob("*.parquet"):
         if shard.name not in keep:
             shard.unlink()
+    for tmp in folder.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+    for tmp in run_dir.glob(".metrics.jsonl.*.tmp"):
+        tmp.unlink(missing_ok=True)
     return RolloutStore(run_dir)
 
 
+def clear_previous_run(run_dir: Path) -> RolloutStore:
+    """A run started from scratch replaces what an earlier run of the same name left: its metrics, rollout shards
+    and checkpoints (an old checkpoint kept would outrank the new run's own on a later --resume)."""
+    latest_checkpoint(run_dir)  # tidies the transient folders a killed writer left first
+    old = complete_checkpoints(run_dir)
+    if old or (run_dir / "metrics.jsonl").exists():
+        console.print(
+            f"starting {run_dir} from scratch: replacing the metrics, rollouts and {len(old)} checkpoint(s) of the "
+            "run there (pass --resume to continue it instead)"
+        )
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    delete_checkpoints(run_dir)
+    return drop_shards_after(run_dir, [])
+
+
+def resume_from(run: Run, ckpt: Path) -> dict[str, Any]:
+    """Weights, RNG, data cursor and counters of `ckpt`; metrics lines and shards written after it are dropped."""
+    state = load_training_state(ckpt, None, None)
+    restore_weights(run.policy, ckpt)
+    run.stream.load_state_dict(state["stream"])
+    run.reward_errors.load_state_dict(state.get("reward_errors", []))
+    _truncate_metrics(run.run_dir, state["history_len"])
+    run.store = drop_shards_after(run.run_dir, state["store_shards"])
+    console.print(f"resuming from {ckpt.name}")
+    return state
+
+
 def setup(cfg: RunConfig, resume: bool) -> tuple[Run, dict[str, Any] | None, Path | None]:
-    run_dir = prepare_run_dir(cfg)
+    seed_everything(cfg.seed)  # a resumed run then restores the RNG states of its checkpoint
     policy = build_policy(cfg.model, cache_dir=Path(cfg.output_dir) / ".cache", device=cfg.device, seed=cfg.seed)
     ctx = sample_context(cfg, policy.family, Path.cwd())
+    if cfg.data_errors == "fatal":
+        require_clean_data(cfg, ctx)  # every problem listed before anything is written or trained
+    run_dir = prepare_run_dir(cfg)
     # what inspection tools need to rebuild samples from the store's ids: the model family and the data files
     info = {"family": policy.family, "model": policy.source, "data": [d.__dict__ for d in cfg.data]}
     (run_dir / "run.json").write_text(json.dumps(info, indent=2, default=str))
@@ -80,16 +131,11 @@ def setup(cfg: RunConfig, resume: bool) -> tuple[Run, dict[str, Any] | None, Pat
     ckpt = latest_checkpoint(run_dir) if resume else None
     state = None
     if ckpt is not None:
-        state = load_training_state(ckpt, None, None)
-        restore_weights(policy, ckpt)
-        run.stream.load_state_dict(state["stream"])
-        _truncate_metrics(run_dir, state["history_len"])
-        run.store = drop_shards_after(run_dir, state["store_shards"])
-        console.print(f"resuming from {ckpt.name}")
-    elif (run_dir / "metrics.jsonl").exists():
+        state = resume_from(run, ckpt)
+    else:
         if resume:
             console.print("no complete checkpoint found: starting from scratch")
-        (run_dir / "metrics.jsonl").unlink()
+        run.store = clear_previous_run(run_dir)
     run.history = _history(run_dir)
     return run, state, ckpt
 
@@ -121,7 +167,7 @@ def write_run_report(run_dir: Path) -> Path | None:
         from mmreason.report import write_report
 
         return write_report(run_dir)
-    except Exception as exc:  # noqa: BLE001 - any report failure is only a warning
+    except Exception as exc:  # any report failure is only a warning
         log.warning("could not write the report of %s: %s: %s", run_dir, type(exc).__name__, exc)
         return None
 

@@ -1,11 +1,11 @@
 """mmreason.processors: media in, model inputs out.
 
 Images (path, bytes, data URI, PIL) are loaded upright in RGB and resized to the model's pixel budget with
-qwen-vl-utils' `smart_resize`; videos are sampled with decord by qwen-vl-utils' frame rules under a total-pixel
-budget; `build_inputs` runs the HF processor's chat template on the already-resized media (the vision grid is then
-exactly model_size / 14) and can mask a gold assistant turn for SFT; `collate` pads a batch. Jigsaw puzzles are
-made and reassembled here too, since they are pure image operations. Bad media raise `MediaError`
-("<source>: <problem>").
+qwen-vl-utils' `smart_resize`; videos are sampled (PyAV with keyframe-aware seeking, decord as fallback) by
+qwen-vl-utils' frame rules under a total-pixel budget; `build_inputs` runs the HF processor's chat template on the
+already-resized media (the vision grid is then exactly model_size / 14) and can mask a gold assistant turn for SFT;
+`collate` pads a batch. Jigsaw puzzles are made and reassembled here too, since they are pure image operations. Bad
+media raise `MediaError` ("<source>: <problem>").
 """
 
 from .errors import MediaError

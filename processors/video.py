@@ -1,4 +1,5 @@
-"""Video loading: frame sampling (decord), per-frame resizing under a total-pixel budget, and timestamps.
+"""Video loading: frame sampling (decoded by `.decode`: PyAV, decord as fallback), per-frame resizing under a
+total-pixel budget, and timestamps.
 
 The rules are qwen-vl-utils' own, reused rather than re-derived: `smart_nframes` picks the frame count (from a
 target fps within [min_frames, max_frames], or a fixed `nframes`, always a multiple of 2 because the vision encoder
@@ -26,6 +27,7 @@ from qwen_vl_utils.vision_process import (
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as tvf
 
+from .decode import read_frames
 from .errors import MediaError
 from .images import FACTOR, _to_rgb, model_size_for
 
@@ -121,8 +123,6 @@ def frame_pixel_budget(
 
 def _read_file(path: Path, source_fps: float | None, sampling: dict) -> tuple[np.ndarray, list[int], int, float]:
     """Decode the sampled frames of a video file: (frames NHWC uint8, indices, total frames, source fps)."""
-    import decord  # imported here: decord is only needed for files, and its import is slow
-
     source = str(path)
     if not path.exists():
         raise MediaError(source, "file not found")
@@ -130,20 +130,7 @@ def _read_file(path: Path, source_fps: float | None, sampling: dict) -> tuple[np
         raise MediaError(source, "not a file (expected a video file)")
     if path.stat().st_size == 0:
         raise MediaError(source, "empty file (0 bytes)")
-    try:
-        reader = decord.VideoReader(source)
-        total, avg_fps = len(reader), float(reader.get_avg_fps())
-    except Exception as e:  # decord raises a bare RuntimeError subclass for any bad input
-        raise MediaError(source, f"not a readable video ({str(e).splitlines()[0][:200]})") from e
-    rate = avg_fps if source_fps is None else source_fps
-    if not (rate > 0 and math.isfinite(rate)):
-        raise MediaError(source, f"cannot determine the frame rate (got {rate}); pass source_fps")
-    indices = sample_indices(total, rate, source=source, **sampling)
-    try:
-        frames = reader.get_batch(indices).asnumpy()
-    except Exception as e:  # same: decord's errors carry no finer type
-        raise MediaError(source, f"failed to decode frames {indices} ({str(e).splitlines()[0][:200]})") from e
-    return frames, indices, total, rate
+    return read_frames(path, source_fps, lambda total, rate: sample_indices(total, rate, source=source, **sampling))
 
 
 def _frames_array(frames: list) -> np.ndarray:
@@ -188,7 +175,7 @@ def load_video(
     max_pixels: int | None = None,
     source_fps: float | None = None,
 ) -> VideoClip:
-    """Sample and resize the frames of a video file (decoded with decord) or of a list of PIL frames.
+    """Sample and resize the frames of a video file (decoded by `.decode.read_frames`) or of a list of PIL frames.
 
     A frame list is treated as a video at `source_fps` (default: `fps`, i.e. frames already sampled at the target
     rate), and sampled by the same rules as a file. For a file, `source_fps` overrides the container's rate.
