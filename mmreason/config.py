@@ -85,6 +85,16 @@ class SFTConfig:
 
 
 @dataclass
+class ToolsConfig:
+    """Multi-turn rollouts where the policy may call its task's tools (zoom_in, crop_video, select_frames)."""
+
+    enabled: bool = False
+    max_turns: int = 2  # tool calls per trajectory; one more call ends it as over budget
+    max_pixels: int = 28 * 28 * 256  # per tool image
+    rewards: dict[str, float] = field(default_factory=lambda: {"tool_success": 0.1, "tool_discipline": 0.1})
+
+
+@dataclass
 class GRPOConfig:
     steps: int = 100
     prompts_per_step: int = 4
@@ -111,6 +121,7 @@ class GRPOConfig:
     eval_every: int = 0
     save_every: int = 0
     max_bad_updates: int = 5  # stop after this many updates in a row skipped for a non-finite loss or gradient
+    tools: ToolsConfig = field(default_factory=ToolsConfig)
 
 
 @dataclass

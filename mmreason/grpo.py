@@ -16,8 +16,10 @@ import torch
 from tqdm.auto import tqdm
 
 from mmreason.config import GRPOConfig
+from mmreason.multiturn import ToolRollout, tool_rollout, turns_json
 from mmreason.policy import Reference
 from mmreason.prefix import shared_completion_logprobs
+from mmreason.registry import get_task
 from mmreason.rl import group_advantages, grpo_loss, zero_variance_groups
 from mmreason.rollout import (
     Rollout,
@@ -45,8 +47,13 @@ from mmreason.scoring import score_completions
 log = logging.getLogger(__name__)
 
 
-def score_mixture(run: Run, samples: list[Sample], texts: list[str], g: int) -> tuple[dict[str, list], list[float]]:
-    """Rewards for a batch that may mix tasks: each task's rewards on its own rows, None elsewhere."""
+def score_mixture(
+    run: Run, samples: list[Sample], texts: list[str], g: int, rollout: Any = None
+) -> tuple[dict[str, list], list[float]]:
+    """Rewards for a batch that may mix tasks: each task's rewards on its own rows, None elsewhere. A multi-turn
+    rollout adds the configured tool rewards, fed by each trajectory's tool-call columns."""
+    tools = isinstance(rollout, ToolRollout)
+    extra = rollout.columns() if tools else {}
     by_task: dict[str, list[int]] = defaultdict(list)
     for i, s in enumerate(samples):
         by_task[s.task].append(i)
@@ -54,13 +61,15 @@ def score_mixture(run: Run, samples: list[Sample], texts: list[str], g: int) -> 
     total = [0.0] * len(texts)
     for task, idx in by_task.items():
         rows = [i * g + j for i in idx for j in range(g)]
+        weights = {**reward_weights(run, task), **(run.cfg.grpo.tools.rewards if tools else {})}
         task_named, task_total = score_completions(
-            reward_weights(run, task),
+            weights,
             [samples[i] for i in idx],
             [texts[r] for r in rows],
             g,
             run.reward_errors,
             run.cfg.strict_rewards,
+            {k: [v[r] for r in rows] for k, v in extra.items()},
         )
         for name, scores in task_named.items():
             col = named.setdefault(name, [None] * len(texts))
@@ -89,7 +98,11 @@ def store_rows(
     step: int,
 ) -> list[dict[str, Any]]:
     g = rollout.group_size
-    prompt_len = rollout.prompts.inputs["attention_mask"].sum(-1).tolist()
+    multi = isinstance(rollout, ToolRollout)
+    if multi:
+        prompt_len = rollout.prompt_lengths
+    else:
+        prompt_len = [n for n in rollout.prompts.inputs["attention_mask"].sum(-1).tolist() for _ in range(g)]
     comp_len = rollout.completion_mask.sum(-1).tolist()
     rows = []
     for b, text in enumerate(rollout.texts):
@@ -107,11 +120,13 @@ def store_rows(
             "completion": text,
             "reward_total": float(total[b]),
             "advantage": float(adv[b]),
-            "prompt_len": int(prompt_len[b // g]),
+            "prompt_len": int(prompt_len[b]),
             "completion_len": int(comp_len[b]),
             "truncated": bool(rollout.truncated[b]),
         }
         row.update({f"reward_{n}": (float("nan") if v[b] is None else float(v[b])) for n, v in named.items()})
+        if multi:
+            row["turns"] = turns_json(rollout.trajectories[b], run.run_dir / "tool_images" / f"{stage}-step{step}", b)
         rows.append(row)
     return rows
 
@@ -143,18 +158,8 @@ def run_grpo(
     for step in bar:
         t0 = time.perf_counter()
         samples = take_samples(run, cfg.prompts_per_step)
-        prompts = encode_prompts(policy.processor, samples, run.device)
-        rollout = generate(
-            policy.model,
-            policy.processor,
-            prompts,
-            g,
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            share_prefix=cfg.share_prefix,
-        )
-        named, total = score_mixture(run, samples, rollout.texts, g)
+        rollout = sample_rollout(run, cfg, samples)
+        named, total = score_mixture(run, samples, rollout.texts, g, rollout)
         rewards = torch.tensor(total, dtype=torch.float32, device=run.device)
         adv = group_advantages(rewards, g, scale_std=cfg.scale_std)
         keep_groups = ~zero_variance_groups(rewards, g) if cfg.dynamic_sampling else torch.ones_like(adv[::g]).bool()
@@ -172,6 +177,46 @@ def run_grpo(
         bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", loss=f"{upd.get('loss', float('nan')):.3f}")
         _periodic(run, cfg, stage_index, step + 1, optimizer, scheduler)
     return optimizer, scheduler
+
+
+def allowed_tools(samples: list[Sample], cfg: GRPOConfig) -> list[tuple[str, ...]] | None:
+    """Each sample's task tools when tool use is on and some task has tools; None for single-turn rollouts."""
+    if not cfg.tools.enabled:
+        return None
+    allowed = [tuple(get_task(s.task).tools) for s in samples]
+    return allowed if any(allowed) else None
+
+
+def sample_rollout(run: Run, cfg: GRPOConfig, samples: list[Sample]) -> Rollout | ToolRollout:
+    """G completions per prompt: multi-turn trajectories with tools when enabled, else one shared-prefix turn."""
+    policy = run.policy
+    allowed = allowed_tools(samples, cfg)
+    if allowed is not None:
+        return tool_rollout(
+            policy.model,
+            policy.processor,
+            samples,
+            cfg.group_size,
+            allowed,
+            run.device,
+            max_turns=cfg.tools.max_turns,
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            min_pixels=run.cfg.model.min_pixels,
+            max_pixels=cfg.tools.max_pixels,
+        )
+    prompts = encode_prompts(policy.processor, samples, run.device)
+    return generate(
+        policy.model,
+        policy.processor,
+        prompts,
+        cfg.group_size,
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        share_prefix=cfg.share_prefix,
+    )
 
 
 def update_policy(
@@ -222,6 +267,8 @@ def rollout_logprobs(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs [B, T] (and entropies) of the rollout's completions under `model`; with `share`, each prompt is
     encoded once per group (mmreason.prefix), else its rows are repeated G times (same values and gradients)."""
+    if isinstance(rollout, ToolRollout):  # full trajectories: tool turns sit between the policy's tokens
+        return rollout.logprobs(model, temperature, banned, with_entropy)
     args = (rollout.completion_ids, rollout.completion_mask, temperature)
     if share:
         prompts = rollout.prompts.inputs

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -209,7 +210,7 @@ def rollout(
     processor: Any,
     samples: list[Sample],
     group_size: int,
-    allowed: tuple[str, ...],
+    allowed: tuple[str, ...] | list[tuple[str, ...]],
     *,
     max_turns: int = 3,
     max_new_tokens: int = 64,
@@ -219,10 +220,13 @@ def rollout(
     max_pixels: int = 28 * 28 * 256,
     greedy: bool = False,
 ) -> list[Trajectory]:
-    """G multi-turn trajectories per sample (row b belongs to sample b // G)."""
+    """G multi-turn trajectories per sample (row b belongs to sample b // G); `allowed` is one tuple of tool names
+    for every sample, or one tuple per sample (each task allows its own tools)."""
+    per_sample = allowed if isinstance(allowed, list) else [allowed] * len(samples)
     was_training = model.training
     model.eval()
-    trajs = [start(processor, s, allowed) for s in samples for _ in range(group_size)]
+    trajs = [start(processor, s, a) for s, a in zip(samples, per_sample, strict=True) for _ in range(group_size)]
+    row_allowed = [a for a in per_sample for _ in range(group_size)]
     budgets = [ToolBudget(max_turns, max_pixels, min_pixels) for _ in trajs]
     for _ in range(max_turns + 1):
         active = [i for i, t in enumerate(trajs) if not t.done]
@@ -238,7 +242,7 @@ def rollout(
             greedy=greedy,
         )
         for i, (segment, stopped) in zip(active, segments, strict=True):
-            advance(processor, trajs[i], segment, stopped, allowed, budgets[i])
+            advance(processor, trajs[i], segment, stopped, row_allowed[i], budgets[i])
     for t in trajs:
         if not t.done:  # still calling tools after the last allowed turn
             t.budget_exceeded, t.done = True, True
@@ -277,6 +281,74 @@ def trajectory_columns(trajs: list[Trajectory]) -> dict[str, list]:
     }
 
 
-def turns_json(traj: Trajectory) -> str:
-    """Every turn as JSON, for the rollout store's `turns` column."""
-    return json.dumps(traj.turns, ensure_ascii=False)
+def turns_json(traj: Trajectory, image_dir: Path, row: int) -> str:
+    """Every turn as JSON for the rollout store's `turns` column; the tool's images are saved as PNGs under
+    `image_dir` and referenced by path in their turn (`images`)."""
+    turns, pending = [], list(traj.tool_images)
+    for k, turn in enumerate(traj.turns):
+        turn = dict(turn)
+        n = turn.pop("n_images", 0)
+        if n:
+            image_dir.mkdir(parents=True, exist_ok=True)
+            turn["images"] = []
+            for j, image in enumerate(pending[:n]):
+                path = image_dir / f"row{row}-turn{k}-{j}.png"
+                image.save(path)
+                turn["images"].append(str(path))
+            pending = pending[n:]
+        turns.append(turn)
+    return json.dumps(turns, ensure_ascii=False)
+
+
+@dataclass
+class ToolRollout:
+    """Multi-turn trajectories laid out for the GRPO loss, with the fields the loop reads from a `Rollout`.
+
+    completion_mask [B, L-1]: the policy's own tokens, aligned with the next-token log-probs of the full sequence,
+    so the loss masking, metrics and aggregation work unchanged; texts: the final answers the task rewards score.
+    """
+
+    trajectories: list[Trajectory]
+    group_size: int
+    batch: dict[str, torch.Tensor]
+    texts: list[str]
+    completion_mask: torch.Tensor
+    truncated: torch.Tensor
+    prompt_lengths: list[int]
+
+    def logprobs(self, model: Any, temperature: float, suppressed: list[int], with_entropy: bool = False):
+        """Log-probs [B, L-1] (and entropies) of every next token; only `completion_mask` positions carry loss."""
+        from mmreason.rl import token_entropy
+
+        inputs = {k: v for k, v in self.batch.items() if k != "policy_mask"}
+        logits = model(**inputs, use_cache=False).logits[:, :-1].float() / temperature
+        if suppressed:
+            logits[..., suppressed] = torch.finfo(logits.dtype).min
+        logp = token_logprobs(logits, self.batch["input_ids"][:, 1:])
+        return logp, (token_entropy(logits) if with_entropy else None)
+
+    def columns(self) -> dict[str, list]:
+        return trajectory_columns(self.trajectories)
+
+
+def tool_rollout(
+    model: Any,
+    processor: Any,
+    samples: list[Sample],
+    group_size: int,
+    allowed: tuple[str, ...],
+    device: torch.device,
+    **kwargs: Any,
+) -> ToolRollout:
+    """Sample G multi-turn trajectories per sample and lay them out for the loss."""
+    trajs = rollout(model, processor, samples, group_size, allowed, **kwargs)
+    batch = scoring_batch(trajs, processor.tokenizer.pad_token_id, device)
+    return ToolRollout(
+        trajectories=trajs,
+        group_size=group_size,
+        batch=batch,
+        texts=[t.answer for t in trajs],
+        completion_mask=batch["policy_mask"][:, 1:].long(),
+        truncated=torch.tensor([t.truncated or t.budget_exceeded for t in trajs], device=device),
+        prompt_lengths=[t.policy.index(1) if 1 in t.policy else len(t.ids) for t in trajs],
+    )

@@ -14,6 +14,7 @@ import base64
 import datetime as dt
 import html
 import io
+import json
 import logging
 import math
 import os
@@ -257,10 +258,32 @@ def _card(view: ins.RunView, row: pd.Series, before: pd.Series | None = None) ->
             f"</details>"
         )
     prompt = f"<details><summary>prompt</summary><pre>{esc(clip_text(str(row['prompt'])))}</pre></details>"
+    text += _turns_html(row.get("turns"))
     return (
         f'<div class="card"><div class="pic">{picture}</div>\n<div class="text"><div class="meta">'
         f"{_row_meta(view, row)}</div>{text}{prompt}</div></div>"
     )
+
+
+def _turns_html(turns_json: Any) -> str:
+    """Every turn of a multi-turn (tool) trajectory, with the tool's images; empty for single-turn rows."""
+    if not isinstance(turns_json, str) or not turns_json:
+        return ""
+    try:
+        turns = json.loads(turns_json)
+    except ValueError:
+        return _none("unreadable turns")
+    parts = []
+    for i, turn in enumerate(turns):
+        pics = "".join(
+            _safe(f"tool image {p}", lambda p=p: image_tag(Image.open(p), "tool output", 160))
+            for p in turn.get("images", [])
+        )
+        parts.append(
+            f"<h4>turn {i + 1}: {esc(turn.get('role', ''))}</h4><pre>{esc(clip_text(str(turn.get('text', ''))))}"
+            f"</pre>{pics}"
+        )
+    return f"<details><summary>all {len(turns)} turns</summary>{''.join(parts)}</details>"
 
 
 def _row_meta(view: ins.RunView, row: pd.Series) -> str:

@@ -85,9 +85,13 @@ def score_completions(
     group_size: int,
     errors: RewardErrors,
     strict: bool = False,
+    extra_columns: dict[str, list] | None = None,
 ) -> tuple[dict[str, list[float | None]], list[float]]:
-    """All named rewards and their weighted total (a missing score contributes 0) for B = len(samples) * G."""
-    columns = expand_columns(samples, group_size)
+    """All named rewards and their weighted total (a missing score contributes 0) for B = len(samples) * G.
+
+    extra_columns: per-completion columns that are not the sample's (e.g. a trajectory's tool-call counts).
+    """
+    columns = {**expand_columns(samples, group_size), **(extra_columns or {})}
     named = {name: call_reward(name, resolve_reward(name), completions, columns, errors, strict) for name in weights}
     total = [sum(w * (named[n][i] or 0.0) for n, w in weights.items()) for i in range(len(completions))]
     return named, total

@@ -212,3 +212,94 @@ def test_tool_instructions_are_added_to_the_prompt_text():
     text = messages[0]["content"][-1]["text"]
     assert text.startswith("How many shapes") and "<tool_call>" in text and "zoom_in" in text
     assert "tool_call" not in sample.messages[0]["content"][-1]["text"]  # the sample itself is untouched
+
+
+@pytest.fixture(scope="module")
+def grounding_data(tmp_path_factory):
+    from mmreason.synthetic import make_synthetic
+
+    out = tmp_path_factory.mktemp("grounding")
+    make_synthetic("grounding", out, n=24, seed=0)
+    return out
+
+
+def _tool_config(tmp_path, data) -> list[str]:
+    import json as _json
+
+    cfg = {
+        "name": "tools",
+        "output_dir": str(tmp_path / "runs"),
+        "think": True,
+        "stages": ["grpo"],
+        "model": {"name": "tiny", "min_pixels": 3136, "max_pixels": 3136},
+        "data": [
+            {"task": "grounding", "train": str(data / "train.jsonl"), "val": str(data / "val.jsonl"), "max_val": 2}
+        ],
+        "grpo": {
+            "steps": 2,
+            "prompts_per_step": 2,
+            "group_size": 2,
+            "max_new_tokens": 48,
+            "tools": {"enabled": True, "max_turns": 1},
+        },
+        "eval": {"max_new_tokens": 4, "batch_size": 2, "at_start": False},
+    }
+    path = tmp_path / "cfg.yaml"
+    path.write_text(_json.dumps(cfg))
+    return [str(path)]
+
+
+def _train(args):
+    from typer.testing import CliRunner
+
+    from mmreason.cli import app
+
+    result = CliRunner().invoke(app, ["train", *args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+
+
+def test_grpo_with_tools_scripted_zoom_reaches_store_with_images(tmp_path, grounding_data, monkeypatch):
+    import json as _json
+    from pathlib import Path
+
+    from mmreason import store
+
+    call = '<think>zoom</think><tool_call>{"name": "zoom_in", "arguments": {"bbox": [0, 0, 28, 28]}}</tool_call>'
+    answer = '<think>here</think><answer>[{"bbox_2d": [0, 0, 20, 20]}]</answer><|im_end|>'
+    real = multiturn.generate_turn
+
+    def scripted(model, processor, trajs, **kw):
+        tok = processor.tokenizer
+        text = call if not trajs[0].tool_calls and not trajs[0].tool_errors else answer
+        ids = tok.encode(text, add_special_tokens=False)
+        return [(list(ids), True) for _ in trajs]
+
+    monkeypatch.setattr(multiturn, "generate_turn", scripted)
+    _train(_tool_config(tmp_path, grounding_data))
+    monkeypatch.setattr(multiturn, "generate_turn", real)
+    run_dir = tmp_path / "runs" / "tools"
+    df = store.read(run_dir, stage="grpo-0")
+    assert len(df) == 2 * 2 * 2 and (df["reward_tool_success"] == 1.0).all()
+    assert (df["reward_tool_discipline"] == 1.0).all() and (df["reward_format"] == 1.0).all()
+    turns = _json.loads(df["turns"].iloc[0])
+    assert [t["role"] for t in turns] == ["assistant", "tool", "assistant"]
+    assert Path(turns[1]["images"][0]).is_file()
+    metrics = [_json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    grpo = [m for m in metrics if m["stage"] == "grpo"]
+    assert all(torch.isfinite(torch.tensor(m["loss"])) for m in grpo)
+
+
+def test_grpo_with_tools_real_sampling_two_steps(tmp_path, grounding_data):
+    from mmreason import store
+
+    _train(_tool_config(tmp_path, grounding_data))
+    df = store.read(tmp_path / "runs" / "tools", stage="grpo-0")
+    assert len(df) == 8 and "turns" in df and "reward_tool_success" in df
+
+
+def test_report_shows_every_turn_with_tool_images(tmp_path, grounding_data, monkeypatch):
+    from mmreason.report import write_report
+
+    test_grpo_with_tools_scripted_zoom_reaches_store_with_images(tmp_path, grounding_data, monkeypatch)
+    page = write_report(tmp_path / "runs" / "tools").read_text()
+    assert "turn 2: tool" in page and "zoomed into [0, 0, 28, 28]" in page and 'alt="tool output"' in page

@@ -74,6 +74,7 @@ class GeolocationTask(Task):
     answer_format = "latitude, longitude in decimal degrees (e.g. 48.8566, 2.3522)"
     rewards = {"format": 0.5, "geo_distance": 1.0, "geo_hierarchy": 0.5}
     metric_names = tuple(f"acc@{t}km" for t in THRESHOLDS_KM) + ("median_km",)
+    tools = ("zoom_in",)
     required_fields = ("image", "solution")
 
     def to_sample(self, record: dict[str, Any], ctx: SampleContext) -> Sample:

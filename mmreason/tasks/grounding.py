@@ -92,6 +92,7 @@ class GroundingTask(Task):
                      "(x1,y1),(x2,y2) (Qwen2-VL, 0-1000); [] if absent")
     rewards = {"format": 0.5, "iou": 1.0, "box_f1": 0.5}
     metric_names = ("acc@0.5", "mean_iou", "mean_f1")
+    tools = ("zoom_in",)
     required_fields = ("image", "problem", "solution")
 
     def to_sample(self, record: dict[str, Any], ctx: SampleContext) -> Sample:

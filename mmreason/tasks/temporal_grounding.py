@@ -79,6 +79,7 @@ class TemporalGroundingTask(Task):
     answer_format = "start, end (seconds)"
     rewards = {"format": 0.5, "tiou": 1.0}
     metric_names = ("mean_tiou", "r@0.3", "r@0.5", "r@0.7")
+    tools = ("crop_video", "select_frames")
     required_fields = ("video", "problem", "solution")
 
     def to_sample(self, record: dict[str, Any], ctx: SampleContext) -> Sample:
