@@ -51,12 +51,22 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue from the run's latest complete checkpoint."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and plan, then exit."),
     task_file: list[Path] = TaskFiles,
+    num_processes: int = typer.Option(
+        0, "--num-processes", help="Run under `accelerate launch` with this many processes (ranks)."
+    ),
+    accelerate_config: Path = typer.Option(
+        None, "--accelerate-config", help="An accelerate config (e.g. a shipped DeepSpeed one) for the launch."
+    ),
 ) -> None:
     """Run the config's stages (e.g. sft then grpo) and print held-out metrics before and after each."""
     import yaml
 
     from mmreason.config import ConfigError, load_config, to_dict
 
+    if (num_processes > 1 or accelerate_config) and not dry_run and not _launched():
+        argv = ["train", config, *(overrides or []), *(["--resume"] if resume else [])]
+        argv += [a for f in task_file or [] for a in ("--task-file", str(f))]
+        raise typer.Exit(_relaunch(num_processes or None, argv, accelerate_config))
     _load_user_files(task_file)
     try:
         cfg = load_config(config, overrides or [])
@@ -70,6 +80,8 @@ def train(
         console.print(plan(cfg))
         return
     run = run_train(cfg, resume=resume)
+    if not run.is_main:  # one summary per launch
+        return
     console.print(eval_table(run.history))
     console.print(f"run directory: {run.run_dir}")
     console.print(f"rollouts: {run.run_dir / 'rollouts'}  metrics: {run.run_dir / 'metrics.jsonl'}")
@@ -207,6 +219,26 @@ def report(
     _load_user_files(task_file)
     path = write_report(run_dir, out)
     console.print(f"report: {path}")
+
+
+def _launched() -> bool:
+    """Whether this process already is one rank of a multi-process launch."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _relaunch(num_processes: int | None, argv: list[str], config_file: Path | None) -> int:
+    """Re-run `mmreason <argv>` under accelerate's launcher (thin wrapper: `mmreason.dist.relaunch`)."""
+    from mmreason.dist import check_launch_config, relaunch
+
+    if config_file is not None:
+        if not config_file.is_file():
+            _fail(f"--accelerate-config: no such file {config_file}")
+        check_launch_config(config_file)
+    count = num_processes or "the config file's"
+    console.print(f"launching {count} processes with accelerate")
+    return relaunch(num_processes, argv, str(config_file) if config_file else None)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

@@ -5,15 +5,20 @@ collective operations the trainers need (sums, object gathers, barriers), so a s
 Layout of a GRPO step across R ranks: each rank takes every R-th prompt of the global batch (`SampleStream`
 rank/world_size), generates all G completions of its prompts (so a group never spans ranks and its advantages are
 computed locally), and the loss is normalised by global token / sequence counts so the gradients DDP averages equal
-those of one process holding the whole batch. Rank 0 alone writes checkpoints, metrics and the rollout store, from
-rows gathered from every rank in rank order.
+those of one process holding the whole batch (DDP averages gradients over ranks, so each rank's loss is its share of
+the global sum divided by the global count, times R). Rank 0 alone writes checkpoints, metrics and the rollout store,
+from rows gathered from every rank (sorted by global prompt position, so a 2-process store reads like a 1-process one).
+Sampling is seeded per prompt (`mmreason.rollout.prompt_generators`), so a prompt's G completions do not depend on
+which rank generates them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,9 +29,13 @@ class Dist:
 
     def __init__(self, device: str = "auto", mixed_precision: str = "no") -> None:
         from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs
 
         cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
-        self.acc = Accelerator(cpu=cpu, mixed_precision=mixed_precision)
+        # unused parameters are normal here (a text-only batch never touches the vision tower): without this flag
+        # DDP would wait forever for their gradients
+        ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+        self.acc = Accelerator(cpu=cpu, mixed_precision=mixed_precision, kwargs_handlers=[ddp])
 
     @property
     def rank(self) -> int:
@@ -44,8 +53,41 @@ class Dist:
     def device(self) -> torch.device:
         return self.acc.device
 
+    @property
+    def distributed_type(self) -> str:
+        return str(self.acc.distributed_type).rsplit(".", 1)[-1]
+
+    @property
+    def shards_state(self) -> bool:
+        """Whether weights / optimizer states are sharded across ranks (DeepSpeed, FSDP)."""
+        return self.distributed_type in ("DEEPSPEED", "FSDP")
+
     def prepare(self, *objects: Any) -> Any:
+        plugin = getattr(self.acc.state, "deepspeed_plugin", None)
+        if plugin is not None:  # no dataloader goes through prepare, so DeepSpeed must be told the micro-batch
+            plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = 1
         return self.acc.prepare(*objects)
+
+    @property
+    def zero3(self) -> bool:
+        plugin = getattr(self.acc.state, "deepspeed_plugin", None)
+        return plugin is not None and int(plugin.zero_stage or 0) == 3
+
+    def generation_context(self, wrapped: Any) -> Any:
+        """Context for generating with the unwrapped model: under ZeRO-3 the sharded parameters are gathered for
+        its duration (collective: enter on every rank; costs one full copy of the weights per GPU meanwhile)."""
+        if not self.zero3 or wrapped is None:
+            return contextlib.nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(list(wrapped.parameters()))
+
+    def model_state(self, wrapped: Any) -> dict[str, Any] | None:
+        """The full state dict of a prepared model, gathered under ZeRO-3 / FSDP (collective: call on every rank);
+        None when the unwrapped model's own state dict is already complete (one process, DDP)."""
+        if not self.shards_state:
+            return None
+        return self.acc.get_state_dict(wrapped)
 
     def unwrap(self, model: Any) -> Any:
         return self.acc.unwrap_model(model)
@@ -75,20 +117,94 @@ class Dist:
     def autocast(self) -> Any:
         return self.acc.autocast()
 
+    def main_first(self) -> Any:
+        """Context: rank 0 runs the block first (e.g. builds a shared cache), the others after it."""
+        return self.acc.main_process_first()
+
+
+def mixed_precision_for(dtype: str, device: str = "auto") -> str:
+    """accelerate's mixed_precision for the model dtype: bf16/fp16 autocast on GPUs, none on CPU (where the weights
+    already are in their dtype and CPU autocast only costs time)."""
+    on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if not on_gpu:
+        return "no"
+    return {"bfloat16": "bf16", "float16": "fp16"}.get(dtype, "no")
+
+
+def split_per_rank(total: int, world_size: int, what: str) -> int:
+    """`total` (a global count per step) divided evenly between ranks; a clear error when it does not divide."""
+    from mmreason.config import ConfigError
+
+    if total % world_size:
+        raise ConfigError(
+            f"{what}={total} must be divisible by the number of processes ({world_size}): it is the global count per "
+            f"step and each process takes {what} / {world_size}"
+        )
+    return total // world_size
+
 
 def launched_by_accelerate() -> bool:
     """Whether this process was started by `accelerate launch` / torchrun (several ranks)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def relaunch(num_processes: int, argv: list[str], config_file: str | None = None, cpu: bool | None = None) -> int:
-    """Run `mmreason <argv>` under `accelerate launch` with `num_processes` ranks; returns its exit code."""
+def check_launch_config(config_file: str | Path, cuda: bool | None = None) -> str:
+    """The distributed type of an accelerate config file; DeepSpeed and FSDP configs are refused without CUDA.
+
+    Why: accelerate (1.15) sets up no process group for DeepSpeed on a CPU device (its state reports one process
+    while DeepSpeed's engine sees them all, and the engine's batch-size check fails), and on a CPU-only machine the
+    launch would otherwise fall back to plain DDP without a word.
+    """
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from mmreason.config import ConfigError
+
+    kind = str(load_config_from_file(str(config_file)).distributed_type).rsplit(".", 1)[-1]
+    if cuda is None:
+        cuda = torch.cuda.is_available()
+    if kind in ("DEEPSPEED", "FSDP") and not cuda:
+        raise ConfigError(f"{config_file}: {kind} needs CUDA GPUs; on CPU use --num-processes N alone (DDP, gloo)")
+    return kind
+
+
+def free_port() -> int:
+    """A TCP port free right now on this machine (for the rendezvous of a local multi-process launch)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def launch_command(
+    num_processes: int | None, argv: list[str], config_file: str | None = None, cpu: bool | None = None
+) -> list[str]:
+    """The `accelerate launch ... -m mmreason.cli <argv>` command line. With a config file its own settings
+    (machines, mixed precision, DeepSpeed / FSDP) stand, unless num_processes is given; without one, a single
+    machine with num_processes ranks.
+
+    Several CPU ranks go through accelerate's `--multi_gpu` launcher (torchrun) with ACCELERATE_USE_CPU set (see
+    `relaunch`): its `--cpu` launcher starts several processes only through mpirun. The ranks then talk over gloo.
+    """
     if cpu is None:
         cpu = not torch.cuda.is_available()
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes)]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+    if num_processes:
+        cmd += ["--num_processes", str(num_processes)]
     if config_file:
-        cmd += ["--config_file", config_file]
-    if cpu:
-        cmd += ["--cpu"]
-    cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mmreason.cli", *argv]
-    return subprocess.call(cmd)
+        cmd += ["--config_file", str(config_file)]
+    else:
+        cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        cmd += ["--main_process_port", str(free_port())]
+        cmd += ["--multi_gpu"] if num_processes and num_processes > 1 else (["--cpu"] if cpu else [])
+    return [*cmd, "-m", "mmreason.cli", *argv]
+
+
+def relaunch(
+    num_processes: int | None, argv: list[str], config_file: str | None = None, cpu: bool | None = None
+) -> int:
+    """Run `mmreason <argv>` under `accelerate launch` (see `launch_command`); returns its exit code."""
+    if cpu is None:
+        cpu = not torch.cuda.is_available()
+    env = {**os.environ, **({"ACCELERATE_USE_CPU": "true"} if cpu else {})}
+    return subprocess.call(launch_command(num_processes, argv, config_file, cpu), env=env)

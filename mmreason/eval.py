@@ -79,30 +79,40 @@ def evaluate_samples(
 
 
 def evaluate(run: Run, label: str) -> dict[str, dict[str, float]]:
-    """Evaluate every task with a held-out split; log `eval/<task>/<metric>` and store the generations."""
+    """Evaluate every task with a held-out split; log `eval/<task>/<metric>` and store the generations.
+
+    With several processes rank 0 alone evaluates (greedy generation on the unwrapped model needs no collective);
+    the others log an empty row so every rank's history keeps the same length, then all meet at a barrier.
+    """
     from mmreason.run import reward_weights
 
     results: dict[str, dict[str, float]] = {}
     stage = f"eval-{label}"
+    if not run.is_main and not run.shards_params:
+        log_metrics(run, stage, 0, {"label": label})
+        run.barrier()
+        return results
     rows: list[dict] = []
     for task_name, samples in run.val.items():
         if not samples:
             continue
-        metrics, texts, named, total = evaluate_samples(
-            run.policy,
-            task_name,
-            samples,
-            reward_weights(run, task_name),
-            run.cfg.eval.max_new_tokens,
-            run.cfg.eval.batch_size,
-            run.reward_errors,
-        )
+        with run.generation_context():  # ZeRO-3 / FSDP: every rank evaluates, rank 0 alone writes
+            metrics, texts, named, total = evaluate_samples(
+                run.policy,
+                task_name,
+                samples,
+                reward_weights(run, task_name),
+                run.cfg.eval.max_new_tokens,
+                run.cfg.eval.batch_size,
+                run.reward_errors,
+            )
         results[task_name] = metrics
         rows += eval_rows(run.cfg.name, stage, samples, texts, named, total)
-    if rows:
+    if rows and run.is_main:
         run.store.append(rows, stage, 0)
     flat = {f"eval/{t}/{k}": v for t, m in results.items() for k, v in m.items()}
     log_metrics(run, stage, 0, {"label": label, **flat})
+    run.barrier()
     return results
 
 

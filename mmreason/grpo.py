@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from mmreason.config import GRPOConfig
+from mmreason.config import ConfigError, GRPOConfig
+from mmreason.dist import split_per_rank
 from mmreason.multiturn import ToolRollout, tool_rollout, turns_json
 from mmreason.policy import Reference
 from mmreason.prefix import shared_completion_logprobs
@@ -26,6 +27,7 @@ from mmreason.rollout import (
     completion_logprobs,
     encode_prompts,
     generate,
+    prompt_generators,
     repeat_prompts,
     suppressed_token_ids,
 )
@@ -37,6 +39,7 @@ from mmreason.run import (
     make_optimizer,
     make_scheduler,
     peak_memory_mb,
+    prepare_training,
     reward_weights,
     stop_if_diverging,
     take_samples,
@@ -112,7 +115,8 @@ def store_rows(
             "stage": stage,
             "step": step,
             "sample_id": s.id,
-            "group_id": b // g,
+            # the prompt's global position in the step (rank r holds positions r, r + R, ...)
+            "group_id": (b // g) * run.world_size + run.rank,
             "completion_index": b % g,
             "task": s.task,
             "media": list(s.media),
@@ -126,7 +130,9 @@ def store_rows(
         }
         row.update({f"reward_{n}": (float("nan") if v[b] is None else float(v[b])) for n, v in named.items()})
         if multi:
-            row["turns"] = turns_json(rollout.trajectories[b], run.run_dir / "tool_images" / f"{stage}-step{step}", b)
+            # file names by global row (group_id * G + completion): ranks share the folder
+            folder = run.run_dir / "tool_images" / f"{stage}-step{step}"
+            row["turns"] = turns_json(rollout.trajectories[b], folder, row["group_id"] * g + b % g)
         rows.append(row)
     return rows
 
@@ -144,36 +150,53 @@ def run_grpo(
 ) -> tuple[Any, Any]:
     policy, g = run.policy, cfg.group_size
     stage = f"grpo-{stage_index}"
+    # prompts_per_step is global: each rank takes its share, all G completions of a prompt on the same rank
+    local_prompts = split_per_rank(cfg.prompts_per_step, run.world_size, "grpo.prompts_per_step")
     optimizer = make_optimizer(policy.trainable_parameters(), cfg.lr, cfg.weight_decay)
     scheduler = make_scheduler(optimizer, cfg.scheduler, cfg.warmup_ratio, cfg.steps)
     if resume_state is not None:
         resume_state(optimizer, scheduler)
+    optimizer = prepare_training(run, optimizer)
+    if cfg.beta > 0 and run.shards_params and not policy.is_lora:  # a deep copy of sharded weights is no reference
+        raise ConfigError("grpo.beta > 0 under ZeRO-3 / FSDP needs model.lora.enabled (the KL reference is the base)")
     reference = Reference(policy, cfg.beta)
     banned = suppressed_token_ids(policy.processor)
     share_loss = cfg.share_prefix and not _checkpointing(policy.model)
     if cfg.share_prefix and not share_loss:
         log.warning("grpo.share_prefix: gradient checkpointing drops the KV cache, so the loss repeats the prompts")
+    # DDP registers a backward hook per forward: the shared loss's two forwards (prefill + extend) before one
+    # backward would trip it, so several processes score the prompts repeated (same values up to rounding)
+    share_loss = share_loss and run.world_size == 1
     bad_updates = 0
-    bar = tqdm(range(start_step, cfg.steps), desc=f"grpo [{stage_index}]", initial=start_step, total=cfg.steps)
+    bar = tqdm(
+        range(start_step, cfg.steps),
+        desc=f"grpo [{stage_index}]",
+        initial=start_step,
+        total=cfg.steps,
+        disable=not run.is_main,
+    )
     for step in bar:
         t0 = time.perf_counter()
-        samples = take_samples(run, cfg.prompts_per_step)
-        rollout = sample_rollout(run, cfg, samples)
+        samples = take_samples(run, local_prompts)
+        with run.generation_context():  # the unwrapped policy samples (ZeRO-3: its shards gathered meanwhile)
+            rollout = sample_rollout(run, cfg, samples)
         named, total = score_mixture(run, samples, rollout.texts, g, rollout)
         rewards = torch.tensor(total, dtype=torch.float32, device=run.device)
         adv = group_advantages(rewards, g, scale_std=cfg.scale_std)
         keep_groups = ~zero_variance_groups(rewards, g) if cfg.dynamic_sampling else torch.ones_like(adv[::g]).bool()
         mask = loss_mask_for(rollout, keep_groups.repeat_interleave(g), cfg.mask_truncated)
-        upd, applied = update_policy(policy, optimizer, reference, rollout, adv, mask, cfg, banned, share_loss)
+        upd, applied = update_policy(policy, optimizer, reference, rollout, adv, mask, cfg, banned, share_loss, run)
         for ok in applied:
             bad_updates = 0 if ok else bad_updates + 1
         stop_if_diverging(bad_updates, cfg.max_bad_updates, "grpo", step + 1)
         scheduler.step()
         dt = time.perf_counter() - t0
-        metrics = _step_metrics(run, named, total, adv, rollout, keep_groups, upd, dt)
+        rows = gather_rows(run, store_rows(run, samples, rollout, named, total, adv, stage, step + 1))
+        metrics = _step_metrics(run, rows, named, keep_groups, upd, dt)
         metrics["lr"] = scheduler.get_last_lr()[0]
         log_metrics(run, "grpo", step + 1, metrics)
-        run.store.append(store_rows(run, samples, rollout, named, total, adv, stage, step + 1), stage, step + 1)
+        if run.is_main:
+            run.store.append(rows, stage, step + 1)
         bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", loss=f"{upd.get('loss', float('nan')):.3f}")
         _periodic(run, cfg, stage_index, step + 1, optimizer, scheduler)
     return optimizer, scheduler
@@ -216,6 +239,8 @@ def sample_rollout(run: Run, cfg: GRPOConfig, samples: list[Sample]) -> Rollout 
         temperature=cfg.temperature,
         top_p=cfg.top_p,
         share_prefix=cfg.share_prefix,
+        # per-prompt RNGs: a prompt's samples do not depend on its batch or process (and survive a resume)
+        generators=prompt_generators(run.cfg.seed, samples, run.device) if cfg.share_prefix else None,
     )
 
 
@@ -229,20 +254,29 @@ def update_policy(
     cfg: GRPOConfig,
     banned: list[int],
     share_loss: bool,
+    run: Run | None = None,
 ) -> tuple[dict[str, float], list[bool]]:
     """The policy updates on one rollout -> (metrics, whether each update was applied).
 
     Old-policy and reference log-probs first (no grad), then cfg.num_iterations clipped-surrogate steps (none when
-    no token carries loss). adv [B], mask [B, T] of the tokens that carry loss.
+    no token of any rank carries loss). adv [B], mask [B, T] of the tokens that carry loss.
+
+    With R processes the loss is divided by the GLOBAL token (or sequence) count and multiplied by R, since DDP
+    averages gradients over ranks: the update then equals one process's on the whole batch. A rank whose tokens
+    all lost their loss (dynamic sampling) still runs forward/backward (a zero loss with a graph) so that DDP's
+    gradient all-reduce does not hang. The reported loss and stats are reduced over ranks.
     """
+    world = run.world_size if run is not None else 1
+    total = run.sum if run is not None else float
+    model = run.model if run is not None else policy.model
+    global_tokens = total(mask.sum())
+    count = global_tokens if cfg.loss_agg == "token_mean" else total(mask.shape[0])
     old_logp, ref_logp = _frozen_logprobs(policy, reference, rollout, cfg, banned)
     policy.model.train()
     upd: dict[str, float] = {}
     applied = []
-    for it in range(cfg.num_iterations if mask.any() else 0):
-        logp, entropy = rollout_logprobs(
-            policy.model, rollout, cfg.temperature, banned, share_loss, with_entropy=(it == 0)
-        )
+    for it in range(cfg.num_iterations if global_tokens > 0 else 0):
+        logp, entropy = rollout_logprobs(model, rollout, cfg.temperature, banned, share_loss, with_entropy=(it == 0))
         loss, stats = grpo_loss(
             logp,
             old_logp if old_logp is not None else logp.detach(),
@@ -254,11 +288,13 @@ def update_policy(
             ref_logp=ref_logp,
             loss_agg=cfg.loss_agg,
             max_len=cfg.max_new_tokens,
+            denominator=count / world,
         )
         if it == 0:
-            upd["entropy"] = float((entropy.detach() * mask).sum() / mask.sum().clamp(min=1))
-        applied.append(_update(policy, optimizer, loss, cfg.max_grad_norm, upd))
-        upd.update({"loss": float(loss.detach()), **{k: float(v) for k, v in stats.items()}})
+            upd["entropy"] = total((entropy.detach() * mask).sum()) / max(global_tokens, 1.0)
+        applied.append(_update(policy, optimizer, loss, cfg.max_grad_norm, upd, run))
+        # stats are per-rank token means: their rank average (exact when the ranks hold equal token counts)
+        upd.update({"loss": total(loss.detach()) / world, **{k: total(v) / world for k, v in stats.items()}})
     return upd, applied
 
 
@@ -303,17 +339,29 @@ def _checkpointing(model: Any) -> bool:
     return bool(flag if flag is not None else getattr(model, "is_gradient_checkpointing", False))
 
 
-def _update(policy: Any, optimizer: Any, loss: torch.Tensor, max_grad_norm: float, out: dict) -> bool:
-    """backward + clip + step; a non-finite loss or gradient skips the update (returns False) with a warning."""
-    if not torch.isfinite(loss):
+def _update(
+    policy: Any, optimizer: Any, loss: torch.Tensor, max_grad_norm: float, out: dict, run: Run | None = None
+) -> bool:
+    """backward + clip + step; a non-finite loss or gradient skips the update (returns False) with a warning.
+
+    With several processes the skip is decided on all ranks together (one rank skipping the backward the others
+    run would hang them), and backward / clipping go through accelerate (DDP, DeepSpeed, FSDP).
+    """
+    non_finite = float(not torch.isfinite(loss))
+    if (run.sum(non_finite) if run is not None else non_finite) > 0:
         log.warning("non-finite GRPO loss (%s): update skipped", float(loss))
         optimizer.zero_grad(set_to_none=True)
         out["updates_skipped"] = out.get("updates_skipped", 0.0) + 1
         return False
-    loss.backward()
-    norm = torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), max_grad_norm)
+    if run is not None and run.dist is not None:
+        run.dist.backward(loss)
+        norm = run.dist.clip_grad_norm(policy.trainable_parameters(), max_grad_norm)
+    else:
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), max_grad_norm)
+    norm = torch.as_tensor(float("nan") if norm is None else float(norm))  # DeepSpeed may report none
     out["grad_norm"] = float(norm)
-    if not torch.isfinite(norm):
+    if not torch.isfinite(norm) and not (run is not None and run.dist is not None and run.dist.shards_state):
         log.warning("non-finite gradient norm: update skipped")
         optimizer.zero_grad(set_to_none=True)
         out["updates_skipped"] = out.get("updates_skipped", 0.0) + 1
@@ -323,23 +371,40 @@ def _update(policy: Any, optimizer: Any, loss: torch.Tensor, max_grad_norm: floa
     return True
 
 
+def gather_rows(run: Run, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every rank's store rows of one step, in global prompt order (group_id, then completion): exactly one row per
+    completion, and the same order as a 1-process run with the same global batch."""
+    if run.world_size == 1:
+        return rows
+    return sorted(run.gather(rows), key=lambda r: (r["group_id"], r["completion_index"]))
+
+
+def _column(rows: list[dict[str, Any]], key: str) -> list[float | None]:
+    """A reward column of the rows, None where the row's task has no such reward (NaN in the store)."""
+    values = [row.get(key) for row in rows]
+    return [None if v is None or v != v else float(v) for v in values]
+
+
 def _step_metrics(
-    run: Run, named: dict, total: list, adv: torch.Tensor, rollout: Rollout, keep: torch.Tensor, upd: dict, dt: float
+    run: Run, rows: list[dict[str, Any]], named: dict, keep: torch.Tensor, upd: dict, dt: float
 ) -> dict[str, float]:
-    lengths = rollout.completion_mask.sum(-1).float()
+    """Step metrics over the whole global batch: computed from the store rows gathered from every rank."""
+    lengths = torch.tensor([float(r["completion_len"]) for r in rows])
+    adv = torch.tensor([r["advantage"] for r in rows], dtype=torch.float32)
+    names = list(named) + sorted({k[7:] for r in rows for k in r if k.startswith("reward_")} - set(named) - {"total"})
     metrics: dict[str, float] = {}
-    for name, scores in named.items():
-        metrics[f"reward/{name}_mean"], metrics[f"reward/{name}_std"] = _stats(scores)
-    metrics["reward_mean"], metrics["reward_std"] = _stats(total)
+    for name in names:
+        metrics[f"reward/{name}_mean"], metrics[f"reward/{name}_std"] = _stats(_column(rows, f"reward_{name}"))
+    metrics["reward_mean"], metrics["reward_std"] = _stats([r["reward_total"] for r in rows])
     metrics.update(
         {
             "advantage_mean": float(adv.mean()),
             "advantage_std": float(adv.std(unbiased=False)),
             "advantage_abs_max": float(adv.abs().max()),
-            "groups_kept": float(keep.float().mean()),
+            "groups_kept": run.sum(keep.float().sum()) / run.sum(keep.numel()),
             "completion_len_mean": float(lengths.mean()),
             "completion_len_max": float(lengths.max()),
-            "truncated_rate": float(rollout.truncated.float().mean()),
+            "truncated_rate": sum(bool(r["truncated"]) for r in rows) / len(rows),
             "tokens_per_s": float(lengths.sum()) / dt,
             "step_time": dt,
             "peak_memory_mb": peak_memory_mb(run.device),

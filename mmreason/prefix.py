@@ -145,7 +145,12 @@ def shared_completion_logprobs(
 
 
 def next_tokens(
-    logits: Tensor, temperature: float, top_p: float, greedy: bool, banned: Tensor
+    logits: Tensor,
+    temperature: float,
+    top_p: float,
+    greedy: bool,
+    banned: Tensor,
+    generators: list[torch.Generator] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One sampling step, processed as HF's sampling does: logits [B, V] -> (tokens [B], log-probs [B]).
 
@@ -153,6 +158,8 @@ def next_tokens(
     top-p (HF's TopPLogitsWarper: drop the low tail whose mass is <= 1 - top_p, keep at least one token), then
     softmax + multinomial (the same RNG draw as HF, so a seed gives the same samples). The log-probs are those of
     the temperature-scaled distribution without top-p, as `completion_logprobs` scores them. top_k is never applied.
+    generators: one per prompt (its G rows are contiguous): each group draws from its own generator, so a prompt's
+    samples do not depend on the other prompts of the batch (nor on which process generates them).
     """
     scores = logits.float().masked_fill(banned, float("-inf"))
     scaled = scores / temperature if temperature != 1.0 else scores
@@ -160,7 +167,13 @@ def next_tokens(
         tokens = scores.argmax(dim=-1)
     else:
         filtered = _top_p(scaled, top_p) if top_p < 1.0 else scaled
-        tokens = torch.multinomial(torch.softmax(filtered, dim=-1), num_samples=1).squeeze(1)
+        probs = torch.softmax(filtered, dim=-1)
+        if generators:
+            groups = probs.split(probs.shape[0] // len(generators))
+            tokens = torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(groups, generators, strict=True)])
+            tokens = tokens.squeeze(1)
+        else:
+            tokens = torch.multinomial(probs, num_samples=1).squeeze(1)
     logp = torch.log_softmax(scaled, dim=-1).gather(-1, tokens[:, None]).squeeze(1)
     return tokens, logp
 
@@ -185,6 +198,7 @@ def sample_shared(
     top_p: float = 1.0,
     greedy: bool = False,
     suppressed: list[int] | None = None,
+    generators: list[torch.Generator] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Sample G completions per prompt with one prefill per prompt -> (token ids [B, T], log-probs [B, T]).
 
@@ -202,7 +216,7 @@ def sample_shared(
     done = torch.zeros(b, dtype=torch.bool, device=device)
     tokens, logps = [], []
     for step in range(max_new_tokens):
-        tok, logp = next_tokens(logits, temperature, top_p, greedy, banned)
+        tok, logp = next_tokens(logits, temperature, top_p, greedy, banned, generators)
         tokens.append(tok.masked_fill(done, pad_id))
         logps.append(logp.masked_fill(done, 0.0))
         done = done | torch.isin(tokens[-1], eos)

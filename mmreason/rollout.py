@@ -65,6 +65,18 @@ def encode_prompts(processor: Any, samples: list[Sample], device: torch.device) 
     return PromptBatch(batch, [len(s.images) for s in samples], [int(s.video is not None) for s in samples])
 
 
+def prompt_generators(seed: int, samples: list[Sample], device: torch.device) -> list[torch.Generator]:
+    """One sampling RNG per prompt, seeded by (run seed, the sample's epoch and position in the data stream): a
+    prompt's G completions are then the same whichever process, batch or resume generates them."""
+    gens = []
+    for s in samples:
+        key = (int(seed), int(s.meta.get("epoch", 0)), int(s.meta.get("position", 0)))
+        g = torch.Generator(device=device)
+        g.manual_seed(((key[0] * 1_000_003 + key[1]) * 1_000_000_007 + key[2]) & (2**63 - 1))
+        gens.append(g)
+    return gens
+
+
 def _split_vision(
     values: torch.Tensor, grid: torch.Tensor, counts: list[int]
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -134,6 +146,7 @@ def generate(
     top_p: float = 1.0,
     greedy: bool = False,
     share_prefix: bool = True,
+    generators: list[torch.Generator] | None = None,
 ) -> Rollout:
     """Sample `group_size` completions per prompt (pure temperature / top-p sampling: top_k is off so the
     sampling distribution is the one the importance ratios assume).
@@ -142,6 +155,7 @@ def generate(
     (`mmreason.prefix.sample_shared`), which also returns the sampled tokens' log-probs. Otherwise HF `generate`
     with num_return_sequences=G, which repeats the prompt and its images G times before the prefill (and applies
     the checkpoint's generation_config processors too, e.g. a repetition penalty, which the scoring ignores).
+    generators (share_prefix only; one per prompt, see `prompt_generators`): per-prompt sampling RNGs.
     """
     eos = eos_token_ids(processor, model)
     pad = processor.tokenizer.pad_token_id
@@ -160,6 +174,7 @@ def generate(
             top_p=top_p,
             greedy=greedy,
             suppressed=suppressed_token_ids(processor),
+            generators=generators,
         )
     else:
         completion = _hf_generate(model, processor, batch, group_size, max_new_tokens, temperature, top_p, greedy)

@@ -57,10 +57,61 @@ class Run:
     store: RolloutStore
     reward_errors: RewardErrors = field(default_factory=RewardErrors)
     history: list[dict[str, Any]] = field(default_factory=list)
+    dist: Any = None  # mmreason.dist.Dist (None: one plain process, e.g. in unit tests)
+    # the model the loss goes through: DDP / DeepSpeed / FSDP-wrapped under accelerate, else policy.model. Generation,
+    # evaluation and checkpoints always use the unwrapped policy.model.
+    train_model: Any = None
 
     @property
     def device(self) -> torch.device:
         return self.policy.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.dist is None or self.dist.is_main
+
+    @property
+    def world_size(self) -> int:
+        return 1 if self.dist is None else self.dist.world_size
+
+    @property
+    def rank(self) -> int:
+        return 0 if self.dist is None else self.dist.rank
+
+    @property
+    def model(self) -> Any:
+        """The model to run the training forward/backward through."""
+        return self.train_model if self.train_model is not None else self.policy.model
+
+    def sum(self, value: float | torch.Tensor) -> float:
+        """Sum over ranks (the value itself in one process)."""
+        return float(value) if self.dist is None else self.dist.sum(value)
+
+    def gather(self, items: list[Any]) -> list[Any]:
+        """Every rank's items concatenated in rank order."""
+        return list(items) if self.dist is None else self.dist.gather_objects(items)
+
+    def barrier(self) -> None:
+        if self.dist is not None:
+            self.dist.barrier()
+
+    @property
+    def shards_params(self) -> bool:
+        """Whether the weights are sharded across ranks (ZeRO-3, FSDP): every rank must then take part in each
+        forward, generation and evaluation included."""
+        return self.dist is not None and self.dist.world_size > 1 and self.dist.shards_state and not self._zero2
+
+    @property
+    def _zero2(self) -> bool:
+        return self.dist.distributed_type == "DEEPSPEED" and not self.dist.zero3
+
+    def generation_context(self) -> Any:
+        """Generate with the unwrapped policy inside this (gathers ZeRO-3 shards; a no-op otherwise)."""
+        import contextlib
+
+        if self.dist is None:
+            return contextlib.nullcontext()
+        return self.dist.generation_context(self.train_model)
 
 
 def seed_everything(seed: int) -> None:
@@ -121,15 +172,16 @@ def require_clean_data(cfg: RunConfig, ctx: SampleContext) -> None:
         )
 
 
-def build_stream(cfg: RunConfig, ctx: SampleContext) -> SampleStream:
-    """The weighted task mixture of the config's training files (unreadable lines skipped and logged)."""
+def build_stream(cfg: RunConfig, ctx: SampleContext, rank: int = 0, world_size: int = 1) -> SampleStream:
+    """The weighted task mixture of the config's training files (unreadable lines skipped and logged); with several
+    processes each rank takes every world_size-th position."""
     sources = []
     for d in cfg.data:
         ds = read_dataset(d.train, strict=False)
         for problem in ds.problems:
             log.warning("skipping training record: %s", problem)
         sources.append(Source(get_task(d.task), ds, d.weight, ctx))
-    return SampleStream(sources, seed=cfg.seed)
+    return SampleStream(sources, seed=cfg.seed, rank=rank, world_size=world_size)
 
 
 def take_samples(run: Run, n: int) -> list[Sample]:
@@ -170,18 +222,53 @@ def log_metrics(run: Run, stage: str, step: int, metrics: dict[str, Any]) -> Non
     """Append one line to metrics.jsonl (flushed at once so it can be tailed while training runs)."""
     row = {"stage": stage, "step": step, "time": time.time(), **metrics}
     run.history.append(row)
+    if not run.is_main:  # every rank keeps the history (same length everywhere); rank 0 alone writes it
+        return
     with (run.run_dir / "metrics.jsonl").open("a") as f:
         f.write(json.dumps(row, default=float) + "\n")
 
 
-def checkpoint(run: Run, stage_index: int, stage: str, step: int, optimizer: Any, scheduler: Any, done: bool) -> Path:
-    """Atomic checkpoint of weights + optimizer/scheduler/RNG/data cursor; old ones rotated away."""
+def checkpoint(
+    run: Run, stage_index: int, stage: str, step: int, optimizer: Any, scheduler: Any, done: bool
+) -> Path | None:
+    """Atomic checkpoint of weights + optimizer/scheduler/RNG/data cursor; old ones rotated away.
+
+    Call on every rank: the data cursors (and, under ZeRO-3 / FSDP, the weights) are gathered first; rank 0 alone
+    writes (the unwrapped model), and a barrier keeps the other ranks from running ahead of a half-written checkpoint.
+    Returns the checkpoint path on rank 0, None elsewhere.
+    """
+    streams = run.gather([run.stream.state_dict()])  # each rank's own cursor, restored per rank on resume
+    model_state = run.dist.model_state(run.model) if run.dist is not None else None
+    sharded = run.dist is not None and run.dist.shards_state
+    if sharded and run.is_main:
+        log.warning("DeepSpeed / FSDP: optimizer states are sharded and not saved; a resume restarts them")
+    path = None
+    if run.is_main:
+        path = _write_checkpoint(
+            run, stage_index, stage, step, None if sharded else optimizer, scheduler, done, streams, model_state
+        )
+    run.barrier()
+    return path
+
+
+def _write_checkpoint(
+    run: Run,
+    stage_index: int,
+    stage: str,
+    step: int,
+    optimizer: Any,
+    scheduler: Any,
+    done: bool,
+    streams: list[dict[str, Any]],
+    model_state: dict[str, Any] | None,
+) -> Path:
     state = {
         "stage_index": stage_index,
         "stage": stage,
         "step": step,
         "stage_done": done,
         "stream": run.stream.state_dict(),
+        "streams": streams,  # one cursor per rank
         "history_len": len(run.history),
         "reward_errors": run.reward_errors.state_dict(),
         # shards present now; on resume every other shard (written after this checkpoint) is dropped
@@ -197,6 +284,7 @@ def checkpoint(run: Run, stage_index: int, stage: str, step: int, optimizer: Any
         optimizer=optimizer,
         scheduler=scheduler,
         state=state,
+        model_kwargs={"state_dict": model_state} if model_state is not None else None,
     )
     keep_last(run.run_dir, run.cfg.keep_checkpoints)
     return path
@@ -224,3 +312,19 @@ def peak_memory_mb(device: torch.device) -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     except Exception:  # resource is POSIX-only
         return float("nan")
+
+
+def prepare_training(run: Run, optimizer: Any) -> Any:
+    """Wrap the policy and its optimizer for this launch (DDP / DeepSpeed / FSDP through accelerate; unchanged in
+    one process): sets `run.train_model` (the model the loss goes through) and returns the optimizer to step.
+
+    The LR scheduler is not prepared: accelerate would step it once per process and a step, not once a step.
+    """
+    plain = run.dist is None or (
+        run.world_size == 1 and not run.dist.shards_state and run.dist.acc.mixed_precision == "no"
+    )
+    if plain:
+        run.train_model = None
+        return optimizer
+    run.train_model, optimizer = run.dist.prepare(run.policy.model, optimizer)
+    return optimizer

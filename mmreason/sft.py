@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mmreason.config import SFTConfig
+from mmreason.dist import split_per_rank
 from mmreason.processors import build_inputs, collate
 from mmreason.rl import token_logprobs
 from mmreason.run import (
@@ -25,6 +26,7 @@ from mmreason.run import (
     make_optimizer,
     make_scheduler,
     peak_memory_mb,
+    prepare_training,
     stop_if_diverging,
     take_samples,
 )
@@ -67,9 +69,17 @@ def run_sft(
     scheduler = make_scheduler(optimizer, cfg.scheduler, cfg.warmup_ratio, cfg.steps)
     if resume_state is not None:
         resume_state(optimizer, scheduler)
+    optimizer = prepare_training(run, optimizer)
+    split_per_rank(cfg.batch_size, run.world_size, "sft.batch_size")  # fail before the first step, not in it
     run.policy.model.train()
     bad_updates = 0
-    bar = tqdm(range(start_step, cfg.steps), desc=f"sft [{stage_index}]", initial=start_step, total=cfg.steps)
+    bar = tqdm(
+        range(start_step, cfg.steps),
+        desc=f"sft [{stage_index}]",
+        initial=start_step,
+        total=cfg.steps,
+        disable=not run.is_main,
+    )
     for step in bar:
         t0 = time.perf_counter()
         metrics = sft_step(run, cfg, optimizer)
@@ -101,21 +111,30 @@ def run_sft(
 
 
 def sft_step(run: Run, cfg: SFTConfig, optimizer: torch.optim.Optimizer) -> dict[str, float]:
-    """One optimizer step over `grad_accum` micro-batches; a non-finite loss or gradient skips the update."""
-    micro = [
-        sft_batch(run.policy.processor, _take_trainable(run, cfg.batch_size), run.device)
-        for _ in range(cfg.grad_accum)
-    ]
-    n_tokens = sum(b["assistant_mask"][:, 1:].sum() for b in micro).clamp(min=1)
+    """One optimizer step over `grad_accum` micro-batches; a non-finite loss or gradient skips the update.
+
+    batch_size is global: with R processes each takes batch_size / R samples per micro-batch, and the loss is
+    divided by the GLOBAL assistant-token count times R (DDP averages gradients over ranks), so the update equals
+    one process's on the whole batch. Under DeepSpeed keep grad_accum at 1 (its engine steps on every backward).
+    """
+    local = split_per_rank(cfg.batch_size, run.world_size, "sft.batch_size")
+    micro = [sft_batch(run.policy.processor, _take_trainable(run, local), run.device) for _ in range(cfg.grad_accum)]
+    n_tokens = max(run.sum(sum(b["assistant_mask"][:, 1:].sum() for b in micro)), 1.0)
     total = 0.0
     for batch in micro:
-        loss_sum, _ = sft_token_loss(run.policy.model, batch)
-        (loss_sum / n_tokens).backward()
+        loss_sum, _ = sft_token_loss(run.model, batch)
+        scaled = loss_sum / n_tokens * run.world_size
+        run.dist.backward(scaled) if run.dist is not None else scaled.backward()
         total += float(loss_sum.detach())
-    loss = total / float(n_tokens)
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(run.policy.trainable_parameters(), cfg.max_grad_norm))
+    loss = run.sum(total) / n_tokens
+    params = run.policy.trainable_parameters()
+    if run.dist is not None:
+        norm = run.dist.clip_grad_norm(params, cfg.max_grad_norm)
+    else:
+        norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+    grad_norm = float("nan") if norm is None else float(norm)
     # an inf loss can come with finite gradients: both must be finite for the update to be taken
-    ok = math.isfinite(loss) and math.isfinite(grad_norm)
+    ok = math.isfinite(loss) and (math.isfinite(grad_norm) or norm is None)
     if ok:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)

@@ -10,11 +10,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 from rich.table import Table
 
 from mmreason.checkpoint import complete_checkpoints, delete_checkpoints, latest_checkpoint, load_training_state
 from mmreason.config import RunConfig
+from mmreason.dist import Dist, mixed_precision_for
 from mmreason.eval import evaluate
 from mmreason.grpo import run_grpo
 from mmreason.policy import build_policy, restore_weights
@@ -106,36 +108,54 @@ def clear_previous_run(run_dir: Path) -> RolloutStore:
 
 
 def resume_from(run: Run, ckpt: Path) -> dict[str, Any]:
-    """Weights, RNG, data cursor and counters of `ckpt`; metrics lines and shards written after it are dropped."""
+    """Weights, RNG, data cursor and counters of `ckpt`; metrics lines and shards written after it are dropped
+    (by rank 0; each rank restores its own data cursor)."""
     state = load_training_state(ckpt, None, None)
     restore_weights(run.policy, ckpt)
-    run.stream.load_state_dict(state["stream"])
+    streams = state.get("streams") or [state["stream"]]
+    run.stream.load_state_dict(streams[run.rank] if len(streams) == run.world_size else state["stream"])
     run.reward_errors.load_state_dict(state.get("reward_errors", []))
-    _truncate_metrics(run.run_dir, state["history_len"])
-    run.store = drop_shards_after(run.run_dir, state["store_shards"])
-    console.print(f"resuming from {ckpt.name}")
+    if run.is_main:
+        _truncate_metrics(run.run_dir, state["history_len"])
+        run.store = drop_shards_after(run.run_dir, state["store_shards"])
+        console.print(f"resuming from {ckpt.name}")
     return state
 
 
-def setup(cfg: RunConfig, resume: bool) -> tuple[Run, dict[str, Any] | None, Path | None]:
+def make_dist(cfg: RunConfig) -> Dist:
+    """The accelerate wrapper (one process too); mixed precision follows the model dtype on GPUs."""
+    return Dist(cfg.device, mixed_precision_for(cfg.model.dtype, cfg.device))
+
+
+def setup(cfg: RunConfig, resume: bool, dist: Dist | None = None) -> tuple[Run, dict[str, Any] | None, Path | None]:
+    dist = dist or make_dist(cfg)
     seed_everything(cfg.seed)  # a resumed run then restores the RNG states of its checkpoint
-    policy = build_policy(cfg.model, cache_dir=Path(cfg.output_dir) / ".cache", device=cfg.device, seed=cfg.seed)
+    device = str(dist.device) if dist.world_size > 1 else cfg.device
+    with dist.main_first():  # rank 0 builds the tiny model's cache folder before the others read it
+        policy = build_policy(cfg.model, cache_dir=Path(cfg.output_dir) / ".cache", device=device, seed=cfg.seed)
     ctx = sample_context(cfg, policy.family, Path.cwd())
     if cfg.data_errors == "fatal":
         require_clean_data(cfg, ctx)  # every problem listed before anything is written or trained
-    run_dir = prepare_run_dir(cfg)
-    # what inspection tools need to rebuild samples from the store's ids: the model family and the data files
-    info = {"family": policy.family, "model": policy.source, "data": [d.__dict__ for d in cfg.data]}
-    (run_dir / "run.json").write_text(json.dumps(info, indent=2, default=str))
-    run = Run(cfg, run_dir, policy, ctx, build_stream(cfg, ctx), load_val(cfg, ctx), RolloutStore(run_dir))
-    ckpt = latest_checkpoint(run_dir) if resume else None
+    run_dir = cfg.run_dir
+    if dist.is_main:
+        prepare_run_dir(cfg)
+        # what inspection tools need to rebuild samples from the store's ids: the model family and the data files
+        info = {"family": policy.family, "model": policy.source, "data": [d.__dict__ for d in cfg.data]}
+        (run_dir / "run.json").write_text(json.dumps(info, indent=2, default=str))
+    dist.barrier()
+    stream = build_stream(cfg, ctx, dist.rank, dist.world_size)
+    run = Run(cfg, run_dir, policy, ctx, stream, load_val(cfg, ctx), RolloutStore(run_dir), dist=dist)
+    # rank 0 alone tidies what a killed writer left (complete checkpoints are never touched, so all ranks agree)
+    ckpt = latest_checkpoint(run_dir, cleanup=dist.is_main) if resume else None
     state = None
     if ckpt is not None:
         state = resume_from(run, ckpt)
     else:
-        if resume:
+        if resume and dist.is_main:
             console.print("no complete checkpoint found: starting from scratch")
-        run.store = clear_previous_run(run_dir)
+        if dist.is_main:
+            run.store = clear_previous_run(run_dir)
+    dist.barrier()
     run.history = _history(run_dir)
     return run, state, ckpt
 
@@ -145,6 +165,7 @@ def train(cfg: RunConfig, resume: bool = False) -> Run:
     run, state, ckpt = setup(cfg, resume)
     if state is None and cfg.eval.at_start:
         evaluate(run, label="before")
+    run.barrier()
     for index, stage in enumerate(cfg.stages):
         start, restore = 0, None
         if state is not None:
@@ -157,8 +178,26 @@ def train(cfg: RunConfig, resume: bool = False) -> Run:
         evaluate(run, label=f"after-s{index:02d}-{stage}")
         checkpoint(run, index, stage, getattr(cfg, stage).steps, optimizer, scheduler, done=True)
         state = None
-    write_run_report(run.run_dir)
+    if run.is_main:
+        write_run_report(run.run_dir)
+    dump_rank_weights(run)
+    run.barrier()
     return run
+
+
+DUMP_ENV = "MMREASON_DUMP_WEIGHTS"
+
+
+def dump_rank_weights(run: Run) -> Path | None:
+    """Debug option: with MMREASON_DUMP_WEIGHTS=<folder> set, every rank saves its final weights to
+    <folder>/rank<r>.pt, so a test can check that data-parallel replicas stayed identical."""
+    folder = os.environ.get(DUMP_ENV)
+    if not folder:
+        return None
+    path = Path(folder) / f"rank{run.rank}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().cpu() for k, v in run.policy.model.state_dict().items()}, path)
+    return path
 
 
 def write_run_report(run_dir: Path) -> Path | None:

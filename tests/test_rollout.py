@@ -84,3 +84,40 @@ def test_scoring_logprobs_match_generation(model, tiny_processor):
         model, no_mm, rollout.completion_ids, rollout.completion_mask, 0.7, suppressed=banned
     )
     assert (drift[mask] - ref[mask]).abs().max() > 1e-3
+
+
+def test_per_prompt_generators_make_samples_independent_of_the_batch(model, tiny_processor):
+    """A prompt's G samples depend on its own seed only: alone or beside another prompt, on any process."""
+    from mmreason.rollout import prompt_generators
+
+    samples = _samples()
+    for i, s in enumerate(samples):
+        s.meta.update(epoch=0, position=i)
+    cpu = torch.device("cpu")
+    both = generate(
+        model,
+        tiny_processor,
+        encode_prompts(tiny_processor, samples, cpu),
+        3,
+        max_new_tokens=6,
+        generators=prompt_generators(7, samples, cpu),
+    )
+    torch.manual_seed(123)  # the global RNG plays no part
+    alone = generate(
+        model,
+        tiny_processor,
+        encode_prompts(tiny_processor, samples[1:], cpu),
+        3,
+        max_new_tokens=6,
+        generators=prompt_generators(7, samples[1:], cpu),
+    )
+    assert both.texts[3:] == alone.texts
+    other_seed = generate(
+        model,
+        tiny_processor,
+        encode_prompts(tiny_processor, samples[1:], cpu),
+        3,
+        max_new_tokens=6,
+        generators=prompt_generators(8, samples[1:], cpu),
+    )
+    assert other_seed.texts != alone.texts
