@@ -13,7 +13,6 @@ from collections import defaultdict
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from mmreason.config import ConfigError, GRPOConfig
 from mmreason.dist import split_per_rank
@@ -41,6 +40,7 @@ from mmreason.run import (
     peak_memory_mb,
     prepare_training,
     reward_weights,
+    step_bar,
     stop_if_diverging,
     take_samples,
 )
@@ -168,13 +168,7 @@ def run_grpo(
     # backward would trip it, so several processes score the prompts repeated (same values up to rounding)
     share_loss = share_loss and run.world_size == 1
     bad_updates = 0
-    bar = tqdm(
-        range(start_step, cfg.steps),
-        desc=f"grpo [{stage_index}]",
-        initial=start_step,
-        total=cfg.steps,
-        disable=not run.is_main,
-    )
+    bar = step_bar(run, "grpo", stage_index, start_step, cfg.steps)
     for step in bar:
         t0 = time.perf_counter()
         samples = take_samples(run, local_prompts)

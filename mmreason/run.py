@@ -328,3 +328,16 @@ def prepare_training(run: Run, optimizer: Any) -> Any:
         return optimizer
     run.train_model, optimizer = run.dist.prepare(run.policy.model, optimizer)
     return optimizer
+
+
+def step_bar(run: Run, stage: str, stage_index: int, start_step: int, steps: int) -> Any:
+    """The stage's progress bar over steps start_step..steps (shown by rank 0 only)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        range(start_step, steps),
+        desc=f"{stage} [{stage_index}]",
+        initial=start_step,
+        total=steps,
+        disable=not run.is_main,
+    )

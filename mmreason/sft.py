@@ -12,7 +12,6 @@ import time
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from mmreason.config import SFTConfig
 from mmreason.dist import split_per_rank
@@ -27,6 +26,7 @@ from mmreason.run import (
     make_scheduler,
     peak_memory_mb,
     prepare_training,
+    step_bar,
     stop_if_diverging,
     take_samples,
 )
@@ -73,13 +73,7 @@ def run_sft(
     split_per_rank(cfg.batch_size, run.world_size, "sft.batch_size")  # fail before the first step, not in it
     run.policy.model.train()
     bad_updates = 0
-    bar = tqdm(
-        range(start_step, cfg.steps),
-        desc=f"sft [{stage_index}]",
-        initial=start_step,
-        total=cfg.steps,
-        disable=not run.is_main,
-    )
+    bar = step_bar(run, "sft", stage_index, start_step, cfg.steps)
     for step in bar:
         t0 = time.perf_counter()
         metrics = sft_step(run, cfg, optimizer)
