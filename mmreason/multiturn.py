@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from mmreason.processors import build_inputs, collate
-from mmreason.rl import token_logprobs
+from mmreason.rl import sampling_logits, token_entropy, token_logprobs
 from mmreason.rollout import eos_token_ids, suppressed_token_ids
 from mmreason.sample import Sample
 from mmreason.tools import ToolBudget, ToolError, ToolResult, parse_tool_call, run_tool
@@ -252,16 +252,18 @@ def rollout(
 
 
 def trajectory_logprobs(
-    model: Any, batch: dict[str, torch.Tensor], temperature: float = 1.0, suppressed: list[int] | None = None
-) -> torch.Tensor:
-    """Log-probs [B, L-1] of every next token of right-padded full trajectories (mask with policy_mask[:, 1:])."""
+    model: Any,
+    batch: dict[str, torch.Tensor],
+    temperature: float = 1.0,
+    suppressed: list[int] | None = None,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs [B, L-1] (and entropies) of every next token of right-padded full trajectories, under the
+    distribution sampling used (temperature, suppressed tokens); mask them with policy_mask[:, 1:]."""
     inputs = {k: v for k, v in batch.items() if k != "policy_mask"}
-    logits = model(**inputs, use_cache=False).logits[:, :-1].float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    if suppressed:
-        logits[..., suppressed] = torch.finfo(logits.dtype).min
-    return token_logprobs(logits, batch["input_ids"][:, 1:])
+    logits = sampling_logits(model(**inputs, use_cache=False).logits[:, :-1], temperature, suppressed)
+    logp = token_logprobs(logits, batch["input_ids"][:, 1:])
+    return logp, (token_entropy(logits) if with_entropy else None)
 
 
 def scoring_batch(trajs: list[Trajectory], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -318,14 +320,7 @@ class ToolRollout:
 
     def logprobs(self, model: Any, temperature: float, suppressed: list[int], with_entropy: bool = False):
         """Log-probs [B, L-1] (and entropies) of every next token; only `completion_mask` positions carry loss."""
-        from mmreason.rl import token_entropy
-
-        inputs = {k: v for k, v in self.batch.items() if k != "policy_mask"}
-        logits = model(**inputs, use_cache=False).logits[:, :-1].float() / temperature
-        if suppressed:
-            logits[..., suppressed] = torch.finfo(logits.dtype).min
-        logp = token_logprobs(logits, self.batch["input_ids"][:, 1:])
-        return logp, (token_entropy(logits) if with_entropy else None)
+        return trajectory_logprobs(model, self.batch, temperature, suppressed, with_entropy)
 
     def columns(self) -> dict[str, list]:
         return trajectory_columns(self.trajectories)

@@ -147,7 +147,7 @@ def test_scripted_zoom_trajectory_masks_tool_tokens(monkeypatch, model, tiny_pro
     assert t.ids.count(image_pad) == 4 + 4  # prompt image (56x56) + zoomed crop (56x56 after resize)
     assert all(m == 0 for i, m in zip(t.ids, t.policy, strict=True) if i == image_pad)
     batch = multiturn.scoring_batch(trajs, tok.pad_token_id, torch.device("cpu"))
-    logp = multiturn.trajectory_logprobs(model, batch)
+    logp, _ = multiturn.trajectory_logprobs(model, batch)
     mask = batch["policy_mask"][:, 1:].bool()
     assert logp.shape == mask.shape and torch.isfinite(logp[mask]).all()
     assert int(mask.sum()) == 2 * len(policy_ids)
