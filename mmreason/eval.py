@@ -16,6 +16,7 @@ from mmreason.rollout import encode_prompts, generate
 from mmreason.run import Run, log_metrics
 from mmreason.sample import Sample
 from mmreason.scoring import score_completions
+from mmreason.store import completion_row
 
 log = logging.getLogger(__name__)
 
@@ -32,28 +33,26 @@ def generate_greedy(policy: Any, samples: list[Sample], max_new_tokens: int, bat
 def eval_rows(
     run_name: str, stage: str, samples: list[Sample], texts: list[str], named: dict, total: list
 ) -> list[dict]:
-    rows = []
-    for i, (s, text) in enumerate(zip(samples, texts, strict=True)):
-        row = {
-            "run": run_name,
-            "stage": stage,
-            "step": 0,
-            "sample_id": s.id,
-            "group_id": i,
-            "completion_index": 0,
-            "task": s.task,
-            "media": list(s.media),
-            "prompt": s.prompt_text,
-            "completion": text,
-            "reward_total": float(total[i]),
-            "advantage": 0.0,
-            "prompt_len": 0,
-            "completion_len": len(text),
-            "truncated": False,
-        }
-        row.update({f"reward_{n}": (float("nan") if v[i] is None else float(v[i])) for n, v in named.items()})
-        rows.append(row)
-    return rows
+    """Store rows of greedy generations: one per sample, its own group, no advantage and no token counts (the
+    completion's length is its character count)."""
+    return [
+        completion_row(
+            s,
+            text,
+            run=run_name,
+            stage=stage,
+            step=0,
+            group_id=i,
+            completion_index=0,
+            reward_total=total[i],
+            rewards={n: v[i] for n, v in named.items()},
+            advantage=0.0,
+            prompt_len=0,
+            completion_len=len(text),
+            truncated=False,
+        )
+        for i, (s, text) in enumerate(zip(samples, texts, strict=True))
+    ]
 
 
 @torch.no_grad()

@@ -18,7 +18,9 @@ from typing import Any
 
 import torch
 from PIL import Image
+from transformers import LogitsProcessor
 
+from mmreason.prefix import next_tokens
 from mmreason.processors import build_inputs, collate
 from mmreason.rl import sampling_logits, token_entropy, token_logprobs
 from mmreason.rollout import eos_token_ids, suppressed_token_ids
@@ -139,6 +141,49 @@ def _segment(ids: torch.Tensor, stops: list[int], pad_id: int) -> tuple[list[int
     return out, False
 
 
+class RowSampler(LogitsProcessor):
+    """Per-prompt seeded sampling inside HF `generate`: each row's next token is drawn from its own prompt's
+    generator (`prefix.next_tokens`: suppressed tokens, temperature, top-p, as HF samples) and handed to greedy
+    decoding as a one-hot score. HF's own sampling draws the whole batch from the global RNG, which would make a
+    trajectory depend on the other rows of its batch.
+
+    Only rows still generating draw (no stop token yet, below max_new_tokens), each prompt's live rows together in
+    row order: what a prompt's generator yields then depends on its own trajectories alone, never on how long the
+    batch's other rows keep HF's loop running.
+    """
+
+    def __init__(
+        self,
+        generators: list[torch.Generator],
+        prompt_len: int,
+        stops: list[int],
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        suppressed: list[int],
+    ) -> None:
+        self.generators, self.prompt_len, self.max_new_tokens = generators, prompt_len, max_new_tokens
+        self.stops, self.suppressed = stops, suppressed
+        self.temperature, self.top_p = temperature, top_p
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        new = input_ids[:, self.prompt_len :]
+        if new.shape[1] >= self.max_new_tokens:  # a step past the end (deferred stop checks): nothing is kept
+            return scores
+        live = ~torch.isin(new, torch.tensor(self.stops, device=new.device)).any(-1)
+        banned = torch.zeros(scores.shape[-1], dtype=torch.bool, device=scores.device)
+        banned[self.suppressed] = True
+        out = scores.clone()
+        for gen in dict.fromkeys(self.generators):  # each prompt once, in order of first row
+            rows = [i for i, g in enumerate(self.generators) if g is gen and live[i]]
+            if not rows:
+                continue
+            tokens, _ = next_tokens(scores[rows], self.temperature, self.top_p, False, banned, [gen])
+            out[rows] = float("-inf")
+            out[rows, tokens] = 0.0
+        return out
+
+
 @torch.no_grad()
 def generate_turn(
     model: Any,
@@ -149,18 +194,30 @@ def generate_turn(
     temperature: float,
     top_p: float,
     greedy: bool = False,
+    generators: list[torch.Generator] | None = None,
 ) -> list[tuple[list[int], bool]]:
-    """One sampled segment per active trajectory, stopping at EOS or at the end of a tool call."""
+    """One sampled segment per active trajectory, stopping at EOS or at the end of a tool call.
+
+    generators: one per trajectory (the rows of a prompt share their prompt's): seeded sampling through
+    `RowSampler`; without them HF samples from the global RNG.
+    """
     tok = processor.tokenizer
     stops = eos_token_ids(processor, model) + [tok.convert_tokens_to_ids(TOOL_CALL_END)]
     batch = {k: v.to(model.device) for k, v in batch_inputs(trajs, tok.pad_token_id, "left").items()}
-    sampling = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+    suppressed = suppressed_token_ids(processor)
+    sampling: dict[str, Any] = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+    if greedy:
+        sampling = dict(do_sample=False)
+    elif generators is not None:
+        length = batch["input_ids"].shape[1]
+        sampler = RowSampler(generators, length, stops, max_new_tokens, temperature, top_p, suppressed)
+        sampling = dict(do_sample=False, logits_processor=[sampler])  # greedy over the sampler's one-hot scores
     out = model.generate(
         **batch,
         max_new_tokens=max_new_tokens,
         eos_token_id=stops,
         pad_token_id=tok.pad_token_id,
-        suppress_tokens=suppressed_token_ids(processor),
+        suppress_tokens=suppressed,
         **sampling,
     )
     new = out[:, batch["input_ids"].shape[1] :].cpu()
@@ -219,9 +276,14 @@ def rollout(
     min_pixels: int = 28 * 28 * 4,
     max_pixels: int = 28 * 28 * 256,
     greedy: bool = False,
+    generators: list[torch.Generator] | None = None,
 ) -> list[Trajectory]:
     """G multi-turn trajectories per sample (row b belongs to sample b // G); `allowed` is one tuple of tool names
-    for every sample, or one tuple per sample (each task allows its own tools)."""
+    for every sample, or one tuple per sample (each task allows its own tools).
+
+    generators (one per sample, see `rollout.prompt_generators`): every turn of sample i's trajectories samples
+    from generator i only, so they do not depend on the other samples of the batch, nor on their turn counts.
+    """
     per_sample = allowed if isinstance(allowed, list) else [allowed] * len(samples)
     was_training = model.training
     model.eval()
@@ -240,6 +302,7 @@ def rollout(
             temperature=temperature,
             top_p=top_p,
             greedy=greedy,
+            generators=[generators[i // group_size] for i in active] if generators is not None else None,
         )
         for i, (segment, stopped) in zip(active, segments, strict=True):
             advance(processor, trajs[i], segment, stopped, row_allowed[i], budgets[i])
@@ -333,10 +396,12 @@ def tool_rollout(
     group_size: int,
     allowed: tuple[str, ...],
     device: torch.device,
+    generators: list[torch.Generator] | None = None,
     **kwargs: Any,
 ) -> ToolRollout:
-    """Sample G multi-turn trajectories per sample and lay them out for the loss."""
-    trajs = rollout(model, processor, samples, group_size, allowed, **kwargs)
+    """Sample G multi-turn trajectories per sample and lay them out for the loss; generators: one sampling RNG per
+    sample (`rollout.prompt_generators`), else the global RNG."""
+    trajs = rollout(model, processor, samples, group_size, allowed, generators=generators, **kwargs)
     batch = scoring_batch(trajs, processor.tokenizer.pad_token_id, device)
     return ToolRollout(
         trajectories=trajs,

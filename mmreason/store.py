@@ -41,11 +41,14 @@ import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    from mmreason.sample import Sample
 
 ROLLOUT_DIR = "rollouts"
 
@@ -183,6 +186,45 @@ def read(run_dir: str | Path, stage: str | None = None) -> pd.DataFrame:
     df = df.drop(columns="_stage_index").reset_index(drop=True)
     df["media"] = df["media"].map(_as_str_list)
     return df
+
+
+def completion_row(
+    sample: Sample,
+    completion: str,
+    *,
+    run: str,
+    stage: str,
+    step: int,
+    group_id: int,
+    completion_index: int,
+    reward_total: float,
+    rewards: dict[str, float | None],
+    advantage: float,
+    prompt_len: int,
+    completion_len: int,
+    truncated: bool,
+) -> dict[str, Any]:
+    """The core columns (and one `reward_<name>` per reward, None -> NaN) of one completion of `sample`: the row
+    GRPO steps and evaluations store; a caller adds its extra columns to it."""
+    row = {
+        "run": run,
+        "stage": stage,
+        "step": step,
+        "sample_id": sample.id,
+        "group_id": group_id,
+        "completion_index": completion_index,
+        "task": sample.task,
+        "media": list(sample.media),
+        "prompt": sample.prompt_text,
+        "completion": completion,
+        "reward_total": float(reward_total),
+        "advantage": float(advantage),
+        "prompt_len": int(prompt_len),
+        "completion_len": int(completion_len),
+        "truncated": bool(truncated),
+    }
+    row.update({f"reward_{n}": (math.nan if v is None else float(v)) for n, v in rewards.items()})
+    return row
 
 
 def rows_to_table(rows: list[dict[str, Any]], *, run: str, stage: str, step: int) -> pa.Table:

@@ -3,6 +3,8 @@ and scripted (forced-token) trajectories through the real processor, tools and t
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from PIL import Image
@@ -204,6 +206,44 @@ def test_real_sampling_rollout_runs_and_masks_only_generated_tokens(model, tiny_
         assert 1 <= sum(t.policy) <= 6 * 4
     batch = multiturn.scoring_batch(trajs, tiny_processor.tokenizer.pad_token_id, torch.device("cpu"))
     assert batch["input_ids"].shape == batch["policy_mask"].shape
+
+
+def test_tool_rollout_is_seeded_per_prompt(model, tiny_processor):
+    """Every turn of a prompt's trajectories samples from that prompt's generator only: its trajectories are the
+    same alone, first or second in the batch, whatever the global RNG, and however many turns the other prompt's
+    trajectories take (the random tiny model is nudged towards `</tool_call>` so that turn counts vary)."""
+    from mmreason.rollout import prompt_generators
+
+    a, b = _image_sample(1), _image_sample(2)
+    a.meta.update(epoch=0, position=0)
+    b.meta.update(epoch=0, position=1)
+    end = tiny_processor.tokenizer.convert_tokens_to_ids("</tool_call>")
+
+    def nudge(module, inputs, logits):
+        logits[..., end] += 6.0
+        return logits
+
+    def roll(samples: list[Sample], seed: int = 7, global_seed: int = 0) -> list[tuple]:
+        torch.manual_seed(global_seed)  # must play no part
+        gens = prompt_generators(seed, samples, torch.device("cpu"))
+        out = multiturn.tool_rollout(
+            model, tiny_processor, samples, 3, ALL, torch.device("cpu"), generators=gens, max_turns=2, max_new_tokens=6
+        )
+        return [(tuple(t.ids), tuple(t.segments), json.dumps(t.turns), t.tool_errors) for t in out.trajectories]
+
+    handle = model.lm_head.register_forward_hook(nudge)
+    try:
+        ab, b_alone, ba = roll([a, b]), roll([b], global_seed=1), roll([b, a], global_seed=2)
+        again, other_seed = roll([a, b], global_seed=3), roll([a, b], seed=8)
+    finally:
+        handle.remove()
+    turn_counts = [len(t[1]) for t in ab]
+    assert len(set(turn_counts[:3] + turn_counts[3:])) > 1 and max(turn_counts) > 1, turn_counts  # a real test
+    assert ab[3:] == b_alone == ba[:3]
+    assert ab[:3] == ba[3:]
+    assert again == ab
+    assert other_seed != ab
+    assert len({t[0] for t in ab[3:]}) == 3  # the G trajectories of a prompt still differ
 
 
 def test_tool_instructions_are_added_to_the_prompt_text():
