@@ -19,6 +19,7 @@ import yaml
 STAGES = ("sft", "grpo")
 LOSS_AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
 DATA_ERRORS = ("skip", "fatal")
+ROLLOUT_BACKENDS = ("hf", "vllm")
 
 
 class ConfigError(ValueError):
@@ -95,6 +96,20 @@ class ToolsConfig:
 
 
 @dataclass
+class VLLMConfig:
+    """The vLLM rollout engine (grpo.rollout: vllm): one engine per process, colocated with the trainer on its GPU."""
+
+    # share of the GPU the engine takes (its weights + KV cache); the trainer keeps the rest
+    gpu_memory_utilization: float = 0.3
+    max_model_len: int = 4096  # prompt (with image tokens) + completion
+    max_images: int = 4  # the most images one prompt may carry (the engine reserves memory for them)
+    enable_sleep_mode: bool = False  # free the engine's weights and KV cache during the update (level-2 sleep)
+    # truncated importance sampling of the sampler / trainer mismatch (vLLM's kernels are not the trainer's):
+    # per-token weights min(pi_train / pi_vllm, cap) on the policy-gradient term; 0 turns the correction off
+    importance_cap: float = 2.0
+
+
+@dataclass
 class GRPOConfig:
     steps: int = 100
     prompts_per_step: int = 4
@@ -118,6 +133,10 @@ class GRPOConfig:
     # encode each prompt (and its images) once per group in rollouts and in the loss (mmreason.prefix); false:
     # the prompt rows are repeated G times (HF generate, full-sequence scoring), the reference path
     share_prefix: bool = True
+    # the rollout engine: "hf" (the policy itself, shared-prefix sampling) or "vllm" (pip install vllm; GPUs only;
+    # weights synced to it before every rollout)
+    rollout: str = "hf"
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
     eval_every: int = 0
     save_every: int = 0
     max_bad_updates: int = 5  # stop after this many updates in a row skipped for a non-finite loss or gradient
@@ -311,6 +330,18 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{stage}.max_bad_updates must be >= 1, got {getattr(cfg, stage).max_bad_updates}")
     if cfg.model.dtype not in ("float32", "bfloat16", "float16"):
         raise ConfigError(f"model.dtype must be float32, bfloat16 or float16, got {cfg.model.dtype!r}")
+    _validate_rollout(cfg.grpo)
+
+
+def _validate_rollout(cfg: GRPOConfig) -> None:
+    if cfg.rollout not in ROLLOUT_BACKENDS:
+        raise ConfigError(f"grpo.rollout must be one of {', '.join(ROLLOUT_BACKENDS)}, got {cfg.rollout!r}")
+    if cfg.rollout == "vllm" and cfg.tools.enabled:
+        raise ConfigError("grpo.rollout: vllm does not run multi-turn tool rollouts; use grpo.rollout: hf with tools")
+    if not 0.0 < cfg.vllm.gpu_memory_utilization <= 1.0:
+        raise ConfigError(f"grpo.vllm.gpu_memory_utilization must be in (0, 1], got {cfg.vllm.gpu_memory_utilization}")
+    if cfg.vllm.importance_cap < 0:
+        raise ConfigError(f"grpo.vllm.importance_cap must be >= 0 (0: no correction), got {cfg.vllm.importance_cap}")
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from mmreason.multiturn import ToolRollout, tool_rollout, turns_json
 from mmreason.policy import Reference
 from mmreason.prefix import shared_completion_logprobs
 from mmreason.registry import get_task
-from mmreason.rl import group_advantages, grpo_loss, zero_variance_groups
+from mmreason.rl import group_advantages, grpo_loss, truncated_is_weights, zero_variance_groups
 from mmreason.rollout import (
     Rollout,
     completion_logprobs,
@@ -46,6 +46,7 @@ from mmreason.run import (
 )
 from mmreason.sample import Sample
 from mmreason.scoring import score_completions
+from mmreason.store import completion_row
 
 log = logging.getLogger(__name__)
 
@@ -109,26 +110,22 @@ def store_rows(
     comp_len = rollout.completion_mask.sum(-1).tolist()
     rows = []
     for b, text in enumerate(rollout.texts):
-        s = samples[b // g]
-        row = {
-            "run": run.cfg.name,
-            "stage": stage,
-            "step": step,
-            "sample_id": s.id,
+        row = completion_row(
+            samples[b // g],
+            text,
+            run=run.cfg.name,
+            stage=stage,
+            step=step,
             # the prompt's global position in the step (rank r holds positions r, r + R, ...)
-            "group_id": (b // g) * run.world_size + run.rank,
-            "completion_index": b % g,
-            "task": s.task,
-            "media": list(s.media),
-            "prompt": s.prompt_text,
-            "completion": text,
-            "reward_total": float(total[b]),
-            "advantage": float(adv[b]),
-            "prompt_len": int(prompt_len[b]),
-            "completion_len": int(comp_len[b]),
-            "truncated": bool(rollout.truncated[b]),
-        }
-        row.update({f"reward_{n}": (float("nan") if v[b] is None else float(v[b])) for n, v in named.items()})
+            group_id=(b // g) * run.world_size + run.rank,
+            completion_index=b % g,
+            reward_total=total[b],
+            rewards={n: v[b] for n, v in named.items()},
+            advantage=adv[b],
+            prompt_len=prompt_len[b],
+            completion_len=comp_len[b],
+            truncated=rollout.truncated[b],
+        )
         if multi:
             # file names by global row (group_id * G + completion): ranks share the folder
             folder = run.run_dir / "tool_images" / f"{stage}-step{step}"
@@ -222,8 +219,11 @@ def sample_rollout(run: Run, cfg: GRPOConfig, samples: list[Sample]) -> Rollout 
             top_p=cfg.top_p,
             min_pixels=run.cfg.model.min_pixels,
             max_pixels=cfg.tools.max_pixels,
+            generators=prompt_generators(run.cfg.seed, samples, run.device),  # every turn seeded per prompt
         )
     prompts = encode_prompts(policy.processor, samples, run.device)
+    if cfg.rollout == "vllm":
+        return vllm_engine(run).generate(policy, prompts, samples, cfg, run.cfg)
     return generate(
         policy.model,
         policy.processor,
@@ -236,6 +236,23 @@ def sample_rollout(run: Run, cfg: GRPOConfig, samples: list[Sample]) -> Rollout 
         # per-prompt RNGs: a prompt's samples do not depend on its batch or process (and survive a resume)
         generators=prompt_generators(run.cfg.seed, samples, run.device) if cfg.share_prefix else None,
     )
+
+
+def vllm_engine(run: Run) -> Any:
+    """This process's vLLM engine (grpo.rollout: vllm), started from the policy's source at the first rollout."""
+    if run.rollout_engine is None:
+        from mmreason.vllm_rollout import VLLMRollout
+
+        run.rollout_engine = VLLMRollout(run.cfg, run.policy.source, run.rank, run.world_size)
+    return run.rollout_engine
+
+
+def sampler_weights(cfg: GRPOConfig, rollout: Rollout, train_logp: torch.Tensor) -> torch.Tensor | None:
+    """Truncated importance weights [B, T] of a vLLM rollout against the trainer's log-probs (None: no correction,
+    the HF backend samples from the trained model itself)."""
+    if cfg.rollout != "vllm" or cfg.vllm.importance_cap <= 0 or rollout.logprobs is None:
+        return None
+    return truncated_is_weights(train_logp, rollout.logprobs, rollout.completion_mask, cfg.vllm.importance_cap)
 
 
 def update_policy(
@@ -271,9 +288,11 @@ def update_policy(
     applied = []
     for it in range(cfg.num_iterations if global_tokens > 0 else 0):
         logp, entropy = rollout_logprobs(model, rollout, cfg.temperature, banned, share_loss, with_entropy=(it == 0))
+        behaviour = old_logp if old_logp is not None else logp.detach()
+        is_weights = sampler_weights(cfg, rollout, behaviour)
         loss, stats = grpo_loss(
             logp,
-            old_logp if old_logp is not None else logp.detach(),
+            behaviour,
             adv,
             mask,
             eps_low=cfg.eps_low,
@@ -283,7 +302,10 @@ def update_policy(
             loss_agg=cfg.loss_agg,
             max_len=cfg.max_new_tokens,
             denominator=count / world,
+            is_weights=is_weights,
         )
+        if is_weights is not None:
+            stats["is_weight_mean"] = float((is_weights * mask).sum() / mask.sum().clamp(min=1))
         if it == 0:
             upd["entropy"] = total((entropy.detach() * mask).sum()) / max(global_tokens, 1.0)
         applied.append(_update(policy, optimizer, loss, cfg.max_grad_norm, upd, run))

@@ -186,23 +186,46 @@ def grpo_loss(
     loss_agg: str = "token_mean",
     max_len: int | None = None,
     denominator: float | None = None,
+    is_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """The GRPO loss for one (micro-)batch: logp/old_logp/ref_logp/mask [B,T], adv [B] -> (scalar loss, stats).
 
-    loss = aggregate(clipped_surrogate + beta * k3_kl). `old_logp` and `ref_logp` must come without gradient
-    (on-policy single update: pass `logp.detach()` as old_logp). stats (python floats, over completion tokens):
-    clip_frac (with clip_low_frac / clip_high_frac), ratio_mean, and kl (mean k3; 0.0 without ref_logp).
+    loss = aggregate(is_weights * clipped_surrogate + beta * k3_kl). `old_logp` and `ref_logp` must come without
+    gradient (on-policy single update: pass `logp.detach()` as old_logp). is_weights [B,T] (no gradient): importance
+    weights of a sampler that is not the trained model (`truncated_is_weights`); None = 1. stats (python floats,
+    over completion tokens): clip_frac (with clip_low_frac / clip_high_frac), ratio_mean, and kl (mean k3; 0.0
+    without ref_logp).
     """
     if beta < 0:
         raise ValueError(f"grpo_loss: beta must be >= 0, got {beta}")
     if beta > 0 and ref_logp is None:
         raise ValueError("grpo_loss: beta > 0 needs ref_logp (the reference model's token log-probs)")
     per_token, clipped = clipped_surrogate(logp, old_logp, adv, eps_low, eps_high)
+    if is_weights is not None:
+        _check_same_shape(logp, is_weights, "is_weights")
+        per_token = per_token * is_weights.detach()
     kl = k3_kl(logp, ref_logp) if ref_logp is not None else None
     if beta > 0 and kl is not None:
         per_token = per_token + beta * kl
     loss = aggregate_loss(per_token, mask, loss_agg, max_len=max_len, denominator=denominator)
     return loss, _loss_stats(logp, old_logp, adv, mask, clipped, kl, eps_low, eps_high)
+
+
+def truncated_is_weights(train_logp: Tensor, sampler_logp: Tensor, mask: Tensor, cap: float) -> Tensor:
+    """Truncated importance sampling (TIS) of an off-model sampler: train_logp, sampler_logp, mask [B,T] -> [B,T].
+
+    weights = min(exp(train_logp - sampler_logp), cap) on the mask, 1 off it, without gradient. The completions were
+    drawn by another engine (vLLM) whose numerics differ from the trainer's; the policy-gradient term is reweighted
+    towards the trainer's distribution, and the cap bounds the variance a rare token mismatch would bring.
+    """
+    _check_same_shape(train_logp, sampler_logp, "sampler_logp")
+    _check_same_shape(train_logp, mask, "mask")
+    if cap <= 0:
+        raise ValueError(f"truncated_is_weights: cap must be > 0, got {cap}")
+    with torch.no_grad():
+        log_ratio = (train_logp.float() - sampler_logp.float()).clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO)
+        weights = torch.exp(log_ratio).clamp(max=cap)
+        return torch.where(mask.bool(), weights, torch.ones_like(weights))
 
 
 def _loss_stats(

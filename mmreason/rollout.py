@@ -65,14 +65,19 @@ def encode_prompts(processor: Any, samples: list[Sample], device: torch.device) 
     return PromptBatch(batch, [len(s.images) for s in samples], [int(s.video is not None) for s in samples])
 
 
+def prompt_seed(seed: int, sample: Sample) -> int:
+    """A prompt's sampling seed: (run seed, the sample's epoch and position in the data stream) hashed to 63 bits."""
+    key = (int(seed), int(sample.meta.get("epoch", 0)), int(sample.meta.get("position", 0)))
+    return ((key[0] * 1_000_003 + key[1]) * 1_000_000_007 + key[2]) & (2**63 - 1)
+
+
 def prompt_generators(seed: int, samples: list[Sample], device: torch.device) -> list[torch.Generator]:
-    """One sampling RNG per prompt, seeded by (run seed, the sample's epoch and position in the data stream): a
-    prompt's G completions are then the same whichever process, batch or resume generates them."""
+    """One sampling RNG per prompt, seeded by `prompt_seed`: a prompt's G completions are then the same whichever
+    process, batch or resume generates them."""
     gens = []
     for s in samples:
-        key = (int(seed), int(s.meta.get("epoch", 0)), int(s.meta.get("position", 0)))
         g = torch.Generator(device=device)
-        g.manual_seed(((key[0] * 1_000_003 + key[1]) * 1_000_000_007 + key[2]) & (2**63 - 1))
+        g.manual_seed(prompt_seed(seed, s))
         gens.append(g)
     return gens
 

@@ -61,6 +61,7 @@ class Run:
     # the model the loss goes through: DDP / DeepSpeed / FSDP-wrapped under accelerate, else policy.model. Generation,
     # evaluation and checkpoints always use the unwrapped policy.model.
     train_model: Any = None
+    rollout_engine: Any = None  # the vLLM engine of grpo.rollout: vllm, built at the first rollout
 
     @property
     def device(self) -> torch.device:

@@ -51,6 +51,7 @@ def plan(cfg: RunConfig) -> str:
         sc = getattr(cfg, stage)
         extra = (
             f", G={sc.group_size}, prompts/step={sc.prompts_per_step}, beta={sc.beta}, loss_agg={sc.loss_agg}"
+            f", rollout={sc.rollout}"
             if stage == "grpo"
             else f", batch={sc.batch_size}x{sc.grad_accum}"
         )

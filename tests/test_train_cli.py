@@ -85,8 +85,8 @@ def test_train_sft_then_grpo_end_to_end(tmp_path, counting_data):
 
 
 def test_dry_run_prints_plan_and_writes_nothing(tmp_path, counting_data):
-    result = _invoke(["train", *_config(tmp_path, counting_data), "--dry-run", "grpo.beta=0.04"])
-    assert "beta: 0.04" in result.output and "stage 1: grpo" in result.output
+    result = _invoke(["train", *_config(tmp_path, counting_data), "--dry-run", "grpo.beta=0.04", "grpo.rollout=vllm"])
+    assert "beta: 0.04" in result.output and "stage 1: grpo" in result.output and "rollout=vllm" in result.output
     assert not (tmp_path / "runs").exists()
 
 
