@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from PIL import Image
+from image_prompts import image_prompts
 from transformers import AutoModelForImageTextToText
 
 from mmreason.rollout import (
@@ -16,17 +16,8 @@ from mmreason.rollout import (
     repeat_prompts,
     suppressed_token_ids,
 )
-from mmreason.sample import Sample
 
-
-def _samples() -> list[Sample]:
-    def msg(n: int) -> list[dict]:
-        content = [{"type": "image"}] * n + [{"type": "text", "text": "How many shapes are in the image?"}]
-        return [{"role": "user", "content": content}]
-
-    a = Image.new("RGB", (56, 56), (200, 30, 30))
-    b = Image.new("RGB", (84, 56), (30, 200, 30))
-    return [Sample("a", "counting", msg(1), [a]), Sample("b", "counting", msg(2), [b, a])]
+_samples = image_prompts
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from image_prompts import image_prompts
 from mmreason.processors import render_prompt
-from PIL import Image
 from transformers import AutoModelForImageTextToText
 
 from mmreason.config import ConfigError, load_config
@@ -54,16 +54,9 @@ class RequestOutput:
 
 
 def _samples() -> list[Sample]:
-    def msg(n: int) -> list[dict]:
-        content = [{"type": "image"}] * n + [{"type": "text", "text": "How many shapes are in the image?"}]
-        return [{"role": "user", "content": content}]
-
-    a = Image.new("RGB", (56, 56), (200, 30, 30))
-    b = Image.new("RGB", (84, 56), (30, 200, 30))
-    return [
-        Sample("a", "counting", msg(1), [a], meta={"epoch": 0, "position": 3}),
-        Sample("b", "counting", msg(2), [b, a], meta={"epoch": 1, "position": 0}),
-    ]
+    a, b = image_prompts()
+    a.meta, b.meta = {"epoch": 0, "position": 3}, {"epoch": 1, "position": 0}  # where they sit in the data stream
+    return [a, b]
 
 
 @pytest.fixture(scope="module")
