@@ -5,15 +5,20 @@ BIN := $(VENV)/bin
 # torch/torchvision are pinned to a pair that imports together (qwen-vl-utils imports torchvision);
 # override for another platform, e.g. make test TORCH="torch==2.9.1 torchvision==0.24.1".
 TORCH ?= torch==2.14.1 torchvision==0.29.1
+# DeepSpeed builds against the torch installed just before it (--no-build-isolation: otherwise pip builds it in an
+# isolated env with a freshly downloaded torch). The tests run ZeRO-2/3 on CPU; its shared-memory comm op is compiled
+# on first use (~20 s with g++, cached in ~/.cache/torch_extensions).
+DEEPSPEED ?= deepspeed==0.19.8
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .PHONY: install test test-all quickstart lint clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q --no-build-isolation $(DEEPSPEED)
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 

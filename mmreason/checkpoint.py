@@ -8,10 +8,12 @@ Layout of `<run_dir>/checkpoints/<name>/`:
     scheduler.pt      scheduler.state_dict() (torch.save)
     rng.pt            python / numpy / torch CPU / CUDA RNG states as tensors, ints and lists
     state.json        the trainer's `state` (stage index, step, data cursor, metrics; JSON)
+    deepspeed/        under DeepSpeed only, instead of optimizer.pt: the engine's own checkpoint, one optimizer
+                      shard per rank (written by every rank into the staging folder, see `staging_dir`)
     complete.json     written last: its presence is what makes a checkpoint complete
 
 A checkpoint is assembled in `checkpoints/.tmp-<name>-<pid>` and renamed into place, so a crash never leaves a
-half checkpoint under a real name. Every `.pt` file loads with `torch.load(..., weights_only=True)`.
+half checkpoint under a real name. Every `.pt` file written here loads with `torch.load(..., weights_only=True)`.
 Names sort in training order: `checkpoint_name(0, "sft", 10) == "s00-sft-step000010"`.
 """
 
@@ -52,6 +54,23 @@ def checkpoint_name(stage_index: int, stage: str, step: int) -> str:
     return f"s{stage_index:02d}-{stage}-step{step:06d}"
 
 
+def staging_dir(run_dir: str | Path, name: str, fresh: bool = True) -> Path:
+    """The folder `<run_dir>/checkpoints/.tmp-<name>-<pid>` a checkpoint is assembled in (pid: this process's).
+
+    With `fresh` it is (re)created empty. Several processes may write their part into it (DeepSpeed's optimizer
+    shards) before the process that created it completes it with `save_checkpoint(..., staging=that folder)`.
+    """
+    _check_name(name)
+    root = Path(run_dir) / CHECKPOINT_DIR
+    tmp = root / f".tmp-{name}-{os.getpid()}"
+    if fresh:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    return tmp
+
+
 def save_checkpoint(
     run_dir: str | Path,
     name: str,
@@ -62,23 +81,26 @@ def save_checkpoint(
     scheduler: Any = None,
     state: dict[str, Any],
     model_kwargs: dict[str, Any] | None = None,
+    staging: Path | None = None,
 ) -> Path:
     """Write `<run_dir>/checkpoints/<name>` atomically and return its path.
 
     `model` must have `save_pretrained` (pass the unwrapped model under DDP / accelerate); `model_kwargs` go to
-    it (e.g. `state_dict=` gathered under ZeRO-3). Saving an existing name replaces that checkpoint.
+    it (e.g. `state_dict=` gathered under ZeRO-3). Saving an existing name replaces that checkpoint. `staging`: a
+    folder from this process's `staging_dir(run_dir, name)` that already holds other files of the checkpoint (kept,
+    and published with it); by default a fresh one is used.
     """
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-        raise ValueError(f"checkpoint name must be letters, digits, '_', '.', '-' (no leading '.'), got {name!r}")
+    _check_name(name)
     if not hasattr(model, "save_pretrained"):
         raise TypeError(f"save_checkpoint: model must have save_pretrained (got {type(model).__name__})")
     state_text = _state_json(state)
     root = Path(run_dir) / CHECKPOINT_DIR
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".tmp-{name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    if staging is None:
+        tmp = staging_dir(run_dir, name)
+    else:
+        tmp = staging_dir(run_dir, name, fresh=False)
+        if Path(staging) != tmp or not tmp.is_dir():
+            raise ValueError(f"save_checkpoint: staging must be the existing folder {tmp}, got {staging}")
     try:
         model.save_pretrained(tmp, **(model_kwargs or {}))
         if processor is not None:
@@ -191,6 +213,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
     cuda = state.get("cuda")
     if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise ValueError(f"checkpoint name must be letters, digits, '_', '.', '-' (no leading '.'), got {name!r}")
 
 
 def _state_json(state: dict[str, Any]) -> str:

@@ -6,12 +6,14 @@ A stage (SFT or GRPO) is one readable loop in its own module that calls into thi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmreason.checkpoint import keep_last, save_checkpoint
+from mmreason.checkpoint import (
+    OPTIMIZER_FILE,
+    checkpoint_name,
+    keep_last,
+    load_training_state,
+    save_checkpoint,
+    staging_dir,
+)
 from mmreason.config import RunConfig, save_config
 from mmreason.data import (
     DataError,
@@ -31,6 +40,7 @@ from mmreason.data import (
     format_problems,
     read_dataset,
 )
+from mmreason.dist import ENGINE_DIR
 from mmreason.policy import Policy
 from mmreason.registry import get_task
 from mmreason.sample import Sample, SampleContext
@@ -61,6 +71,9 @@ class Run:
     # the model the loss goes through: DDP / DeepSpeed / FSDP-wrapped under accelerate, else policy.model. Generation,
     # evaluation and checkpoints always use the unwrapped policy.model.
     train_model: Any = None
+    # DeepSpeed resume: the checkpoint whose engine state `prepare_training` loads into the next engine, and whether
+    # with the optimizer shards (mid-stage) or the weights only (a new stage starts after a finished one)
+    engine_resume: tuple[Path, bool] | None = None
     rollout_engine: Any = None  # the vLLM engine of grpo.rollout: vllm, built at the first rollout
 
     @property
@@ -108,11 +121,10 @@ class Run:
 
     def generation_context(self) -> Any:
         """Generate with the unwrapped policy inside this (gathers ZeRO-3 shards; a no-op otherwise)."""
-        import contextlib
-
         if self.dist is None:
             return contextlib.nullcontext()
-        return self.dist.generation_context(self.train_model)
+        # the policy itself before `prepare_training`: ZeRO-3 (zero.Init) loads it partitioned already
+        return self.dist.generation_context(self.model)
 
 
 def seed_everything(seed: int) -> None:
@@ -234,26 +246,42 @@ def checkpoint(
 ) -> Path | None:
     """Atomic checkpoint of weights + optimizer/scheduler/RNG/data cursor; old ones rotated away.
 
-    Call on every rank: the data cursors (and, under ZeRO-3 / FSDP, the weights) are gathered first; rank 0 alone
-    writes (the unwrapped model), and a barrier keeps the other ranks from running ahead of a half-written checkpoint.
-    Returns the checkpoint path on rank 0, None elsewhere.
+    Call on every rank: the data cursors (and, under ZeRO-3 / FSDP, the weights) are gathered first. Rank 0 writes
+    the unwrapped model and the rest; under DeepSpeed every rank first writes its optimizer shard into rank 0's
+    staging folder (a barrier then, so none is missing when rank 0 publishes it). A barrier at the end keeps the
+    other ranks from running ahead of a half-written checkpoint. Returns the checkpoint path on rank 0, None elsewhere.
     """
     streams = run.gather([run.stream.state_dict()])  # each rank's own cursor, restored per rank on resume
     model_state = run.dist.model_state(run.model) if run.dist is not None else None
     sharded = run.dist is not None and run.dist.shards_state
-    if sharded and run.is_main:
-        log.warning("DeepSpeed / FSDP: optimizer states are sharded and not saved; a resume restarts them")
+    engine = sharded and run.dist.deepspeed and run.train_model is not None
+    if sharded and not engine and run.is_main:
+        log.warning("FSDP: optimizer states are sharded and not saved; a resume restarts them")
+    name = checkpoint_name(stage_index, stage, step)
+    staging = _stage_engine_state(run, name) if engine else None
     path = None
     if run.is_main:
+        optimizer = None if sharded else optimizer  # sharded: in the engine's folder (DeepSpeed) or not saved (FSDP)
         path = _write_checkpoint(
-            run, stage_index, stage, step, None if sharded else optimizer, scheduler, done, streams, model_state
+            run, name, stage_index, stage, step, optimizer, scheduler, done, streams, model_state, staging
         )
     run.barrier()
     return path
 
 
+def _stage_engine_state(run: Run, name: str) -> Path | None:
+    """DeepSpeed: rank 0 creates the checkpoint's staging folder, every rank writes its engine state (optimizer
+    shard) into it, and all wait until every shard is written. The folder on rank 0, None elsewhere."""
+    mine = [str(staging_dir(run.run_dir, name))] if run.is_main else []
+    folder = Path(run.gather(mine)[0])  # rank 0's path (its pid in the name), now on every rank
+    run.dist.save_engine_state(run.train_model, folder / ENGINE_DIR)
+    run.barrier()
+    return folder if run.is_main else None
+
+
 def _write_checkpoint(
     run: Run,
+    name: str,
     stage_index: int,
     stage: str,
     step: int,
@@ -262,6 +290,7 @@ def _write_checkpoint(
     done: bool,
     streams: list[dict[str, Any]],
     model_state: dict[str, Any] | None,
+    staging: Path | None,
 ) -> Path:
     state = {
         "stage_index": stage_index,
@@ -275,20 +304,50 @@ def _write_checkpoint(
         # shards present now; on resume every other shard (written after this checkpoint) is dropped
         "store_shards": sorted(p.name for p in run.store.dir.glob("*.parquet")),
     }
-    name = f"s{stage_index:02d}-{stage}-step{step:06d}"
     _fsync(run.run_dir / "metrics.jsonl")  # the lines this checkpoint counts are on disk before it is
-    path = save_checkpoint(
-        run.run_dir,
-        name,
-        model=run.policy.model,
-        processor=run.policy.processor,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        state=state,
-        model_kwargs={"state_dict": model_state} if model_state is not None else None,
-    )
+    with _default_key_names(run.policy.model, run.dist is not None and run.dist.zero3):
+        path = save_checkpoint(
+            run.run_dir,
+            name,
+            model=run.policy.model,
+            processor=run.policy.processor,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            state=state,
+            model_kwargs={"state_dict": model_state} if model_state is not None else None,
+            staging=staging,
+        )
     keep_last(run.run_dir, run.cfg.keep_checkpoints)
     return path
+
+
+def restore_training_state(run: Run, ckpt: Path, optimizer: Any, scheduler: Any) -> dict[str, Any]:
+    """Optimizer, scheduler and RNG states of `ckpt` for the stage being resumed, before `prepare_training`.
+
+    A checkpoint without optimizer.pt leaves the optimizer as built: under DeepSpeed `prepare_training` loads the
+    optimizer shards into the engine; FSDP does not save them (a warning says the optimizer restarts).
+    """
+    if not (ckpt / OPTIMIZER_FILE).is_file():
+        if run.engine_resume is None and run.is_main:
+            log.warning("%s holds no optimizer states (not saved under FSDP): the optimizer restarts", ckpt.name)
+        optimizer = None
+    return load_training_state(ckpt, optimizer, scheduler)
+
+
+@contextlib.contextmanager
+def _default_key_names(model: Any, zero3: bool) -> Iterator[None]:
+    """Under ZeRO-3, save with the model class's default key renamings.
+
+    transformers (5.x) records on the model the key renamings its load applied and reverts them on save; a ZeRO-3
+    (zero.Init) load records its legacy renamings too, whose reverse writes `model.model.*` keys that no load maps
+    back. Without a record save_pretrained reverts the class's default renamings: the same file as any other run's.
+    """
+    recorded = model.__dict__.pop("_weight_conversions", None) if zero3 else None
+    try:
+        yield
+    finally:
+        if recorded is not None:
+            model._weight_conversions = recorded
 
 
 def _fsync(path: Path) -> None:
@@ -318,6 +377,7 @@ def peak_memory_mb(device: torch.device) -> float:
 def prepare_training(run: Run, optimizer: Any) -> Any:
     """Wrap the policy and its optimizer for this launch (DDP / DeepSpeed / FSDP through accelerate; unchanged in
     one process): sets `run.train_model` (the model the loss goes through) and returns the optimizer to step.
+    A DeepSpeed resume (`Run.engine_resume`) loads the checkpoint's engine state into the new engine.
 
     The LR scheduler is not prepared: accelerate would step it once per process and a step, not once a step.
     """
@@ -327,7 +387,13 @@ def prepare_training(run: Run, optimizer: Any) -> Any:
     if plain:
         run.train_model = None
         return optimizer
+    if run.train_model is not None and run.dist.deepspeed:  # a previous stage's engine
+        run.dist.release(run.train_model)
     run.train_model, optimizer = run.dist.prepare(run.policy.model, optimizer)
+    if run.engine_resume is not None:  # DeepSpeed resume: weights (+ optimizer shards) go into the engine itself
+        ckpt, with_optimizer = run.engine_resume
+        run.engine_resume = None  # once: a later stage starts from its own fresh optimizer
+        run.dist.load_engine_state(run.train_model, ckpt / ENGINE_DIR, with_optimizer)
     return optimizer
 
 

@@ -16,10 +16,10 @@ from rich.table import Table
 
 from mmreason.checkpoint import complete_checkpoints, delete_checkpoints, latest_checkpoint, load_training_state
 from mmreason.config import RunConfig
-from mmreason.dist import Dist, mixed_precision_for
+from mmreason.dist import ENGINE_DIR, Dist, mixed_precision_for
 from mmreason.eval import evaluate
 from mmreason.grpo import run_grpo
-from mmreason.policy import build_policy, restore_weights
+from mmreason.policy import build_policy, ensure_tiny, restore_weights
 from mmreason.run import (
     Run,
     build_stream,
@@ -27,6 +27,7 @@ from mmreason.run import (
     load_val,
     prepare_run_dir,
     require_clean_data,
+    restore_training_state,
     sample_context,
     seed_everything,
 )
@@ -110,9 +111,16 @@ def clear_previous_run(run_dir: Path) -> RolloutStore:
 
 def resume_from(run: Run, ckpt: Path) -> dict[str, Any]:
     """Weights, RNG, data cursor and counters of `ckpt`; metrics lines and shards written after it are dropped
-    (by rank 0; each rank restores its own data cursor)."""
+    (by rank 0; each rank restores its own data cursor).
+
+    Under DeepSpeed the weights come from the checkpoint's engine state once the next stage has prepared its engine
+    (`prepare_training`): under ZeRO-3 the live weights are partitioned, so that is the only way into them, and
+    mid-stage the optimizer shards come along."""
     state = load_training_state(ckpt, None, None)
-    restore_weights(run.policy, ckpt)
+    if run.dist is not None and run.dist.deepspeed and (ckpt / ENGINE_DIR).is_dir():
+        run.engine_resume = (ckpt, not state["stage_done"])
+    else:
+        restore_weights(run.policy, ckpt)
     streams = state.get("streams") or [state["stream"]]
     run.stream.load_state_dict(streams[run.rank] if len(streams) == run.world_size else state["stream"])
     run.reward_errors.load_state_dict(state.get("reward_errors", []))
@@ -132,8 +140,12 @@ def setup(cfg: RunConfig, resume: bool, dist: Dist | None = None) -> tuple[Run, 
     dist = dist or make_dist(cfg)
     seed_everything(cfg.seed)  # a resumed run then restores the RNG states of its checkpoint
     device = str(dist.device) if dist.world_size > 1 else cfg.device
-    with dist.main_first():  # rank 0 builds the tiny model's cache folder before the others read it
-        policy = build_policy(cfg.model, cache_dir=Path(cfg.output_dir) / ".cache", device=device, seed=cfg.seed)
+    cache = Path(cfg.output_dir) / ".cache"
+    if cfg.model.name == "tiny":  # rank 0 builds the tiny model's cache folder (alone: no ZeRO-3 partitioning)
+        with dist.main_first(), dist.without_zero_init():
+            ensure_tiny(cfg.model, cache, cfg.seed)
+    # every rank loads at once: under ZeRO-3 from_pretrained partitions the weights as it loads (collectives)
+    policy = build_policy(cfg.model, cache_dir=cache, device=device, seed=cfg.seed)
     ctx = sample_context(cfg, policy.family, Path.cwd())
     if cfg.data_errors == "fatal":
         require_clean_data(cfg, ctx)  # every problem listed before anything is written or trained
@@ -164,6 +176,16 @@ def setup(cfg: RunConfig, resume: bool, dist: Dist | None = None) -> tuple[Run, 
 def train(cfg: RunConfig, resume: bool = False) -> Run:
     """Run every stage of `cfg`; returns the finished Run (its history holds all metrics)."""
     run, state, ckpt = setup(cfg, resume)
+    run_stages(run, state, ckpt)
+    run.train_model = None  # the engine (and its optimizer) go before the process group they use
+    if run.dist is not None:
+        run.dist.close()
+    return run
+
+
+def run_stages(run: Run, state: dict[str, Any] | None, ckpt: Path | None) -> None:
+    """The stages of the run's config in order, from the resumed point when `state` is given, then its report."""
+    cfg = run.cfg
     if state is None and cfg.eval.at_start:
         evaluate(run, label="before")
     run.barrier()
@@ -174,7 +196,7 @@ def train(cfg: RunConfig, resume: bool = False) -> Run:
                 continue
             if index == state["stage_index"]:
                 start = state["step"]
-                restore = lambda opt, sch, c=ckpt: load_training_state(c, opt, sch)  # noqa: E731
+                restore = lambda opt, sch, c=ckpt: restore_training_state(run, c, opt, sch)  # noqa: E731
         optimizer, scheduler = STAGE_FNS[stage](run, getattr(cfg, stage), index, start, restore)
         evaluate(run, label=f"after-s{index:02d}-{stage}")
         checkpoint(run, index, stage, getattr(cfg, stage).steps, optimizer, scheduler, done=True)
@@ -183,7 +205,6 @@ def train(cfg: RunConfig, resume: bool = False) -> Run:
         write_run_report(run.run_dir)
     dump_rank_weights(run)
     run.barrier()
-    return run
 
 
 DUMP_ENV = "MMREASON_DUMP_WEIGHTS"
@@ -191,13 +212,18 @@ DUMP_ENV = "MMREASON_DUMP_WEIGHTS"
 
 def dump_rank_weights(run: Run) -> Path | None:
     """Debug option: with MMREASON_DUMP_WEIGHTS=<folder> set, every rank saves its final weights to
-    <folder>/rank<r>.pt, so a test can check that data-parallel replicas stayed identical."""
+    <folder>/rank<r>.pt, so a test can check that data-parallel replicas stayed identical. Under ZeRO-3 / FSDP the
+    weights are gathered (collective) and saved where the gather delivers them (rank 0 under ZeRO-3)."""
     folder = os.environ.get(DUMP_ENV)
     if not folder:
         return None
+    gathered = run.dist.model_state(run.model) if run.dist is not None else None
+    if gathered is None and run.shards_params:
+        return None  # the gathered weights went to another rank
+    state = gathered if gathered is not None else run.policy.model.state_dict()
     path = Path(folder) / f"rank{run.rank}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.detach().cpu() for k, v in run.policy.model.state_dict().items()}, path)
+    torch.save({k: v.detach().cpu() for k, v in state.items()}, path)
     return path
 
 

@@ -20,6 +20,7 @@ from mmreason.checkpoint import (
     latest_checkpoint,
     load_training_state,
     save_checkpoint,
+    staging_dir,
 )
 from mmreason.tiny import build_tiny
 
@@ -174,6 +175,21 @@ def test_complete_leftovers_of_a_crash_are_recovered(tmp_path, tiny):
     os.replace(first, root / f".old-s00-sft-step000010-{_dead_pid()}")
     assert latest_checkpoint(tmp_path) == root / "s00-sft-step000020"
     assert [p.name for p in complete_checkpoints(tmp_path)] == ["s00-sft-step000010", "s00-sft-step000020"]
+
+
+def test_staged_files_of_other_processes_are_published_with_the_checkpoint(tmp_path, tiny):
+    """DeepSpeed: every rank writes its optimizer shard into the staging folder, then one process completes it."""
+    model, _ = tiny
+    staging = staging_dir(tmp_path, "s00-grpo-step000001")
+    assert not any(staging.iterdir()) and staging.name.startswith(".tmp-")
+    (staging / "deepspeed").mkdir()
+    (staging / "deepspeed" / "shard1.pt").write_bytes(b"x")
+    assert complete_checkpoints(tmp_path) == []  # half-staged: not a checkpoint
+    path = save_checkpoint(tmp_path, "s00-grpo-step000001", model=model, state={}, staging=staging)
+    assert (path / "deepspeed" / "shard1.pt").read_bytes() == b"x" and not staging.exists()
+    assert "deepspeed" in json.loads((path / COMPLETE_MARKER).read_text())["files"]
+    with pytest.raises(ValueError, match="staging must be the existing folder"):
+        save_checkpoint(tmp_path, "s00-grpo-step000002", model=model, state={}, staging=staging)
 
 
 def test_resave_same_name_replaces(tmp_path, tiny):
