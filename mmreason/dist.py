@@ -86,10 +86,14 @@ class Dist:
             wrapped.destroy()
         self.acc.free_memory()
 
-    def prepare(self, *objects: Any) -> Any:
+    def prepare(self, *objects: Any, max_grad_norm: float | None = None) -> Any:
         plugin = getattr(self.acc.state, "deepspeed_plugin", None)
         if plugin is not None:  # no dataloader goes through prepare, so DeepSpeed must be told the micro-batch
             plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = 1
+            if max_grad_norm is not None:
+                # DeepSpeed clips inside its own step at its config's value (accelerate's clip_grad_norm_ is a
+                # no-op then): the stage's max_grad_norm replaces the accelerate config's gradient_clipping
+                plugin.deepspeed_config["gradient_clipping"] = max_grad_norm
         return self.acc.prepare(*objects)
 
     @property

@@ -153,7 +153,7 @@ def run_grpo(
     scheduler = make_scheduler(optimizer, cfg.scheduler, cfg.warmup_ratio, cfg.steps)
     if resume_state is not None:
         resume_state(optimizer, scheduler)
-    optimizer = prepare_training(run, optimizer)
+    optimizer = prepare_training(run, optimizer, cfg.max_grad_norm)
     if cfg.beta > 0 and run.shards_params and not policy.is_lora:  # a deep copy of sharded weights is no reference
         raise ConfigError("grpo.beta > 0 under ZeRO-3 / FSDP needs model.lora.enabled (the KL reference is the base)")
     reference = Reference(policy, cfg.beta)

@@ -374,7 +374,7 @@ def peak_memory_mb(device: torch.device) -> float:
         return float("nan")
 
 
-def prepare_training(run: Run, optimizer: Any) -> Any:
+def prepare_training(run: Run, optimizer: Any, max_grad_norm: float | None = None) -> Any:
     """Wrap the policy and its optimizer for this launch (DDP / DeepSpeed / FSDP through accelerate; unchanged in
     one process): sets `run.train_model` (the model the loss goes through) and returns the optimizer to step.
     A DeepSpeed resume (`Run.engine_resume`) loads the checkpoint's engine state into the new engine.
@@ -389,7 +389,7 @@ def prepare_training(run: Run, optimizer: Any) -> Any:
         return optimizer
     if run.train_model is not None and run.dist.deepspeed:  # a previous stage's engine
         run.dist.release(run.train_model)
-    run.train_model, optimizer = run.dist.prepare(run.policy.model, optimizer)
+    run.train_model, optimizer = run.dist.prepare(run.policy.model, optimizer, max_grad_norm=max_grad_norm)
     if run.engine_resume is not None:  # DeepSpeed resume: weights (+ optimizer shards) go into the engine itself
         ckpt, with_optimizer = run.engine_resume
         run.engine_resume = None  # once: a later stage starts from its own fresh optimizer

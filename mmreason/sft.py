@@ -69,7 +69,7 @@ def run_sft(
     scheduler = make_scheduler(optimizer, cfg.scheduler, cfg.warmup_ratio, cfg.steps)
     if resume_state is not None:
         resume_state(optimizer, scheduler)
-    optimizer = prepare_training(run, optimizer)
+    optimizer = prepare_training(run, optimizer, cfg.max_grad_norm)
     split_per_rank(cfg.batch_size, run.world_size, "sft.batch_size")  # fail before the first step, not in it
     run.policy.model.train()
     bad_updates = 0

@@ -23,6 +23,7 @@ from mmreason.train import DUMP_ENV
 
 ACCELERATE_CONFIGS = Path(__file__).resolve().parents[1] / "mmreason" / "configs" / "accelerate"
 STEPS, PROMPTS, GROUP = 2, 2, 4
+MAX_GRAD_NORM = 0.5
 
 # a dense reward (share of vowels in the completion): random tiny-model text gets non-zero, varied advantages, so
 # the loss and the update are not trivially zero
@@ -51,7 +52,15 @@ def setup_files(tmp_path_factory) -> tuple[Path, Path]:
         "data": [
             {"task": "counting", "train": str(base / "data" / "train.jsonl"), "rewards": {"vowel_share_dist": 1.0}}
         ],
-        "grpo": {"steps": STEPS, "prompts_per_step": PROMPTS, "group_size": GROUP, "max_new_tokens": 8, "lr": 1e-3},
+        # max_grad_norm below the runs' gradient norms (1.3 - 1.7): every run clips, at the stage's value
+        "grpo": {
+            "steps": STEPS,
+            "prompts_per_step": PROMPTS,
+            "group_size": GROUP,
+            "max_new_tokens": 8,
+            "lr": 1e-3,
+            "max_grad_norm": MAX_GRAD_NORM,
+        },
         "eval": {"at_start": False},
     }
     (base / "cfg.yaml").write_text(json.dumps(cfg))
@@ -247,6 +256,12 @@ def zero2_run(setup_files) -> dict:
 
 def test_zero2_on_cpu_matches_one_process(zero2_run, one_process_run):
     _check_matches_one_process(one_process_run, zero2_run, replicas=2)
+    assert all(m["grad_norm"] > MAX_GRAD_NORM for m in zero2_run["metrics"])  # clipping was active
+    # DeepSpeed clips inside its step at its own config's value: the stage's max_grad_norm, not the accelerate
+    # config's gradient_clipping (1.0)
+    ckpt = zero2_run["run_dir"] / "checkpoints" / f"s00-grpo-step{STEPS:06d}" / "deepspeed" / "zero"
+    engine = torch.load(ckpt / "mp_rank_00_model_states.pt", weights_only=False)
+    assert engine["ds_config"]["gradient_clipping"] == MAX_GRAD_NORM
 
 
 def test_zero3_on_cpu_matches_one_process(setup_files, one_process_run):
