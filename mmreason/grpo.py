@@ -304,8 +304,6 @@ def update_policy(
             denominator=count / world,
             is_weights=is_weights,
         )
-        if is_weights is not None:
-            stats["is_weight_mean"] = float((is_weights * mask).sum() / mask.sum().clamp(min=1))
         if it == 0:
             upd["entropy"] = total((entropy.detach() * mask).sum()) / max(global_tokens, 1.0)
         applied.append(_update(policy, optimizer, loss, cfg.max_grad_norm, upd, run))

@@ -193,8 +193,8 @@ def grpo_loss(
     loss = aggregate(is_weights * clipped_surrogate + beta * k3_kl). `old_logp` and `ref_logp` must come without
     gradient (on-policy single update: pass `logp.detach()` as old_logp). is_weights [B,T] (no gradient): importance
     weights of a sampler that is not the trained model (`truncated_is_weights`); None = 1. stats (python floats,
-    over completion tokens): clip_frac (with clip_low_frac / clip_high_frac), ratio_mean, and kl (mean k3; 0.0
-    without ref_logp).
+    over completion tokens): clip_frac (with clip_low_frac / clip_high_frac), ratio_mean, kl (mean k3; 0.0
+    without ref_logp), and is_weight_mean when is_weights are given.
     """
     if beta < 0:
         raise ValueError(f"grpo_loss: beta must be >= 0, got {beta}")
@@ -208,7 +208,10 @@ def grpo_loss(
     if beta > 0 and kl is not None:
         per_token = per_token + beta * kl
     loss = aggregate_loss(per_token, mask, loss_agg, max_len=max_len, denominator=denominator)
-    return loss, _loss_stats(logp, old_logp, adv, mask, clipped, kl, eps_low, eps_high)
+    stats = _loss_stats(logp, old_logp, adv, mask, clipped, kl, eps_low, eps_high)
+    if is_weights is not None:
+        stats["is_weight_mean"] = masked_mean(is_weights.detach().float(), mask).item()
+    return loss, stats
 
 
 def truncated_is_weights(train_logp: Tensor, sampler_logp: Tensor, mask: Tensor, cap: float) -> Tensor:

@@ -299,9 +299,10 @@ def test_importance_weights_scale_the_policy_gradient_term_only():
     old, ref = logp.detach() + 0.05, logp.detach() - 0.1
     adv, mask = torch.tensor([1.0, -1.0]), torch.ones(2, 3)
     common = dict(eps_low=0.2, eps_high=0.28, loss_agg="token_mean")
-    plain, _ = grpo_loss(logp, old, adv, mask, **common)
+    plain, plain_stats = grpo_loss(logp, old, adv, mask, **common)
     same, _ = grpo_loss(logp, old, adv, mask, is_weights=torch.ones(2, 3), **common)
-    double, _ = grpo_loss(logp, old, adv, mask, is_weights=torch.full((2, 3), 2.0), **common)
+    double, stats = grpo_loss(logp, old, adv, mask, is_weights=torch.full((2, 3), 2.0), **common)
+    assert stats["is_weight_mean"] == 2.0 and "is_weight_mean" not in plain_stats
     assert float(same) == pytest.approx(float(plain)) and float(double) == pytest.approx(2 * float(plain))
     kl_only = grpo_loss(logp, old, adv, mask, beta=0.5, ref_logp=ref, **common)[0] - plain
     with_kl, _ = grpo_loss(logp, old, adv, mask, beta=0.5, ref_logp=ref, is_weights=torch.full((2, 3), 2.0), **common)
