@@ -43,14 +43,14 @@ import torch
 from PIL import Image
 
 from mmreason.config import GRPOConfig
-from mmreason.grpo import loss_mask_for, rollout_logprobs, update_policy
-from mmreason.policy import Policy, Reference
+from mmreason.data.sample import Sample
+from mmreason.models.policy import Policy, Reference
 from mmreason.registry import get_task, resolve_reward
-from mmreason.rl import group_advantages, grpo_loss
-from mmreason.rollout import encode_prompts, generate, repeat_prompts, suppressed_token_ids
-from mmreason.run import make_optimizer
-from mmreason.sample import Sample
-from mmreason.scoring import RewardErrors, score_completions
+from mmreason.rollout.engine import encode_prompts, generate, repeat_prompts, suppressed_token_ids
+from mmreason.rollout.scoring import RewardErrors, score_completions
+from mmreason.runs.run import make_optimizer
+from mmreason.train.grpo import loss_mask_for, rollout_logprobs, update_policy
+from mmreason.train.rl import group_advantages, grpo_loss
 
 PROMPT = "How many shapes are in the image? Answer with the number inside <answer></answer> tags."
 TASK = "counting"
@@ -66,7 +66,7 @@ def qwen25vl_3b_config(tokenizer: Any) -> Any:
     vocabulary is the tiny tokenizer's (~1k ids, not 152k): ids the tokenizer cannot decode must never be sampled."""
     from transformers import Qwen2_5_VLConfig
 
-    from mmreason.tiny import build_config
+    from mmreason.models.tiny import build_config
 
     tiny = build_config(tokenizer)
     text = dict(
@@ -105,11 +105,11 @@ def qwen25vl_3b_config(tokenizer: Any) -> Any:
 
 def build_model(preset: str, dtype: torch.dtype) -> tuple[Any, Any]:
     """The benchmark model (on the CPU; each contender trains its own copy) and processor. tiny:
-    mmreason.tiny.build_tiny(hidden 256, 4 layers, vision depth 4), where a step on a CPU is dominated by model
+    mmreason.models.tiny.build_tiny(hidden 256, 4 layers, vision depth 4), where a step on a CPU is dominated by model
     compute rather than Python overhead; 3b: Qwen2.5-VL-3B shapes."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from mmreason.tiny import build_tiny
+    from mmreason.models.tiny import build_tiny
 
     if preset == "tiny":
         model, processor = build_tiny(hidden_size=256, layers=4, vision_depth=4, seed=0)

@@ -72,8 +72,8 @@ def train(
         cfg = load_config(config, overrides or [])
     except ConfigError as exc:
         _fail(str(exc))
-    from mmreason.train import eval_table, plan
-    from mmreason.train import train as run_train
+    from mmreason.train.stages import eval_table, plan
+    from mmreason.train.stages import train as run_train
 
     if dry_run:
         console.print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -102,7 +102,7 @@ def eval_cmd(
     task_file: list[Path] = TaskFiles,
 ) -> None:
     """Report a task's metrics for a checkpoint and write its generations to the rollout store."""
-    from mmreason.eval import eval_checkpoint
+    from mmreason.train.evaluate import eval_checkpoint
 
     _load_user_files(task_file)
     metrics, out_dir = eval_checkpoint(target, task, data, limit, max_new_tokens, batch_size, think)
@@ -139,9 +139,9 @@ def data_check(
     task_file: list[Path] = TaskFiles,
 ) -> None:
     """Validate every record (media present and readable, answer shape) and list all problems with line numbers."""
-    from mmreason.data import DataError, check_records, format_problems, read_dataset
+    from mmreason.data.records import DataError, check_records, format_problems, read_dataset
+    from mmreason.data.sample import SampleContext
     from mmreason.registry import get_task
-    from mmreason.sample import SampleContext
 
     _load_user_files(task_file)
     try:
@@ -163,7 +163,7 @@ def make_synthetic_cmd(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Procedurally generated, seeded datasets the tiny default model can learn from (no downloads)."""
-    from mmreason.synthetic import make_synthetic
+    from mmreason.data.synthetic import make_synthetic
 
     path = make_synthetic(task, out, n=n, seed=seed)
     console.print(f"wrote {n} {task} records to {path}")
@@ -178,7 +178,7 @@ def make_jigsaw_cmd(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Build a jigsaw dataset (shuffled tiles + ground-truth order) from any folder of images."""
-    from mmreason.synthetic import make_jigsaw_dataset
+    from mmreason.data.synthetic import make_jigsaw_dataset
 
     try:
         rows, cols = (int(x) for x in grid.lower().split("x"))
@@ -200,7 +200,7 @@ def tiny_model(
     seed: int = typer.Option(0),
 ) -> None:
     """Build the tiny offline VLM (random init, locally trained tokenizer) and save it with save_pretrained."""
-    from mmreason.tiny import build_tiny
+    from mmreason.models.tiny import build_tiny
 
     model, _ = build_tiny(out_dir, arch=arch, hidden_size=hidden_size, layers=layers, seed=seed)
     n = sum(p.numel() for p in model.parameters())
@@ -214,7 +214,7 @@ def report(
     task_file: list[Path] = TaskFiles,
 ) -> None:
     """Write a run's self-contained HTML report: curves, group spreads, best/worst samples, eval generations."""
-    from mmreason.report import write_report
+    from mmreason.runs.report import write_report
 
     _load_user_files(task_file)
     path = write_report(run_dir, out)
@@ -229,8 +229,8 @@ def _launched() -> bool:
 
 
 def _relaunch(num_processes: int | None, argv: list[str], config_file: Path | None) -> int:
-    """Re-run `mmreason <argv>` under accelerate's launcher (thin wrapper: `mmreason.dist.relaunch`)."""
-    from mmreason.dist import check_launch_config, relaunch
+    """Re-run `mmreason <argv>` under accelerate's launcher (thin wrapper: `mmreason.train.dist.relaunch`)."""
+    from mmreason.train.dist import check_launch_config, relaunch
 
     if config_file is not None:
         if not config_file.is_file():
@@ -244,7 +244,7 @@ def _relaunch(num_processes: int | None, argv: list[str], config_file: Path | No
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by the user's input: shown as one clear line, without a traceback."""
     from mmreason.config import ConfigError
-    from mmreason.data import DataError
+    from mmreason.data.records import DataError
     from mmreason.processors import MediaError
     from mmreason.registry import RegistryError
 
@@ -270,8 +270,8 @@ def main() -> None:
 
 
 def _stopped_run(exc: Exception) -> bool:
-    """Whether `exc` is mmreason.run.TrainingStopped (only a run raises it: no need to import torch to check)."""
-    run = sys.modules.get("mmreason.run")
+    """Whether `exc` is mmreason.runs.run.TrainingStopped (only a run raises it: no need to import torch to check)."""
+    run = sys.modules.get("mmreason.runs.run")
     return run is not None and isinstance(exc, run.TrainingStopped)
 
 

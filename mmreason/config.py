@@ -130,7 +130,7 @@ class GRPOConfig:
     scale_std: bool = True
     dynamic_sampling: bool = False
     mask_truncated: bool = False
-    # encode each prompt (and its images) once per group in rollouts and in the loss (mmreason.prefix); false:
+    # encode each prompt (and its images) once per group in rollouts and in the loss (mmreason.rollout.prefix); false:
     # the prompt rows are repeated G times (HF generate, full-sequence scoring), the reference path
     share_prefix: bool = True
     # the rollout engine: "hf" (the policy itself, shared-prefix sampling) or "vllm" (pip install vllm; GPUs only;

@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
-ENTRY_POINT_GROUPS = ("mmreason.tasks", "mmreason.rewards", "mmreason.tools")
+ENTRY_POINT_GROUPS = ("mmreason.tasks", "mmreason.rewards", "mmreason.rollout.tools")
 
 
 class RegistryError(KeyError):

@@ -1,4 +1,4 @@
-"""Trajectory rewards for multi-turn tool use (columns filled by mmreason.multiturn, None on single-turn rows).
+"""Trajectory rewards for multi-turn tool use (columns filled by mmreason.rollout.multiturn, None on single-turn rows).
 
 - `tool_success`: 1.0 when the trajectory made at least one successful tool call, else 0.0 (a bonus for using
   the tools; weight it small so it cannot outweigh the answer).

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mmreason.synthetic import make_synthetic
+from mmreason.data.synthetic import make_synthetic
 
 
 @dataclass

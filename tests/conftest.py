@@ -10,7 +10,7 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     """Folder holding the tiny model, tokenizer and processor saved with save_pretrained (built once, ~4 s)."""
-    from mmreason.tiny import build_tiny
+    from mmreason.models.tiny import build_tiny
 
     out = tmp_path_factory.mktemp("tiny") / "qwen2_5_vl"
     build_tiny(out)

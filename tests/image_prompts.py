@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PIL import Image
 
-from mmreason.sample import Sample
+from mmreason.data.sample import Sample
 
 
 def image_prompts() -> list[Sample]:

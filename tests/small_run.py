@@ -9,7 +9,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from mmreason.cli import app
-from mmreason.synthetic import make_synthetic
+from mmreason.data.synthetic import make_synthetic
 
 TASKS = ("counting", "grounding")
 STEPS, PROMPTS, GROUP = 3, 2, 3

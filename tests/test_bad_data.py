@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from mmreason import cli
 from mmreason.config import load_config
-from mmreason.run import build_stream, sample_context
+from mmreason.runs.run import build_stream, sample_context
 
 pytest.importorskip("av")  # writes the test videos
 
@@ -117,7 +117,7 @@ def test_fatal_mode_lists_every_problem_before_training(tmp_path, bad_data, monk
 
 
 def test_fatal_mode_trains_on_clean_data(tmp_path):
-    from mmreason.synthetic import make_synthetic
+    from mmreason.data.synthetic import make_synthetic
 
     data = make_synthetic("counting", tmp_path / "data", n=12, seed=0)
     cfg = {

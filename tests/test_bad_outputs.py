@@ -18,7 +18,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from mmreason import cli, store
+from mmreason import cli
+from mmreason.runs import store
 
 REWARD_FILE = '''
 def explode(completions, **columns):
@@ -32,7 +33,7 @@ def not_finite(completions, **columns):
 
 @pytest.fixture(scope="module")
 def counting_data(tmp_path_factory) -> Path:
-    from mmreason.synthetic import make_synthetic
+    from mmreason.data.synthetic import make_synthetic
 
     return make_synthetic("counting", tmp_path_factory.mktemp("counting"), n=24, seed=0)
 
@@ -99,8 +100,8 @@ def test_strict_rewards_makes_a_raising_reward_fatal(tmp_path, counting_data):
 
 def _poison(monkeypatch, stage: str, bad_calls: set[int] | None, value: float) -> list[int]:
     """Make the stage's loss `value` (nan or inf) on the given 1-based calls (None: every call)."""
-    import mmreason.grpo as grpo
-    import mmreason.sft as sft
+    import mmreason.train.grpo as grpo
+    import mmreason.train.sft as sft
 
     calls = [0]
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from mmreason.checkpoint import (
+from mmreason.models.tiny import build_tiny
+from mmreason.train.checkpoint import (
     COMPLETE_MARKER,
     checkpoint_name,
     complete_checkpoints,
@@ -22,7 +23,6 @@ from mmreason.checkpoint import (
     save_checkpoint,
     staging_dir,
 )
-from mmreason.tiny import build_tiny
 
 
 @pytest.fixture(scope="module")

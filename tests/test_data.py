@@ -11,22 +11,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmreason.data import (
+from mmreason.data.records import (
     DataError,
     Dataset,
     Problem,
-    SampleStream,
-    Source,
     build_samples,
     check_records,
     format_problems,
     load_records,
-    mixture_counts,
     read_dataset,
     write_jsonl,
 )
+from mmreason.data.sample import Sample, SampleContext
+from mmreason.data.stream import SampleStream, Source, mixture_counts
 from mmreason.registry import get_task
-from mmreason.sample import Sample, SampleContext
 from mmreason.tasks.base import Task
 
 
@@ -272,7 +270,7 @@ def test_state_dict_round_trip_continues_identically(consumed):
 
 def test_bad_records_are_skipped_counted_and_logged_once(caplog):
     stream = SampleStream([Source(ToyTask(), toy_dataset("a", 10, bad=(2, 5)))], seed=0)
-    with caplog.at_level(logging.WARNING, logger="mmreason.data"):
+    with caplog.at_level(logging.WARNING, logger="mmreason.data.records"):
         drawn = ids(stream.take(24))  # three epochs of 8 good records
     assert "a2" not in drawn and "a5" not in drawn and len(drawn) == 24
     assert stream.skipped == 6 and stream.skip_reasons == {"toy: ValueError": 6}
@@ -327,7 +325,7 @@ SYNTHETIC = ["counting", "grounding", "jigsaw", "geolocation"]
 
 @pytest.mark.parametrize("task", SYNTHETIC)
 def test_synthetic_makers_write_records_the_task_accepts(tmp_path, task):
-    from mmreason.synthetic import make_synthetic
+    from mmreason.data.synthetic import make_synthetic
 
     out = make_synthetic(task, tmp_path / task, n=12, seed=1)
     train, val = read_dataset(out), read_dataset(out, "val")
@@ -341,7 +339,7 @@ def test_synthetic_makers_write_records_the_task_accepts(tmp_path, task):
 
 
 def test_synthetic_is_seeded_and_extends_with_n(tmp_path):
-    from mmreason.synthetic import make_synthetic
+    from mmreason.data.synthetic import make_synthetic
 
     a = make_synthetic("counting", tmp_path / "a", n=6, seed=4, val_fraction=0.0)
     b = make_synthetic("counting", tmp_path / "b", n=9, seed=4, val_fraction=0.0)
@@ -373,7 +371,7 @@ def count_blobs(mask: np.ndarray) -> int:
 
 
 def test_counting_images_show_exactly_the_count(tmp_path):
-    from mmreason.synthetic import make_synthetic
+    from mmreason.data.synthetic import make_synthetic
 
     out = make_synthetic("counting", tmp_path, n=40, seed=0, val_fraction=0.0)
     records = load_records(out)
@@ -384,7 +382,7 @@ def test_counting_images_show_exactly_the_count(tmp_path):
 
 
 def test_grounding_boxes_are_exact_and_absent_objects_have_no_box(tmp_path):
-    from mmreason.synthetic import COLORS, make_synthetic
+    from mmreason.data.synthetic import COLORS, make_synthetic
 
     out = make_synthetic("grounding", tmp_path / "g", n=20, seed=2, val_fraction=0.0)
     for r in load_records(out):
@@ -405,7 +403,7 @@ def test_grounding_boxes_are_exact_and_absent_objects_have_no_box(tmp_path):
 def test_jigsaw_solution_reassembles_the_original(tmp_path):
     from mmreason.processors import assemble_jigsaw
 
-    from mmreason.synthetic import make_synthetic
+    from mmreason.data.synthetic import make_synthetic
 
     out = make_synthetic("jigsaw", tmp_path, n=4, seed=0, val_fraction=0.0, grid=(2, 3), image_size=(60, 40))
     for r in load_records(out):
@@ -418,7 +416,7 @@ def test_jigsaw_solution_reassembles_the_original(tmp_path):
 def test_geolocation_cities_agree_with_the_offline_geocoder():
     import reverse_geocode
 
-    from mmreason.synthetic import CITIES
+    from mmreason.data.synthetic import CITIES
 
     assert len({c.city for c in CITIES}) == len(CITIES) == 8
     assert len({(c.sky, c.ground, c.pattern) for c in CITIES}) == 8
@@ -435,7 +433,7 @@ def test_geolocation_cities_agree_with_the_offline_geocoder():
     ("grounding", {"absent_rate": 2.0}, "absent_rate"),
 ])
 def test_synthetic_bad_arguments(tmp_path, task, options, match):
-    from mmreason.synthetic import make_synthetic
+    from mmreason.data.synthetic import make_synthetic
 
     kwargs = {"n": 2, **options}
     with pytest.raises(ValueError, match=match):
@@ -443,7 +441,7 @@ def test_synthetic_bad_arguments(tmp_path, task, options, match):
 
 
 def test_jigsaw_dataset_from_a_folder_skips_bad_images(tmp_path):
-    from mmreason.synthetic import make_jigsaw_dataset
+    from mmreason.data.synthetic import make_jigsaw_dataset
 
     src = tmp_path / "photos"
     (src / "nested").mkdir(parents=True)

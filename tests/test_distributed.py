@@ -16,10 +16,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from mmreason import store
 from mmreason.cli import app
-from mmreason.dist import launch_command, split_per_rank
-from mmreason.train import DUMP_ENV
+from mmreason.runs import store
+from mmreason.train.dist import launch_command, split_per_rank
+from mmreason.train.stages import DUMP_ENV
 
 ACCELERATE_CONFIGS = Path(__file__).resolve().parents[1] / "mmreason" / "configs" / "accelerate"
 STEPS, PROMPTS, GROUP = 2, 2, 4
@@ -38,7 +38,7 @@ def vowel_share(completions, **_):
 
 @pytest.fixture(scope="module")
 def setup_files(tmp_path_factory) -> tuple[Path, Path]:
-    from mmreason.synthetic import make_synthetic
+    from mmreason.data.synthetic import make_synthetic
 
     base = tmp_path_factory.mktemp("dist")
     make_synthetic("counting", base / "data", n=24, seed=0)
@@ -162,7 +162,7 @@ def test_launch_command_wraps_accelerate():
 
 def test_fsdp_is_refused_without_cuda_and_deepspeed_is_not():
     from mmreason.config import ConfigError
-    from mmreason.dist import check_launch_config, launch_env, mixed_precision_for
+    from mmreason.train.dist import check_launch_config, launch_env, mixed_precision_for
 
     pytest.importorskip("deepspeed")
     with pytest.raises(ConfigError, match="FSDP needs CUDA"):

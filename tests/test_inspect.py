@@ -1,5 +1,5 @@
-"""mmreason.inspect on a small real run (tiny model, counting + grounding, GRPO with evaluations before and after):
-loading, reward curves, group spreads, sample selection and its filters, and rendering rows with visualize."""
+"""mmreason.runs.inspection on a small real run (tiny model, counting + grounding, GRPO with evaluations before and
+after): loading, reward curves, group spreads, sample selection and its filters, and rendering rows with visualize."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from small_run import GROUP, MAX_VAL, PROMPTS, STEPS, TASKS, build_small_run
 
-from mmreason import inspect as ins
+from mmreason.runs import inspection as ins
 
 TRAIN_STAGE = "grpo-0"
 EVAL_BEFORE, EVAL_AFTER = "eval-before", "eval-after-s00-grpo"

@@ -27,8 +27,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mmreason import store
-from mmreason.checkpoint import COMPLETE_MARKER, complete_checkpoints, latest_checkpoint
+from mmreason.runs import store
+from mmreason.train.checkpoint import COMPLETE_MARKER, complete_checkpoints, latest_checkpoint
 
 # one thread: the same float summation order in every process, so a resumed run can match bit for bit
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
@@ -47,7 +47,7 @@ class Launch:
 
 @pytest.fixture(scope="module")
 def counting_data(tmp_path_factory) -> Path:
-    from mmreason.synthetic import make_synthetic
+    from mmreason.data.synthetic import make_synthetic
 
     return make_synthetic("counting", tmp_path_factory.mktemp("counting"), n=40, seed=0)
 

@@ -1,5 +1,5 @@
-"""Shared prompt prefixes (mmreason.prefix): one prefill per prompt whose KV cache the G completions share, in the
-sampler and in the loss. Each is checked against the unshared path (prompt rows repeated G times) on the tiny
+"""Shared prompt prefixes (mmreason.rollout.prefix): one prefill per prompt whose KV cache the G completions share, in
+the sampler and in the loss. Each is checked against the unshared path (prompt rows repeated G times) on the tiny
 Qwen2.5-VL and Qwen2-VL models: images of different sizes, a multi-image prompt, a video, left padding, 3-D
 multimodal positions."""
 
@@ -12,9 +12,9 @@ import torch
 from mmreason.processors import load_video
 from PIL import Image
 
-from mmreason.prefix import completion_positions, prompt_positions, shared_completion_logprobs
-from mmreason.rl import grpo_loss
-from mmreason.rollout import (
+from mmreason.data.sample import Sample
+from mmreason.models.tiny import build_tiny
+from mmreason.rollout.engine import (
     completion_logprobs,
     completion_mask_from_ids,
     encode_prompts,
@@ -24,8 +24,8 @@ from mmreason.rollout import (
     score_inputs,
     suppressed_token_ids,
 )
-from mmreason.sample import Sample
-from mmreason.tiny import build_tiny
+from mmreason.rollout.prefix import completion_positions, prompt_positions, shared_completion_logprobs
+from mmreason.train.rl import grpo_loss
 
 G = 3
 
@@ -178,7 +178,7 @@ def test_shared_loss_and_gradients_equal_the_unshared_path(tiny, samples, t):
 
 
 def test_extend_refuses_a_cache_the_model_ignored(tiny):
-    from mmreason.prefix import extend
+    from mmreason.rollout.prefix import extend
 
     model, _ = tiny
 
@@ -198,7 +198,7 @@ def test_extend_refuses_a_cache_the_model_ignored(tiny):
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # transformers 5.x renamed gradient_checkpointing_*
 def test_gradient_checkpointing_is_detected_and_refused(tiny):
-    from mmreason.grpo import _checkpointing
+    from mmreason.train.grpo import _checkpointing
 
     model, processor = tiny
     batch = encode_prompts(processor, _samples()[:1], torch.device("cpu"))
@@ -219,8 +219,8 @@ def test_grpo_update_is_the_same_with_and_without_prefix_sharing(tiny25):
     import copy
 
     from mmreason.config import GRPOConfig
-    from mmreason.grpo import loss_mask_for, update_policy
-    from mmreason.policy import Policy, Reference
+    from mmreason.models.policy import Policy, Reference
+    from mmreason.train.grpo import loss_mask_for, update_policy
 
     model, processor = tiny25
     batch = encode_prompts(processor, _samples(), torch.device("cpu"))

@@ -9,6 +9,7 @@ from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
 from mmreason.cli import app
+from mmreason.data.sample import SampleContext
 from mmreason.registry import (
     REWARDS,
     TASKS,
@@ -20,7 +21,6 @@ from mmreason.registry import (
     register_reward,
     resolve_reward,
 )
-from mmreason.sample import SampleContext
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "larger_shape.py"
 

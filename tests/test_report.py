@@ -18,10 +18,10 @@ from PIL import Image
 from small_run import build_small_run
 from typer.testing import CliRunner
 
-from mmreason import store
 from mmreason.cli import app
-from mmreason.report import esc, write_report
-from mmreason.train import write_run_report
+from mmreason.runs import store
+from mmreason.runs.report import esc, write_report
+from mmreason.train.stages import write_run_report
 
 PLANTED = "<script>document.title='pwned'</script><img src=x onerror=alert(1)>"
 PLANTED_THINK = "<think>see <b onmouseover=alert(2)>bold</b></think><answer>2</answer>"
@@ -155,8 +155,8 @@ def test_a_report_failure_never_fails_the_run(run_dir, monkeypatch, caplog):
     def broken(*_args, **_kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("mmreason.report.write_report", broken)
-    with caplog.at_level(logging.WARNING, logger="mmreason.train"):
+    monkeypatch.setattr("mmreason.runs.report.write_report", broken)
+    with caplog.at_level(logging.WARNING, logger="mmreason.train.stages"):
         assert write_run_report(run_dir) is None
     assert "could not write the report" in caplog.text and "disk full" in caplog.text
 

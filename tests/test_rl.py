@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from mmreason.rl import (
+from mmreason.train.rl import (
     LOSS_AGGREGATIONS,
     aggregate_loss,
     clipped_surrogate,

@@ -8,7 +8,7 @@ import torch
 from image_prompts import image_prompts
 from transformers import AutoModelForImageTextToText
 
-from mmreason.rollout import (
+from mmreason.rollout.engine import (
     completion_logprobs,
     encode_prompts,
     eos_token_ids,
@@ -79,7 +79,7 @@ def test_scoring_logprobs_match_generation(model, tiny_processor):
 
 def test_per_prompt_generators_make_samples_independent_of_the_batch(model, tiny_processor):
     """A prompt's G samples depend on its own seed only: alone or beside another prompt, on any process."""
-    from mmreason.rollout import prompt_generators
+    from mmreason.rollout.engine import prompt_generators
 
     samples = _samples()
     for i, s in enumerate(samples):

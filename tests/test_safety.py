@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmreason.checkpoint import COMPLETE_MARKER, OPTIMIZER_FILE, load_training_state
+from mmreason.train.checkpoint import COMPLETE_MARKER, OPTIMIZER_FILE, load_training_state
 
 REPO = Path(__file__).resolve().parent.parent
 LIBRARY = [REPO / "mmreason", REPO / "processors", REPO / "rewards"]
@@ -102,8 +102,8 @@ def test_a_malicious_training_state_is_refused_not_run(tmp_path):
 
 
 def test_checkpoint_weights_are_safetensors(tmp_path):
-    from mmreason.checkpoint import save_checkpoint
-    from mmreason.tiny import build_tiny
+    from mmreason.models.tiny import build_tiny
+    from mmreason.train.checkpoint import save_checkpoint
 
     model, processor = build_tiny()
     path = save_checkpoint(tmp_path, "c", model=model, processor=processor, state={})
@@ -159,7 +159,7 @@ socket.getaddrinfo = getaddrinfo
 
 QUICKSTART = r'''
 import sys
-from mmreason.synthetic import make_synthetic
+from mmreason.data.synthetic import make_synthetic
 
 make_synthetic("counting", "data/quickstart", n=40, seed=0)
 sys.argv = ["mmreason", "train", "quickstart", "name=offline", "output_dir=runs", "sft.steps=2", "sft.batch_size=4",

@@ -9,7 +9,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from mmreason.store import CORE_SCHEMA, RolloutStore, read, shard_name
+from mmreason.runs.store import CORE_SCHEMA, RolloutStore, read, shard_name
 
 
 def _row(group: int, k: int, **over) -> dict:

@@ -18,8 +18,8 @@ from mmreason.processors import assemble_jigsaw, load_image, make_jigsaw
 from PIL import Image
 
 import mmreason.tasks  # noqa: F401  (registers the tasks)
+from mmreason.data.sample import SampleContext
 from mmreason.registry import REWARDS, TASKS, get_reward, get_task
-from mmreason.sample import SampleContext
 from mmreason.tasks import RecordError, Task
 from mmreason.tasks.jigsaw import generate_puzzles
 

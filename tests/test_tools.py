@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText
 
-from mmreason import multiturn
+from mmreason.data.sample import Sample
 from mmreason.registry import get_reward
-from mmreason.sample import Sample
-from mmreason.tools import ToolBudget, ToolCall, ToolError, parse_tool_call, run_tool
+from mmreason.rollout import multiturn
+from mmreason.rollout.tools import ToolBudget, ToolCall, ToolError, parse_tool_call, run_tool
 
 ALL = ("zoom_in", "crop_video", "select_frames")
 
@@ -212,7 +212,7 @@ def test_tool_rollout_is_seeded_per_prompt(model, tiny_processor):
     """Every turn of a prompt's trajectories samples from that prompt's generator only: its trajectories are the
     same alone, first or second in the batch, whatever the global RNG, and however many turns the other prompt's
     trajectories take (the random tiny model is nudged towards `</tool_call>` so that turn counts vary)."""
-    from mmreason.rollout import prompt_generators
+    from mmreason.rollout.engine import prompt_generators
 
     a, b = _image_sample(1), _image_sample(2)
     a.meta.update(epoch=0, position=0)
@@ -256,7 +256,7 @@ def test_tool_instructions_are_added_to_the_prompt_text():
 
 @pytest.fixture(scope="module")
 def grounding_data(tmp_path_factory):
-    from mmreason.synthetic import make_synthetic
+    from mmreason.data.synthetic import make_synthetic
 
     out = tmp_path_factory.mktemp("grounding")
     make_synthetic("grounding", out, n=24, seed=0)
@@ -302,8 +302,7 @@ def test_grpo_with_tools_scripted_zoom_reaches_store_with_images(tmp_path, groun
     import json as _json
     from pathlib import Path
 
-    from mmreason import store
-
+    from mmreason.runs import store
     call = '<think>zoom</think><tool_call>{"name": "zoom_in", "arguments": {"bbox": [0, 0, 28, 28]}}</tool_call>'
     answer = '<think>here</think><answer>[{"bbox_2d": [0, 0, 20, 20]}]</answer><|im_end|>'
     real = multiturn.generate_turn
@@ -330,15 +329,14 @@ def test_grpo_with_tools_scripted_zoom_reaches_store_with_images(tmp_path, groun
 
 
 def test_grpo_with_tools_real_sampling_two_steps(tmp_path, grounding_data):
-    from mmreason import store
-
+    from mmreason.runs import store
     _train(_tool_config(tmp_path, grounding_data))
     df = store.read(tmp_path / "runs" / "tools", stage="grpo-0")
     assert len(df) == 8 and "turns" in df and "reward_tool_success" in df
 
 
 def test_report_shows_every_turn_with_tool_images(tmp_path, grounding_data, monkeypatch):
-    from mmreason.report import write_report
+    from mmreason.runs.report import write_report
 
     test_grpo_with_tools_scripted_zoom_reaches_store_with_images(tmp_path, grounding_data, monkeypatch)
     page = write_report(tmp_path / "runs" / "tools").read_text()

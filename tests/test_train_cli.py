@@ -10,16 +10,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from mmreason import store
 from mmreason.cli import app
 from mmreason.config import ConfigError, load_config, shipped_config_names
+from mmreason.runs import store
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
 def counting_data(tmp_path_factory) -> Path:
-    from mmreason.synthetic import make_synthetic
+    from mmreason.data.synthetic import make_synthetic
 
     out = tmp_path_factory.mktemp("counting")
     make_synthetic("counting", out, n=48, seed=0)
@@ -121,7 +121,7 @@ class SimulatedCrash(Exception):
 
 
 def test_resume_matches_uninterrupted_run(tmp_path, counting_data, monkeypatch):
-    import mmreason.grpo as grpo
+    import mmreason.train.grpo as grpo
 
     base = {"stages": "[grpo]", "grpo.steps": "4", "grpo.save_every": "2", "eval.at_start": "false"}
     _invoke(["train", *_config(tmp_path / "a", counting_data, **base)])

@@ -19,10 +19,9 @@ from mmreason.processors import render_prompt
 from transformers import AutoModelForImageTextToText
 
 from mmreason.config import ConfigError, load_config
-from mmreason.rl import grpo_loss, truncated_is_weights
-from mmreason.rollout import encode_prompts, eos_token_ids, generate, prompt_seed, suppressed_token_ids
-from mmreason.sample import Sample
-from mmreason.vllm_rollout import (
+from mmreason.data.sample import Sample
+from mmreason.rollout.engine import encode_prompts, eos_token_ids, generate, prompt_seed, suppressed_token_ids
+from mmreason.rollout.vllm import (
     allowed_token_ids,
     completion_seeds,
     engine_weights,
@@ -30,6 +29,7 @@ from mmreason.vllm_rollout import (
     vllm_name,
     vllm_prompts,
 )
+from mmreason.train.rl import grpo_loss, truncated_is_weights
 
 CPU = torch.device("cpu")
 
@@ -154,8 +154,8 @@ def test_a_vllm_shaped_rollout_trains_like_the_hf_one(tiny_processor, tiny_dir):
     the GRPO update (with the vLLM importance weights, all ~1 here since the sampler is the trained model) is the
     same."""
     from mmreason.config import GRPOConfig
-    from mmreason.grpo import update_policy
-    from mmreason.policy import Policy, Reference
+    from mmreason.models.policy import Policy, Reference
+    from mmreason.train.grpo import update_policy
 
     batch = encode_prompts(tiny_processor, _samples(), CPU)
     policy_a = Policy(AutoModelForImageTextToText.from_pretrained(tiny_dir), tiny_processor, "qwen2_5_vl", "")
@@ -217,7 +217,7 @@ def test_lora_weights_reach_the_engine_merged_and_the_model_stays_untouched(tiny
     import copy
 
     from mmreason.config import ModelConfig
-    from mmreason.policy import apply_lora
+    from mmreason.models.policy import apply_lora
 
     model = apply_lora(AutoModelForImageTextToText.from_pretrained(tiny_dir), ModelConfig())
     with torch.no_grad():  # non-zero adapters, so merging changes the weights
@@ -344,7 +344,7 @@ def test_vllm_config_defaults(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error")
 def test_vllm_backend_says_what_it_needs_on_a_cpu_machine(tmp_path):
-    from mmreason.vllm_rollout import VLLMRollout
+    from mmreason.rollout.vllm import VLLMRollout
 
     cfg = load_config(_cfg(tmp_path, rollout="vllm"))
     with pytest.raises((ImportError, RuntimeError), match=r"pip install vllm|needs a CUDA GPU"):
@@ -352,7 +352,7 @@ def test_vllm_backend_says_what_it_needs_on_a_cpu_machine(tmp_path):
 
 
 def _gpu_run_cfg(tmp_path: Path, tiny_dir: Path) -> dict:
-    from mmreason.synthetic import make_synthetic
+    from mmreason.data.synthetic import make_synthetic
 
     make_synthetic("counting", tmp_path / "data", n=16, seed=0)
     return {
@@ -373,9 +373,9 @@ def test_vllm_engine_samples_from_the_synced_weights(tmp_path, tiny_dir, tiny_pr
     vLLM reported (the engine holds the perturbed weights, not the ones it loaded from disk)."""
     pytest.importorskip("vllm")
     from mmreason.config import RunConfig, from_dict
-    from mmreason.policy import Policy
-    from mmreason.rollout import completion_logprobs, repeat_prompts
-    from mmreason.vllm_rollout import VLLMRollout
+    from mmreason.models.policy import Policy
+    from mmreason.rollout.engine import completion_logprobs, repeat_prompts
+    from mmreason.rollout.vllm import VLLMRollout
 
     run_cfg = from_dict(RunConfig, _gpu_run_cfg(tmp_path, tiny_dir))
     model = AutoModelForImageTextToText.from_pretrained(tiny_dir).cuda().eval()
@@ -410,8 +410,7 @@ def test_vllm_grpo_on_gpu(tmp_path, tiny_dir):
     import subprocess
     import sys
 
-    from mmreason import store
-
+    from mmreason.runs import store
     (tmp_path / "cfg.yaml").write_text(json.dumps(_gpu_run_cfg(tmp_path, tiny_dir)))
     cmd = [sys.executable, "-m", "mmreason.cli", "train", str(tmp_path / "cfg.yaml")]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)

@@ -9,7 +9,7 @@ from typing import Any
 
 from PIL import Image
 
-from mmreason.sample import Sample, SampleContext
+from mmreason.data.sample import Sample, SampleContext
 
 THINK_SUFFIX = (
     " First think about the question inside <think> </think> tags, then give the final answer inside "

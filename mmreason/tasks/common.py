@@ -15,10 +15,10 @@ from typing import Any
 
 from PIL import Image
 
+from mmreason.data.sample import Sample, SampleContext
 from mmreason.processors import MediaError, fetch_image
 from mmreason.registry import get_reward
 from mmreason.rewards import extract_answer
-from mmreason.sample import Sample, SampleContext
 from mmreason.tasks import viz
 from mmreason.tasks.base import NO_THINK_SUFFIX, THINK_SUFFIX
 

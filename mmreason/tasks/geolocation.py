@@ -18,9 +18,9 @@ from typing import Any
 
 from PIL import Image
 
+from mmreason.data.sample import Sample, SampleContext
 from mmreason.registry import register_task
 from mmreason.rewards import extract_answer, predicted_distance_km, predicted_latlon
-from mmreason.sample import Sample, SampleContext
 from mmreason.tasks import viz
 from mmreason.tasks.base import Task, answer_instruction, wrap_target
 from mmreason.tasks.common import (

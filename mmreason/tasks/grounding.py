@@ -16,6 +16,7 @@ from typing import Any
 
 from PIL import Image
 
+from mmreason.data.sample import Sample, SampleContext
 from mmreason.registry import register_task
 from mmreason.rewards import extract_answer
 from mmreason.rewards.grounding import (
@@ -25,7 +26,6 @@ from mmreason.rewards.grounding import (
     model_to_gt_coords,
     predicted_boxes,
 )
-from mmreason.sample import Sample, SampleContext
 from mmreason.tasks import viz
 from mmreason.tasks.base import Task, answer_instruction, wrap_target
 from mmreason.tasks.common import (

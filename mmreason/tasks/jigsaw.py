@@ -21,10 +21,10 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
+from mmreason.data.sample import Sample, SampleContext
 from mmreason.processors import MediaError, assemble_jigsaw, crop_to_grid, load_image, make_jigsaw
 from mmreason.registry import register_task
 from mmreason.rewards import extract_answer, parse_order
-from mmreason.sample import Sample, SampleContext
 from mmreason.tasks import viz
 from mmreason.tasks.base import Task, answer_instruction, wrap_target
 from mmreason.tasks.common import (

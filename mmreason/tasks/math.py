@@ -10,8 +10,8 @@ from typing import Any
 
 from PIL import Image
 
+from mmreason.data.sample import Sample, SampleContext
 from mmreason.registry import register_task
-from mmreason.sample import Sample, SampleContext
 from mmreason.tasks.base import Task, answer_instruction, wrap_target
 from mmreason.tasks.common import (
     answer_card,

@@ -15,10 +15,10 @@ from typing import Any
 
 from PIL import Image
 
+from mmreason.data.sample import Sample, SampleContext
 from mmreason.processors import MediaError, load_video
 from mmreason.registry import register_task
 from mmreason.rewards import extract_answer, predicted_segment
-from mmreason.sample import Sample, SampleContext
 from mmreason.tasks import viz
 from mmreason.tasks.base import Task, answer_instruction, wrap_target
 from mmreason.tasks.common import (

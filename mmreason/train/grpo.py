@@ -1,5 +1,5 @@
 """GRPO: sample G completions per prompt, score them with the task's rule rewards, and take clipped policy-gradient
-steps on group-relative advantages (GRPO / Dr.GRPO / DAPO options; maths in `mmreason.rl`).
+steps on group-relative advantages (GRPO / Dr.GRPO / DAPO options; maths in `mmreason.train.rl`).
 
 One loop per step: rollout -> rewards -> advantages -> (optional) old/ref log-probs -> num_iterations updates ->
 metrics, rollout store rows, checkpoints.
@@ -15,13 +15,10 @@ from typing import Any
 import torch
 
 from mmreason.config import ConfigError, GRPOConfig
-from mmreason.dist import split_per_rank
-from mmreason.multiturn import ToolRollout, tool_rollout, turns_json
-from mmreason.policy import Reference
-from mmreason.prefix import shared_completion_logprobs
+from mmreason.data.sample import Sample
+from mmreason.models.policy import Reference
 from mmreason.registry import get_task
-from mmreason.rl import group_advantages, grpo_loss, truncated_is_weights, zero_variance_groups
-from mmreason.rollout import (
+from mmreason.rollout.engine import (
     Rollout,
     completion_logprobs,
     encode_prompts,
@@ -30,7 +27,10 @@ from mmreason.rollout import (
     repeat_prompts,
     suppressed_token_ids,
 )
-from mmreason.run import (
+from mmreason.rollout.multiturn import ToolRollout, tool_rollout, turns_json
+from mmreason.rollout.prefix import shared_completion_logprobs
+from mmreason.rollout.scoring import score_completions
+from mmreason.runs.run import (
     Run,
     checkpoint,
     data_metrics,
@@ -44,9 +44,9 @@ from mmreason.run import (
     stop_if_diverging,
     take_samples,
 )
-from mmreason.sample import Sample
-from mmreason.scoring import score_completions
-from mmreason.store import completion_row
+from mmreason.runs.store import completion_row
+from mmreason.train.dist import split_per_rank
+from mmreason.train.rl import group_advantages, grpo_loss, truncated_is_weights, zero_variance_groups
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +241,7 @@ def sample_rollout(run: Run, cfg: GRPOConfig, samples: list[Sample]) -> Rollout 
 def vllm_engine(run: Run) -> Any:
     """This process's vLLM engine (grpo.rollout: vllm), started from the policy's source at the first rollout."""
     if run.rollout_engine is None:
-        from mmreason.vllm_rollout import VLLMRollout
+        from mmreason.rollout.vllm import VLLMRollout
 
         run.rollout_engine = VLLMRollout(run.cfg, run.policy.source, run.rank, run.world_size)
     return run.rollout_engine
@@ -316,7 +316,8 @@ def rollout_logprobs(
     model: Any, rollout: Rollout, temperature: float, banned: list[int], share: bool, with_entropy: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs [B, T] (and entropies) of the rollout's completions under `model`; with `share`, each prompt is
-    encoded once per group (mmreason.prefix), else its rows are repeated G times (same values and gradients)."""
+    encoded once per group (mmreason.rollout.prefix), else its rows are repeated G times (same values and
+    gradients)."""
     if isinstance(rollout, ToolRollout):  # full trajectories: tool turns sit between the policy's tokens
         return rollout.logprobs(model, temperature, banned, with_entropy)
     args = (rollout.completion_ids, rollout.completion_mask, temperature)
@@ -430,7 +431,7 @@ def _step_metrics(
 
 
 def _periodic(run: Run, cfg: GRPOConfig, stage_index: int, step: int, optimizer: Any, scheduler: Any) -> None:
-    from mmreason.eval import evaluate
+    from mmreason.train.evaluate import evaluate
 
     if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
         evaluate(run, label=f"s{stage_index:02d}-grpo-step{step}")

@@ -11,12 +11,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from mmreason.data.sample import Sample
 from mmreason.registry import get_task
-from mmreason.rollout import encode_prompts, generate
-from mmreason.run import Run, log_metrics
-from mmreason.sample import Sample
-from mmreason.scoring import score_completions
-from mmreason.store import completion_row
+from mmreason.rollout.engine import encode_prompts, generate
+from mmreason.rollout.scoring import score_completions
+from mmreason.runs.run import Run, log_metrics
+from mmreason.runs.store import completion_row
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def evaluate(run: Run, label: str) -> dict[str, dict[str, float]]:
     With several processes rank 0 alone evaluates (greedy generation on the unwrapped model needs no collective);
     the others log an empty row so every rank's history keeps the same length, then all meet at a barrier.
     """
-    from mmreason.run import reward_weights
+    from mmreason.runs.run import reward_weights
 
     results: dict[str, dict[str, float]] = {}
     stage = f"eval-{label}"
@@ -122,13 +122,13 @@ def eval_checkpoint(
 
     Generations go to the run directory's rollout store under stage `eval-<checkpoint>-<data stem>`.
     """
-    from mmreason.checkpoint import latest_checkpoint
     from mmreason.config import ModelConfig
-    from mmreason.data import build_samples, read_dataset
-    from mmreason.policy import load_checkpoint_policy
-    from mmreason.sample import SampleContext
-    from mmreason.scoring import RewardErrors
-    from mmreason.store import RolloutStore
+    from mmreason.data.records import build_samples, read_dataset
+    from mmreason.data.sample import SampleContext
+    from mmreason.models.policy import load_checkpoint_policy
+    from mmreason.rollout.scoring import RewardErrors
+    from mmreason.runs.store import RolloutStore
+    from mmreason.train.checkpoint import latest_checkpoint
 
     target = Path(target)
     ckpt = latest_checkpoint(target) if (target / "checkpoints").is_dir() else target

@@ -5,7 +5,7 @@ reasoning and answer, and the evaluations' generations.
 
 The page needs nothing else: images are base64 PNGs, the CSS is inline and there is no script. Every piece of text
 that comes from a model, a prompt or a data file goes through `html.escape`, so a completion holding markup shows as
-text and never runs. All data comes from `mmreason.inspect`.
+text and never runs. All data comes from `mmreason.runs.inspection`.
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from PIL import Image
 
-from mmreason import inspect as ins
-
+from mmreason.runs import inspection as ins
 log = logging.getLogger(__name__)
 
 MAX_TEXT_CHARS = 4000  # longer completions are cut in the page (the store keeps them whole)

@@ -20,12 +20,12 @@ import torch
 from PIL import Image
 from transformers import LogitsProcessor
 
-from mmreason.prefix import next_tokens
+from mmreason.data.sample import Sample
 from mmreason.processors import build_inputs, collate
-from mmreason.rl import sampling_logits, token_entropy, token_logprobs
-from mmreason.rollout import eos_token_ids, suppressed_token_ids
-from mmreason.sample import Sample
-from mmreason.tools import ToolBudget, ToolError, ToolResult, parse_tool_call, run_tool
+from mmreason.rollout.engine import eos_token_ids, suppressed_token_ids
+from mmreason.rollout.prefix import next_tokens
+from mmreason.rollout.tools import ToolBudget, ToolError, ToolResult, parse_tool_call, run_tool
+from mmreason.train.rl import sampling_logits, token_entropy, token_logprobs
 
 TOOL_CALL_END = "</tool_call>"
 VISION_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"

@@ -14,10 +14,9 @@ from typing import Any
 import torch
 
 from mmreason.config import SFTConfig
-from mmreason.dist import split_per_rank
+from mmreason.data.sample import Sample
 from mmreason.processors import build_inputs, collate
-from mmreason.rl import token_logprobs
-from mmreason.run import (
+from mmreason.runs.run import (
     Run,
     checkpoint,
     data_metrics,
@@ -30,7 +29,8 @@ from mmreason.run import (
     stop_if_diverging,
     take_samples,
 )
-from mmreason.sample import Sample
+from mmreason.train.dist import split_per_rank
+from mmreason.train.rl import token_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def sft_step(run: Run, cfg: SFTConfig, optimizer: torch.optim.Optimizer) -> dict
 
 
 def _periodic(run: Run, cfg: SFTConfig, stage_index: int, step: int, optimizer: Any, scheduler: Any) -> None:
-    from mmreason.eval import evaluate
+    from mmreason.train.evaluate import evaluate
 
     if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
         evaluate(run, label=f"s{stage_index:02d}-sft-step{step}")

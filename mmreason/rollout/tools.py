@@ -25,8 +25,8 @@ from typing import Any
 
 from PIL import Image
 
+from mmreason.data.sample import Sample
 from mmreason.registry import TOOLS, register_tool
-from mmreason.sample import Sample
 
 TOOL_CALL_RE = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
 MAX_FRAMES_PER_CALL = 8

@@ -13,8 +13,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from mmreason.data.sample import Sample
 from mmreason.registry import resolve_reward
-from mmreason.sample import Sample
 
 log = logging.getLogger(__name__)
 

@@ -14,13 +14,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from mmreason.checkpoint import complete_checkpoints, delete_checkpoints, latest_checkpoint, load_training_state
 from mmreason.config import RunConfig
-from mmreason.dist import ENGINE_DIR, Dist, mixed_precision_for
-from mmreason.eval import evaluate
-from mmreason.grpo import run_grpo
-from mmreason.policy import build_policy, ensure_tiny, restore_weights
-from mmreason.run import (
+from mmreason.models.policy import build_policy, ensure_tiny, restore_weights
+from mmreason.runs.run import (
     Run,
     build_stream,
     checkpoint,
@@ -31,8 +27,12 @@ from mmreason.run import (
     sample_context,
     seed_everything,
 )
-from mmreason.sft import run_sft
-from mmreason.store import RolloutStore
+from mmreason.runs.store import RolloutStore
+from mmreason.train.checkpoint import complete_checkpoints, delete_checkpoints, latest_checkpoint, load_training_state
+from mmreason.train.dist import ENGINE_DIR, Dist, mixed_precision_for
+from mmreason.train.evaluate import evaluate
+from mmreason.train.grpo import run_grpo
+from mmreason.train.sft import run_sft
 
 log = logging.getLogger(__name__)
 console = Console(stderr=True)
@@ -230,7 +230,7 @@ def dump_rank_weights(run: Run) -> Path | None:
 def write_run_report(run_dir: Path) -> Path | None:
     """The run's report.html; a failure is logged, never raised: the report must not cost a finished run."""
     try:
-        from mmreason.report import write_report
+        from mmreason.runs.report import write_report
 
         return write_report(run_dir)
     except Exception as exc:  # any report failure is only a warning

@@ -1,6 +1,6 @@
 """Rollouts: encode a batch of prompts, sample G completions per prompt, and score token log-probs.
 
-Sampling prefills each prompt once and shares its KV cache across the G samples (`mmreason.prefix`); HF
+Sampling prefills each prompt once and shares its KV cache across the G samples (`mmreason.rollout.prefix`); HF
 `generate` on repeated prompt rows stays available (`share_prefix=False`). `completion_logprobs` is the unshared
 scoring forward (prompt rows repeated G times), the reference `prefix.shared_completion_logprobs` is tested against.
 
@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from mmreason.prefix import sample_shared
+from mmreason.data.sample import Sample
 from mmreason.processors import build_inputs, collate
-from mmreason.rl import sampling_logits, token_entropy, token_logprobs
-from mmreason.sample import Sample
+from mmreason.rollout.prefix import sample_shared
+from mmreason.train.rl import sampling_logits, token_entropy, token_logprobs
 
 VISION_KEYS = (("pixel_values", "image_grid_thw"), ("pixel_values_videos", "video_grid_thw"))
 
@@ -157,9 +157,9 @@ def generate(
     sampling distribution is the one the importance ratios assume).
 
     share_prefix (default): each prompt is prefilled once and its KV cache shared by its G samples
-    (`mmreason.prefix.sample_shared`), which also returns the sampled tokens' log-probs. Otherwise HF `generate`
-    with num_return_sequences=G, which repeats the prompt and its images G times before the prefill (and applies
-    the checkpoint's generation_config processors too, e.g. a repetition penalty, which the scoring ignores).
+    (`mmreason.rollout.prefix.sample_shared`), which also returns the sampled tokens' log-probs. Otherwise HF
+    `generate` with num_return_sequences=G, which repeats the prompt and its images G times before the prefill (and
+    applies the checkpoint's generation_config processors too, e.g. a repetition penalty, which the scoring ignores).
     generators (share_prefix only; one per prompt, see `prompt_generators`): per-prompt sampling RNGs.
     """
     eos = eos_token_ids(processor, model)

@@ -48,7 +48,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 if TYPE_CHECKING:
-    from mmreason.sample import Sample
+    from mmreason.data.sample import Sample
 
 ROLLOUT_DIR = "rollouts"
 

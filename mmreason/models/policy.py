@@ -58,7 +58,7 @@ def resolve_device(name: str) -> torch.device:
 
 def ensure_tiny(cfg: ModelConfig, cache_dir: Path, seed: int = 0) -> Path:
     """Build the tiny model into `cache_dir` once (keyed by its shape and seed) and return its folder."""
-    from mmreason.tiny import build_tiny
+    from mmreason.models.tiny import build_tiny
 
     t = cfg.tiny
     folder = cache_dir / f"tiny-{t.arch}-h{t.hidden_size}-l{t.layers}-v{t.vision_depth}-s{seed}"

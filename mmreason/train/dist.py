@@ -8,8 +8,8 @@ computed locally), and the loss is normalised by global token / sequence counts 
 those of one process holding the whole batch (DDP averages gradients over ranks, so each rank's loss is its share of
 the global sum divided by the global count, times R). Rank 0 alone writes checkpoints, metrics and the rollout store,
 from rows gathered from every rank (sorted by global prompt position, so a 2-process store reads like a 1-process one).
-Sampling is seeded per prompt (`mmreason.rollout.prompt_generators`), so a prompt's G completions do not depend on
-which rank generates them. Under DeepSpeed rank 0 still writes the checkpoint, but every rank first writes its
+Sampling is seeded per prompt (`mmreason.rollout.engine.prompt_generators`), so a prompt's G completions do not depend
+on which rank generates them. Under DeepSpeed rank 0 still writes the checkpoint, but every rank first writes its
 optimizer shard into it (`save_engine_state`), restored on resume (`load_engine_state`).
 
 On a CPU-only machine several ranks run DDP over gloo, and DeepSpeed ZeRO-2/3 (offload too) runs over gloo with
@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-# a checkpoint's DeepSpeed engine state: <checkpoint>/<ENGINE_DIR>/<ENGINE_TAG>/ (see mmreason.checkpoint)
+# a checkpoint's DeepSpeed engine state: <checkpoint>/<ENGINE_DIR>/<ENGINE_TAG>/ (see mmreason.train.checkpoint)
 ENGINE_DIR = "deepspeed"
 ENGINE_TAG = "zero"
 

@@ -3,7 +3,7 @@ spread of rewards within GRPO groups, pick the best / worst / most improved samp
 reward range, stage), and render a stored completion with its task's `visualize`.
 
 The notebooks and `mmreason report` are built on these functions only. Everything reads the run through public
-files: `metrics.jsonl`, `mmreason.store.read` (safe while training writes) and the data files named in `run.json`,
+files: `metrics.jsonl`, `mmreason.runs.store.read` (safe while training writes) and the data files named in `run.json`,
 from which a row's sample is rebuilt by its id to draw it.
 
 Stage names follow the store: training rows are `grpo-<stage index>`, evaluations `eval-<label>`. A `stage`
@@ -26,18 +26,18 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
-from mmreason import store
+from mmreason.runs import store
 from mmreason.config import RunConfig, load_config
-from mmreason.data import Dataset, read_dataset
+from mmreason.data.records import Dataset, read_dataset
 from mmreason.registry import get_task
 from mmreason.rewards import extract_answer, extract_think
-from mmreason.sample import Sample, SampleContext
+from mmreason.data.sample import Sample, SampleContext
 
 KINDS = ("best", "worst", "most_improved")
 TOTAL = "total"
 TRAINING_METRICS = ("loss", "kl", "entropy", "clip_frac", "completion_len_mean", "truncated_rate")
 Range = tuple[float | None, float | None]
-# evaluation labels written by mmreason.train / grpo: "after-s01-grpo" (end of stage 1), "s01-grpo-step5" (periodic)
+# evaluation labels written by mmreason.train.stages / grpo: "after-s01-grpo" (end of stage 1), "s01-grpo-step5" (periodic)
 _STAGE_LABEL_RE = re.compile(r"^(after-)?s(\d{2})-")
 
 
@@ -47,7 +47,7 @@ class RunView:
 
     metrics: one row per metrics.jsonl line, plus `stage_index` (the config stage a training line belongs to;
         evaluations keep the index of the stage they follow, or -1 before the first).
-    rollouts: the rollout store (`mmreason.store.read`), one row per completion, in training order.
+    rollouts: the rollout store (`mmreason.runs.store.read`), one row per completion, in training order.
     data_roots: extra folders that relative data paths of `run.json` are tried against (after the current folder
         and the run directory's ancestors).
     """

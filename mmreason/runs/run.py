@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmreason.checkpoint import (
+from mmreason.train.checkpoint import (
     OPTIMIZER_FILE,
     checkpoint_name,
     keep_last,
@@ -30,22 +30,21 @@ from mmreason.checkpoint import (
     staging_dir,
 )
 from mmreason.config import RunConfig, save_config
-from mmreason.data import (
+from mmreason.data.records import (
     DataError,
     Problem,
-    SampleStream,
-    Source,
     build_samples,
     check_records,
     format_problems,
     read_dataset,
 )
-from mmreason.dist import ENGINE_DIR
-from mmreason.policy import Policy
+from mmreason.data.stream import SampleStream, Source
+from mmreason.train.dist import ENGINE_DIR
+from mmreason.models.policy import Policy
 from mmreason.registry import get_task
-from mmreason.sample import Sample, SampleContext
-from mmreason.scoring import RewardErrors
-from mmreason.store import RolloutStore
+from mmreason.data.sample import Sample, SampleContext
+from mmreason.rollout.scoring import RewardErrors
+from mmreason.runs.store import RolloutStore
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +66,7 @@ class Run:
     store: RolloutStore
     reward_errors: RewardErrors = field(default_factory=RewardErrors)
     history: list[dict[str, Any]] = field(default_factory=list)
-    dist: Any = None  # mmreason.dist.Dist (None: one plain process, e.g. in unit tests)
+    dist: Any = None  # mmreason.train.dist.Dist (None: one plain process, e.g. in unit tests)
     # the model the loss goes through: DDP / DeepSpeed / FSDP-wrapped under accelerate, else policy.model. Generation,
     # evaluation and checkpoints always use the unwrapped policy.model.
     train_model: Any = None

@@ -1,17 +1,18 @@
-"""The optional vLLM rollout engine (`grpo.rollout: vllm`): the same rollout interface as `mmreason.rollout.generate`
-(a `Rollout` of G completions per prompt), sampled by a vLLM engine colocated with the trainer on each process's GPU.
+"""The optional vLLM rollout engine (`grpo.rollout: vllm`): the same rollout interface as
+`mmreason.rollout.engine.generate` (a `Rollout` of G completions per prompt), sampled by a vLLM engine colocated
+with the trainer on each process's GPU.
 
 vLLM is imported only when this backend is chosen. Each process runs its own engine for its own share of prompts
 (vLLM's `external_launcher` executor, tensor parallel size 1), so the data layout across ranks is the one of the HF
-backend (`mmreason.dist`). Before every rollout the policy's current weights are pushed into the engine (LoRA
+backend (`mmreason.train.dist`). Before every rollout the policy's current weights are pushed into the engine (LoRA
 adapters merged first, ZeRO-3 shards gathered by the caller), so vLLM always samples from the policy being trained.
 
 What stays the trainer's: prompts are encoded by the HF processor for the loss exactly as with the HF backend, and
 vLLM gets the same chat-template text and the same already-resized images (its own resize is an identity under the
 run's pixel budget), so both see the same prompt tokens. Sampling is seeded per completion from the prompt's seed
-(`mmreason.rollout.prompt_seed`), vision placeholder tokens are excluded (`allowed_token_ids`), and vLLM reports the
-sampled tokens' log-probs after temperature (`logprobs_mode="processed_logprobs"`): the loss corrects the remaining
-sampler/trainer mismatch with truncated importance weights (`mmreason.rl.truncated_is_weights`).
+(`mmreason.rollout.engine.prompt_seed`), vision placeholder tokens are excluded (`allowed_token_ids`), and vLLM reports
+the sampled tokens' log-probs after temperature (`logprobs_mode="processed_logprobs"`): the loss corrects the remaining
+sampler/trainer mismatch with truncated importance weights (`mmreason.train.rl.truncated_is_weights`).
 
 Not covered: video prompts and multi-turn tool rollouts (clear errors; use `grpo.rollout: hf`).
 """
@@ -26,9 +27,9 @@ from typing import Any
 import torch
 
 from mmreason.config import GRPOConfig, RunConfig
+from mmreason.data.sample import Sample
 from mmreason.processors import render_prompt
-from mmreason.rollout import PromptBatch, Rollout, completion_mask_from_ids, prompt_seed
-from mmreason.sample import Sample
+from mmreason.rollout.engine import PromptBatch, Rollout, completion_mask_from_ids, prompt_seed
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +79,8 @@ def to_rollout(
     """vLLM `RequestOutput`s (P * G of them, prompt-major, one completion each) -> a `Rollout`.
 
     Completion ids are right-padded with pad_id; the mask covers tokens up to and including the first EOS (vLLM
-    keeps the stop token in `token_ids`), truncated = no EOS, as in `mmreason.rollout.generate`. Log-probs [B, T]
-    are vLLM's sampled-token log-probs (0 off the mask).
+    keeps the stop token in `token_ids`), truncated = no EOS, as in `mmreason.rollout.engine.generate`. Log-probs [B,
+    T] are vLLM's sampled-token log-probs (0 off the mask).
     """
     if len(outputs) != prompts.size * group_size:
         raise ValueError(f"vLLM returned {len(outputs)} outputs for {prompts.size} prompts x {group_size} samples")
@@ -139,7 +140,7 @@ def engine_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
 def _set_launcher_env(rank: int, world_size: int) -> None:
     """vLLM's `external_launcher` executor joins the torch.distributed world of the launch; a single process
     started without a launcher gets the variables it reads."""
-    from mmreason.dist import free_port
+    from mmreason.train.dist import free_port
 
     os.environ.setdefault("RANK", str(rank))
     os.environ.setdefault("LOCAL_RANK", str(rank))
@@ -202,7 +203,7 @@ class VLLMRollout:
         """G completions per prompt, sampled by vLLM with the policy's current weights (synced first)."""
         from vllm import SamplingParams
 
-        from mmreason.rollout import eos_token_ids, suppressed_token_ids
+        from mmreason.rollout.engine import eos_token_ids, suppressed_token_ids
 
         self.sync(policy.model)
         if self.cfg.enable_sleep_mode:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mmreason.data import write_jsonl
+from mmreason.data.records import write_jsonl
 from mmreason.processors import MediaError, load_image, make_jigsaw
 
 logger = logging.getLogger(__name__)

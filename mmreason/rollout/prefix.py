@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mmreason.rl import sampling_logits, token_entropy, token_logprobs
+from mmreason.train.rl import sampling_logits, token_entropy, token_logprobs
 
 # get_rope_index arguments, when the processor produced them (second_per_grid_ts is Qwen2.5-VL's, for videos).
 _ROPE_KEYS = ("mm_token_type_ids", "image_grid_thw", "video_grid_thw", "second_per_grid_ts")

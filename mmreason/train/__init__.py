@@ -1,0 +1,4 @@
+"""Training: the stage loop (`stages`), cold-start SFT (`sft`), GRPO (`grpo`), the RL maths (`rl`), the optimizer
+step and periodic eval/checkpoint shared by both (`step`), save and resume (`checkpoint`), held-out evaluation
+(`evaluate`) and several processes through accelerate (`dist`).
+"""
