@@ -48,9 +48,11 @@ from mmreason.models.policy import Policy, Reference
 from mmreason.registry import get_task, resolve_reward
 from mmreason.rollout.engine import encode_prompts, generate, repeat_prompts, suppressed_token_ids
 from mmreason.rollout.scoring import RewardErrors, score_completions
-from mmreason.runs.run import make_optimizer
-from mmreason.train.grpo import loss_mask_for, rollout_logprobs, update_policy
+from mmreason.rollout.types import SamplingParams
+from mmreason.runs.run import Run
+from mmreason.train.grpo import ScoringPlan, loss_mask_for, rollout_logprobs, update_policy
 from mmreason.train.rl import group_advantages, grpo_loss
+from mmreason.train.step import make_optimizer
 
 PROMPT = "How many shapes are in the image? Answer with the number inside <answer></answer> tags."
 TASK = "counting"
@@ -185,33 +187,25 @@ class MMStep:
     """mmreason's GRPO step, the body of `grpo.run_grpo` (minus the store and metrics file writes)."""
 
     def __init__(self, model: Any, processor: Any, samples: list[Sample], cfg: GRPOConfig, device: torch.device):
-        self.policy = Policy(model, processor, "qwen2_5_vl", "bench")
+        self.policy = Policy.wrap(model, processor, "bench")
+        self.run = Run.local(self.policy)
         self.optimizer = make_optimizer(self.policy.trainable_parameters(), cfg.lr, cfg.weight_decay)
         self.reference = Reference(self.policy, cfg.beta)
         self.samples, self.cfg, self.device = samples, cfg, device
-        self.banned = suppressed_token_ids(processor)
+        path = "shared_prefix" if cfg.share_prefix else "repeated_prompt"
+        self.plan = ScoringPlan(path, path)
+        self.params = SamplingParams(cfg.group_size, cfg.max_new_tokens, cfg.temperature, cfg.top_p)
         self.weights = get_task(TASK).reward_weights(think=False)
         self.last: dict[str, float] = {}
 
     def __call__(self) -> None:
         cfg, g, policy = self.cfg, self.cfg.group_size, self.policy
         prompts = encode_prompts(policy.processor, self.samples, self.device)
-        rollout = generate(
-            policy.model,
-            policy.processor,
-            prompts,
-            g,
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            share_prefix=cfg.share_prefix,
-        )
+        rollout = generate(policy.model, policy.processor, prompts, self.params, share_prefix=cfg.share_prefix)
         _, total = score_completions(self.weights, self.samples, rollout.texts, g, RewardErrors())
         adv = group_advantages(torch.tensor(total, device=self.device), g, scale_std=cfg.scale_std)
         mask = loss_mask_for(rollout, torch.ones_like(adv, dtype=torch.bool), cfg.mask_truncated)
-        self.last, _ = update_policy(
-            policy, self.optimizer, self.reference, rollout, adv, mask, cfg, self.banned, cfg.share_prefix
-        )
+        self.last, _ = update_policy(self.run, self.optimizer, self.reference, rollout, adv, mask, cfg, self.plan)
         self.last["completion_len"] = float(rollout.completion_mask.sum(-1).float().mean())
         self.last["prompt_len"] = float(prompts.inputs["attention_mask"].sum(-1).float().mean())
 
@@ -388,7 +382,7 @@ def objective_check(trainer: Any, processor: Any, samples: list[Sample], g: int,
     model, device = trainer.model, trainer.accelerator.device
     prompts = encode_prompts(processor, samples, device)
     torch.manual_seed(1)
-    rollout = generate(model, processor, prompts, g, max_new_tokens=max_len)
+    rollout = generate(model, processor, prompts, SamplingParams(g, max_len))
     _varied_lengths(rollout)
     adv = group_advantages(torch.randn(len(rollout.texts), generator=torch.Generator().manual_seed(0)).to(device), g)
     mask, m = rollout.completion_mask, rollout.completion_mask.bool()
@@ -403,7 +397,7 @@ def objective_check(trainer: Any, processor: Any, samples: list[Sample], g: int,
         row: dict[str, Any] = {"trl_loss_type": trl_type, "mmreason_loss_agg": agg}
         grads = {}
         for name, suppressed in (("full_vocab", []), ("default", banned)):
-            logp, _ = rollout_logprobs(model, rollout, 1.0, suppressed, share=True)
+            logp, _ = rollout_logprobs(model, rollout, "shared_prefix", 1.0, suppressed)
             old = (logp.detach() + noise) * mask
             loss, _ = grpo_loss(logp, old, adv, mask, eps_low=0.2, eps_high=0.28, loss_agg=agg, max_len=max_len)
             row[f"mmreason_{name}"] = float(loss.detach())
@@ -430,7 +424,7 @@ def objective_check(trainer: Any, processor: Any, samples: list[Sample], g: int,
             num_images=inputs["num_images"],
             mm_token_type_ids=inputs["mm_token_type_ids"],
         )
-        plain, _ = rollout_logprobs(model, rollout, 1.0, [], share=True)
+        plain, _ = rollout_logprobs(model, rollout, "shared_prefix", 1.0, [])
     out.append({"max_abs_logp_diff_trl_vs_mmreason_full_vocab": float((trl_logp.float() - plain)[m].abs().max())})
     trainer.loss_type = "dapo"
     return out

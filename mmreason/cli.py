@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from mmreason.models.family import family_names
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -72,7 +74,7 @@ def train(
         cfg = load_config(config, overrides or [])
     except ConfigError as exc:
         _fail(str(exc))
-    from mmreason.train.stages import eval_table, plan
+    from mmreason.train.stages import plan
     from mmreason.train.stages import train as run_train
 
     if dry_run:
@@ -82,12 +84,29 @@ def train(
     run = run_train(cfg, resume=resume)
     if not run.is_main:  # one summary per launch
         return
-    console.print(eval_table(run.history))
+    console.print(_eval_table(run.history))
     console.print(f"run directory: {run.run_dir}")
     console.print(f"rollouts: {run.run_dir / 'rollouts'}  metrics: {run.run_dir / 'metrics.jsonl'}")
     report = run.run_dir / "report.html"
     if report.exists():
         console.print(f"report: {report}")
+
+
+def _eval_table(history: list[dict]) -> Table:
+    """The held-out metrics of a run's history (`mmreason.runs.inspection.eval_metrics_table`) as a rich table:
+    one row per evaluation (before, after each stage), one column per task metric."""
+    import pandas as pd
+
+    from mmreason.runs.inspection import eval_metrics_table
+
+    frame = eval_metrics_table(history)
+    table = Table(title="held-out metrics")
+    table.add_column("when")
+    for column in frame.columns:
+        table.add_column(str(column), justify="right")
+    for label, values in zip(frame.index, frame.itertuples(index=False), strict=True):
+        table.add_row(str(label), *["" if pd.isna(v) else f"{v:.3f}" for v in values])
+    return table
 
 
 @app.command("eval")
@@ -194,7 +213,7 @@ def make_jigsaw_cmd(
 @app.command("tiny-model")
 def tiny_model(
     out_dir: Path = typer.Argument(..., help="Folder to save the model, processor and tokenizer in."),
-    arch: str = typer.Option("qwen2_5_vl", help="qwen2_5_vl or qwen2_vl"),
+    arch: str = typer.Option("qwen2_5_vl", help=f"Model family: {', '.join(family_names())}."),
     hidden_size: int = typer.Option(64),
     layers: int = typer.Option(2),
     seed: int = typer.Option(0),
@@ -245,10 +264,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by the user's input: shown as one clear line, without a traceback."""
     from mmreason.config import ConfigError
     from mmreason.data.records import DataError
+    from mmreason.models.family import FamilyError
     from mmreason.processors import MediaError
     from mmreason.registry import RegistryError
 
-    return ConfigError, DataError, MediaError, RegistryError, FileNotFoundError
+    return ConfigError, DataError, FamilyError, MediaError, RegistryError, FileNotFoundError
 
 
 def main() -> None:
@@ -270,9 +290,9 @@ def main() -> None:
 
 
 def _stopped_run(exc: Exception) -> bool:
-    """Whether `exc` is mmreason.runs.run.TrainingStopped (only a run raises it: no need to import torch to check)."""
-    run = sys.modules.get("mmreason.runs.run")
-    return run is not None and isinstance(exc, run.TrainingStopped)
+    """Whether `exc` is mmreason.train.step.TrainingStopped (only a run raises it: no torch import to check)."""
+    step = sys.modules.get("mmreason.train.step")
+    return step is not None and isinstance(exc, step.TrainingStopped)
 
 
 if __name__ == "__main__":

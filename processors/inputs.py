@@ -8,7 +8,8 @@ HF processor facts this module relies on (transformers 5.x):
 - images/videos passed with do_resize=False go to the patchifier as they are; sides must be multiples of 28.
 - a video must come with `video_metadata` (source fps, total frames, sampled indices); without it the Qwen2.5-VL
   processor assumes 24 fps and returns a wrong `second_per_grid_ts` (the model's temporal position step).
-- `mm_token_type_ids` is returned and must reach every forward (see DESIGN.md, known traps).
+- `mm_token_type_ids` is returned and must reach every forward: without it the model cannot compute the 3-D
+  (M-RoPE) positions of the vision tokens and silently falls back to 1-D text positions.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from typing import Any
 import torch
 from PIL import Image
 
+from mmreason.models.family import family_for_processor
+
 from .images import ResizedImage
 from .video import VideoClip
 
-END_OF_TURN = "<|im_end|>"
 MEDIA_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 SEQUENCE_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "assistant_mask")
 # Padding values of the per-token keys (input_ids pads with the caller's pad_id; labels with the loss's ignore index).
@@ -113,7 +115,8 @@ def _append_assistant(processor, inputs: dict, assistant_text: str) -> dict:
         if token in assistant_text:
             raise ValueError(f"assistant_text contains the media placeholder {token!r}; it cannot be a target")
     tokenizer = processor.tokenizer
-    answer = tokenizer(assistant_text + END_OF_TURN, add_special_tokens=False)["input_ids"]
+    end_of_turn = family_for_processor(processor).turn_end
+    answer = tokenizer(assistant_text + end_of_turn, add_special_tokens=False)["input_ids"]
     newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
     prompt_len = inputs["input_ids"].shape[1]
     extra = torch.tensor([answer + newline], dtype=inputs["input_ids"].dtype)

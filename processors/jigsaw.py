@@ -1,8 +1,10 @@
-"""Jigsaw puzzles: cut an image into rows x cols tiles, shuffle them reproducibly, and put them back.
+"""Jigsaw puzzle maths: cut an image into rows x cols tiles, shuffle them reproducibly, and put them back.
 
-`order[i]` is the 0-based original (row-major) position of the tile shown at position i of the shuffled image,
-so `assemble_jigsaw(*make_jigsaw(img, r, c, seed)...)` returns the (cropped) original. Tasks store `order` + 1 as
-the 1-based answer.
+This module owns every image operation of a puzzle (the grid crop, tiling, the shuffle order, reassembly and the
+check for identical tiles); writing puzzle datasets is `mmreason.data.synthetic`'s. `order[i]` is the 0-based
+original (row-major) position of the tile shown at position i of the shuffled image, so
+`assemble_jigsaw(*make_jigsaw(img, r, c, seed)...)` returns the (cropped) original. Tasks store `order` + 1 as the
+1-based answer.
 """
 
 from __future__ import annotations
@@ -17,15 +19,26 @@ def _check_grid(rows: int, cols: int) -> None:
         raise ValueError(f"the grid must be positive integers rows x cols, got {rows!r} x {cols!r}")
 
 
-def crop_to_grid(image: Image.Image, rows: int, cols: int) -> Image.Image:
-    """Crop the right/bottom remainder so that width % cols == 0 and height % rows == 0 (at most cols - 1 and
-    rows - 1 pixels are lost); the image is returned as is when it already divides."""
+def grid_size(width: int, height: int, rows: int, cols: int) -> tuple[int, int]:
+    """The size an image of width x height is cropped to for a rows x cols grid: the right/bottom remainder goes, so
+    that width % cols == 0 and height % rows == 0 (at most cols - 1 and rows - 1 pixels are lost)."""
     _check_grid(rows, cols)
-    width, height = image.size
     if width < cols or height < rows:
         raise ValueError(f"a {width}x{height} image is too small for a {rows}x{cols} grid (need one pixel per tile)")
-    new_size = (width - width % cols, height - height % rows)
+    return width - width % cols, height - height % rows
+
+
+def crop_to_grid(image: Image.Image, rows: int, cols: int) -> Image.Image:
+    """`image` cropped to `grid_size` (top-left kept); the image is returned as is when it already divides."""
+    new_size = grid_size(*image.size, rows, cols)
     return image if new_size == image.size else image.crop((0, 0, *new_size))
+
+
+def has_identical_tiles(image: Image.Image, rows: int, cols: int) -> bool:
+    """Whether two tiles of `image` (cropped to the grid) have the same pixels: its puzzle would then have several
+    right answers."""
+    tiles = [tile.tobytes() for tile in _tiles(crop_to_grid(image, rows, cols), rows, cols)]
+    return len(set(tiles)) < len(tiles)
 
 
 def _tiles(image: Image.Image, rows: int, cols: int) -> list[Image.Image]:

@@ -23,6 +23,6 @@ def tiny_processor(tiny_dir):
     from transformers import AutoProcessor, Qwen2_5_VLProcessor
 
     processor = AutoProcessor.from_pretrained(tiny_dir)
-    # Without torchvision, AutoProcessor can silently return only the tokenizer (DESIGN.md, known traps).
+    # Without torchvision, AutoProcessor can silently return only the tokenizer: the type is asserted.
     assert isinstance(processor, Qwen2_5_VLProcessor), f"got {type(processor).__name__}"
     return processor

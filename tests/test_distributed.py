@@ -19,7 +19,6 @@ from typer.testing import CliRunner
 from mmreason.cli import app
 from mmreason.runs import store
 from mmreason.train.dist import launch_command, split_per_rank
-from mmreason.train.stages import DUMP_ENV
 
 ACCELERATE_CONFIGS = Path(__file__).resolve().parents[1] / "mmreason" / "configs" / "accelerate"
 STEPS, PROMPTS, GROUP = 2, 2, 4
@@ -36,6 +35,42 @@ def vowel_share(completions, **_):
 """
 
 
+DUMP_ENV = "TEST_DUMP_WEIGHTS"
+# loaded by every rank as a --task-file: after the stages (process group still open) every rank saves its final
+# weights to $TEST_DUMP_WEIGHTS/rank<r>.pt, so the test can check that data-parallel replicas stayed identical. Under
+# ZeRO-3 the weights are gathered (a collective) and saved where the gather delivers them (rank 0).
+DUMP_FILE = """
+import os
+from pathlib import Path
+
+import torch
+
+import mmreason.train.stages as stages
+
+_run_stages = stages.run_stages
+
+
+def _dump_weights(run):
+    gathered = run.dist.model_state(run.model) if run.dist is not None else None
+    if gathered is None and run.shards_params:
+        return
+    state = gathered if gathered is not None else run.policy.model.state_dict()
+    folder = Path(os.environ["TEST_DUMP_WEIGHTS"])
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().cpu() for k, v in state.items()}, folder / f"rank{run.rank}.pt")
+
+
+def run_stages(run, state, ckpt):
+    _run_stages(run, state, ckpt)
+    if os.environ.get("TEST_DUMP_WEIGHTS"):
+        _dump_weights(run)
+        run.barrier()
+
+
+stages.run_stages = run_stages
+"""
+
+
 @pytest.fixture(scope="module")
 def setup_files(tmp_path_factory) -> tuple[Path, Path]:
     from mmreason.data.synthetic import make_synthetic
@@ -43,6 +78,7 @@ def setup_files(tmp_path_factory) -> tuple[Path, Path]:
     base = tmp_path_factory.mktemp("dist")
     make_synthetic("counting", base / "data", n=24, seed=0)
     (base / "reward.py").write_text(REWARD_FILE)
+    (base / "dump_weights.py").write_text(DUMP_FILE)
     cfg = {
         "name": "one",
         "output_dir": str(base / "runs"),
@@ -83,8 +119,8 @@ def one_process_run(setup_files) -> Path:
 
 def test_two_processes_match_one_process_and_stay_in_sync(setup_files, one_process_run):
     base, cfg = setup_files
-    task_file = ["--task-file", str(base / "reward.py")]
-    env = {**os.environ, "MMREASON_DUMP_WEIGHTS": str(base / "dump")}
+    task_file = ["--task-file", str(base / "reward.py"), "--task-file", str(base / "dump_weights.py")]
+    env = {**os.environ, DUMP_ENV: str(base / "dump")}
     cmd = [sys.executable, "-m", "mmreason.cli", "train", str(cfg), "name=two", "--num-processes", "2", *task_file]
     two = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-6000:]
@@ -201,7 +237,7 @@ def _deepspeed_train(base: Path, name: str, config: str, *extra: str) -> Path:
     DeepSpeed's CPU accelerator); every rank dumps its final weights to base/dump-<name>. Returns the run dir."""
     cmd = [sys.executable, "-m", "mmreason.cli", "train", str(base / "cfg.yaml"), f"name={name}", *extra]
     cmd += ["--num-processes", "2", "--accelerate-config", str(ACCELERATE_CONFIGS / config)]
-    cmd += ["--task-file", str(base / "reward.py")]
+    cmd += ["--task-file", str(base / "reward.py"), "--task-file", str(base / "dump_weights.py")]
     dump = base / f"dump-{name}"
     subprocess.run(["rm", "-rf", str(dump)], check=True)
     done = subprocess.run(cmd, env={**os.environ, DUMP_ENV: str(dump)}, capture_output=True, text=True, timeout=300)

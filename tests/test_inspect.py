@@ -294,3 +294,9 @@ def test_eval_table_has_a_row_per_evaluation(view):
     assert table.index.tolist() == ["before", "after-s00-grpo"]
     assert {"counting/accuracy", "grounding/mean_iou"} <= set(table.columns)
     assert not any("/reward/" in c for c in table.columns)
+
+
+def test_eval_metrics_table_of_history_lines_is_the_runs_eval_table(view, run_dir):
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    pd.testing.assert_frame_equal(ins.eval_metrics_table(lines), ins.eval_table(view))
+    assert ins.eval_metrics_table([]).empty and ins.eval_metrics_table([{"stage": "grpo", "step": 1}]).empty

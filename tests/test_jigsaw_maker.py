@@ -1,11 +1,12 @@
 """Jigsaw puzzle maker: make/assemble round trips, the order convention, determinism, never-solved shuffles,
-cropping to the grid, and bad arguments."""
+cropping to the grid, identical tiles, and bad arguments."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from mmreason.processors import assemble_jigsaw, crop_to_grid, make_jigsaw, shuffle_order
+from mmreason.processors.jigsaw import grid_size, has_identical_tiles
 from PIL import Image
 
 GRIDS = [(1, 1), (2, 2), (2, 3), (3, 2), (3, 3), (1, 4)]
@@ -75,6 +76,22 @@ def test_crop_to_grid(size, grid, expected):
     assert np.array_equal(np.asarray(cropped), np.asarray(image)[: expected[1], : expected[0]]), "top-left kept"
 
 
+@pytest.mark.parametrize(
+    ("size", "grid", "expected"),
+    [((50, 37), (2, 3), (48, 36)), ((48, 36), (2, 3), (48, 36)), ((10, 10), (3, 3), (9, 9)), ((3, 2), (2, 3), (3, 2))],
+)
+def test_grid_size_is_the_crop(size, grid, expected):
+    assert grid_size(*size, *grid) == expected == crop_to_grid(_noise(*size), *grid).size
+
+
+def test_identical_tiles():
+    assert not has_identical_tiles(_noise(20, 20), 2, 2)
+    assert has_identical_tiles(Image.new("RGB", (20, 20), (5, 5, 5)), 2, 2)
+    halves = Image.new("RGB", (21, 10), (0, 0, 0))
+    halves.paste((200, 0, 0), (10, 0, 21, 10))  # two different halves; the 21st column is cropped away
+    assert not has_identical_tiles(halves, 1, 2) and has_identical_tiles(halves, 1, 4)
+
+
 def test_mode_is_kept():
     image = Image.new("L", (20, 20), 77)
     shuffled, order = make_jigsaw(image, 2, 2, seed=0)
@@ -87,12 +104,24 @@ def test_mode_is_kept():
         (lambda img: make_jigsaw(img, 0, 2, 0), r"positive integers rows x cols, got 0 x 2"),
         (lambda img: make_jigsaw(img, 2, 2.5, 0), r"positive integers rows x cols"),
         (lambda img: make_jigsaw(img.resize((2, 2)), 3, 3, 0), r"2x2 image is too small for a 3x3 grid"),
+        (lambda img: grid_size(2, 5, 1, 3), r"2x5 image is too small for a 1x3 grid"),
+        (lambda img: has_identical_tiles(img, 2, 0), r"positive integers rows x cols, got 2 x 0"),
         (lambda img: assemble_jigsaw(img, 2, 2, [0, 1, 2]), r"permutation of 0..3 for a 2x2 grid, got \[0, 1, 2\]"),
         (lambda img: assemble_jigsaw(img, 2, 2, [0, 1, 1, 3]), r"permutation of 0..3"),
         (lambda img: assemble_jigsaw(img, 2, 2, [1, 2, 3, 4]), r"permutation of 0..3"),
         (lambda img: assemble_jigsaw(img.crop((0, 0, 21, 20)), 2, 2, [0, 1, 2, 3]), r"21x20 image does not divide"),
     ],
-    ids=["zero-rows", "float-cols", "too-small", "short-order", "repeat", "out-of-range", "not-divisible"],
+    ids=[
+        "zero-rows",
+        "float-cols",
+        "too-small",
+        "too-small-size",
+        "zero-cols",
+        "short-order",
+        "repeat",
+        "out-of-range",
+        "not-divisible",
+    ],
 )
 def test_bad_arguments(call, pattern):
     with pytest.raises(ValueError, match=pattern):

@@ -16,7 +16,6 @@ from mmreason.data.sample import Sample
 from mmreason.models.tiny import build_tiny
 from mmreason.rollout.engine import (
     completion_logprobs,
-    completion_mask_from_ids,
     encode_prompts,
     eos_token_ids,
     generate,
@@ -25,6 +24,7 @@ from mmreason.rollout.engine import (
     suppressed_token_ids,
 )
 from mmreason.rollout.prefix import completion_positions, prompt_positions, shared_completion_logprobs
+from mmreason.rollout.types import SamplingParams, completion_mask_from_ids
 from mmreason.train.rl import grpo_loss
 
 G = 3
@@ -109,9 +109,9 @@ def test_positions_continue_the_full_sequences_rope_index(tiny, samples):
 def test_greedy_shared_sampler_gives_the_unshared_tokens(tiny):
     model, processor = tiny
     batch = encode_prompts(processor, _samples(), torch.device("cpu"))
-    shared = generate(model, processor, batch, 2, max_new_tokens=8, greedy=True)
+    shared = generate(model, processor, batch, SamplingParams(2, 8, greedy=True))
     # HF greedy search returns one sequence per prompt: both copies of each shared group must equal it
-    plain = generate(model, processor, batch, 1, max_new_tokens=8, greedy=True, share_prefix=False)
+    plain = generate(model, processor, batch, SamplingParams(1, 8, greedy=True), share_prefix=False)
     t = plain.completion_ids.shape[1]
     assert shared.completion_ids.shape[1] == t
     for j in range(2):
@@ -125,16 +125,16 @@ def test_sampled_logprobs_match_the_scoring_forward(tiny, samples, top_p):
     model, processor = tiny
     batch = encode_prompts(processor, SAMPLE_SETS[samples](), torch.device("cpu"))
     torch.manual_seed(0)
-    rollout = generate(model, processor, batch, G, max_new_tokens=10, temperature=0.7, top_p=top_p)
+    rollout = generate(model, processor, batch, SamplingParams(G, 10, temperature=0.7, top_p=top_p))
     banned = suppressed_token_ids(processor)
     ids, mask = rollout.completion_ids, rollout.completion_mask
     assert not torch.isin(ids, torch.tensor(banned)).any()
     ref, _ = completion_logprobs(model, repeat_prompts(batch, G), ids, mask, 0.7, suppressed=banned)
     m = mask.bool()
-    torch.testing.assert_close(rollout.logprobs[m], ref[m], atol=1e-4, rtol=1e-4)
-    assert (rollout.logprobs[~m] == 0).all()
+    torch.testing.assert_close(rollout.sampler_logprobs[m], ref[m], atol=1e-4, rtol=1e-4)
+    assert (rollout.sampler_logprobs[~m] == 0).all()
     torch.manual_seed(0)
-    again = generate(model, processor, batch, G, max_new_tokens=10, temperature=0.7, top_p=top_p)
+    again = generate(model, processor, batch, SamplingParams(G, 10, temperature=0.7, top_p=top_p))
     assert torch.equal(again.completion_ids, ids)  # a seed fixes the samples
 
 
@@ -220,26 +220,28 @@ def test_grpo_update_is_the_same_with_and_without_prefix_sharing(tiny25):
 
     from mmreason.config import GRPOConfig
     from mmreason.models.policy import Policy, Reference
-    from mmreason.train.grpo import loss_mask_for, update_policy
+    from mmreason.runs.run import Run
+    from mmreason.train.grpo import ScoringPlan, loss_mask_for, update_policy
 
     model, processor = tiny25
     batch = encode_prompts(processor, _samples(), torch.device("cpu"))
     torch.manual_seed(0)
-    rollout = generate(model, processor, batch, G, max_new_tokens=6, temperature=0.9)
+    rollout = generate(model, processor, batch, SamplingParams(G, 6, temperature=0.9))
     adv = torch.linspace(-1.0, 1.0, 3 * G)
     mask = loss_mask_for(rollout, torch.ones(3 * G, dtype=torch.bool), mask_truncated=False)
     # several updates per rollout (old log-probs) and a KL term (reference log-probs): every scoring call is shared
     cfg = GRPOConfig(num_iterations=2, beta=0.1, lr=0.1, max_new_tokens=6)
     weights, metrics = [], []
     for share in (True, False):
-        policy = Policy(copy.deepcopy(model), processor, "qwen2_5_vl", "tiny")
+        policy = Policy.wrap(copy.deepcopy(model), processor, "tiny")
         # SGD: the weights move by the gradients themselves (Adam's first step, lr * sign(g), would magnify the
         # float noise of near-zero gradients)
         optimizer = torch.optim.SGD(policy.trainable_parameters(), lr=cfg.lr)
         cfg.share_prefix = share
-        banned = suppressed_token_ids(processor)
         reference = Reference(policy, cfg.beta)
-        upd, applied = update_policy(policy, optimizer, reference, rollout, adv, mask, cfg, banned, share)
+        path = "shared_prefix" if share else "repeated_prompt"
+        plan = ScoringPlan(path, path)
+        upd, applied = update_policy(Run.local(policy), optimizer, reference, rollout, adv, mask, cfg, plan)
         assert applied == [True, True]
         weights.append(policy.model.state_dict())
         metrics.append(upd)

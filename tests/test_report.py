@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from mmreason.cli import app
 from mmreason.runs import store
-from mmreason.runs.report import esc, write_report
+from mmreason.runs.report import clip_multiline, esc, write_report
 from mmreason.train.stages import write_run_report
 
 PLANTED = "<script>document.title='pwned'</script><img src=x onerror=alert(1)>"
@@ -125,6 +125,18 @@ def test_planted_markup_shows_as_text(page):
 )
 def test_esc(value, expected):
     assert esc(value) == expected
+
+
+@pytest.mark.parametrize(
+    "text, limit, expected",
+    [
+        ("line one\nline two", 100, "line one\nline two"),
+        ("line one\nline two", 10, "line one\nl\n… (7 more characters)"),
+        ("", 0, ""),
+    ],
+)
+def test_clip_multiline_keeps_line_breaks_and_counts_the_cut(text, limit, expected):
+    assert clip_multiline(text, limit) == expected
 
 
 def test_report_of_a_run_that_has_written_nothing_yet(run_dir, tmp_path):

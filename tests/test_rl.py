@@ -7,18 +7,18 @@ import math
 import pytest
 import torch
 
+from mmreason.rollout.types import completion_mask_from_ids
 from mmreason.train.rl import (
     LOSS_AGGREGATIONS,
     aggregate_loss,
     clipped_surrogate,
-    find_truncated,
     group_advantages,
     grpo_loss,
     k3_kl,
+    loss_mask,
     masked_mean,
     token_entropy,
     token_logprobs,
-    truncation_mask,
     zero_variance_groups,
 )
 
@@ -317,28 +317,31 @@ EOS, PAD = 2, 0
 
 
 @pytest.mark.parametrize(
-    "tokens, mask, eos, expected",
+    "tokens, eos, mask, truncated",
     [
-        ([[5, 2, 0], [5, 5, 5], [2, 0, 0]], [[1, 1, 0], [1, 1, 1], [1, 0, 0]], EOS, [False, True, False]),
-        # an EOS id sitting in the padding does not count as an end
-        ([[5, 5, 2]], [[1, 1, 0]], EOS, [True]),
+        # cut after the first EOS (kept), truncated = no EOS at all
+        ([[5, 2, 0], [5, 5, 5], [2, 0, 0]], [2], [[1, 1, 0], [1, 1, 1], [1, 0, 0]], [False, True, False]),
+        # a later EOS after the first does not extend the completion
+        ([[2, 5, 2]], [2], [[1, 0, 0]], [False]),
         # several EOS ids (e.g. <|im_end|> and <|endoftext|>)
-        ([[5, 7, 0], [5, 2, 0]], [[1, 1, 0], [1, 1, 0]], [2, 7], [False, False]),
-        # an empty completion never reached EOS
-        ([[0, 0]], [[0, 0]], EOS, [True]),
+        ([[5, 7, 0], [5, 2, 0]], [2, 7], [[1, 1, 0], [1, 1, 0]], [False, False]),
+        # an EOS-free row is wholly kept and truncated
+        ([[5, 5]], [2], [[1, 1]], [True]),
     ],
 )
-def test_find_truncated(tokens, mask, eos, expected):
-    assert find_truncated(torch.tensor(tokens), torch.tensor(mask), eos).tolist() == expected
+def test_completion_mask_from_ids(tokens, eos, mask, truncated):
+    got_mask, got_truncated = completion_mask_from_ids(torch.tensor(tokens), eos)
+    assert got_mask.tolist() == mask and got_truncated.tolist() == truncated
 
 
-def test_truncation_mask():
-    mask = torch.ones(3, 2)
+def test_loss_mask():
+    mask = torch.ones(3, 2, dtype=torch.long)
     truncated = torch.tensor([False, True, False])
-    assert truncation_mask(mask, truncated).tolist() == [[1, 1], [0, 0], [1, 1]]
-    assert truncation_mask(mask, truncated, enabled=False) is mask
-    assert truncation_mask(mask.bool(), truncated).tolist() == [[True, True], [False, False], [True, True]]
+    keep = torch.tensor([True, True, False])
+    assert loss_mask(mask, keep, truncated, True).tolist() == [[1, 1], [0, 0], [0, 0]]
+    assert loss_mask(mask, keep, truncated, False).tolist() == [[1, 1], [1, 1], [0, 0]]
+    assert loss_mask(mask.bool(), keep, truncated, True).dtype == torch.bool
     with pytest.raises(ValueError, match="truncated must be"):
-        truncation_mask(mask, torch.tensor([True]))
-    with pytest.raises(ValueError, match="eos_token_ids is empty"):
-        find_truncated(torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 2), [])
+        loss_mask(mask, keep, torch.tensor([True]), True)
+    with pytest.raises(ValueError, match="keep_rows must be"):
+        loss_mask(mask, torch.tensor([True]), truncated, True)

@@ -16,6 +16,7 @@ from mmreason.rollout.engine import (
     repeat_prompts,
     suppressed_token_ids,
 )
+from mmreason.rollout.types import SamplingParams
 
 _samples = image_prompts
 
@@ -38,7 +39,7 @@ def test_repeat_prompts_keeps_each_prompts_images_with_its_rows(tiny_processor):
 def test_scoring_logprobs_match_generation(model, tiny_processor):
     batch = encode_prompts(tiny_processor, _samples(), torch.device("cpu"))
     torch.manual_seed(0)
-    rollout = generate(model, tiny_processor, batch, 3, max_new_tokens=6, temperature=0.7)
+    rollout = generate(model, tiny_processor, batch, SamplingParams(3, 6, temperature=0.7))
     rows = repeat_prompts(batch, 3)
     banned = suppressed_token_ids(tiny_processor)
     logp, entropy = completion_logprobs(
@@ -79,36 +80,18 @@ def test_scoring_logprobs_match_generation(model, tiny_processor):
 
 def test_per_prompt_generators_make_samples_independent_of_the_batch(model, tiny_processor):
     """A prompt's G samples depend on its own seed only: alone or beside another prompt, on any process."""
-    from mmreason.rollout.engine import prompt_generators
-
     samples = _samples()
     for i, s in enumerate(samples):
         s.meta.update(epoch=0, position=i)
     cpu = torch.device("cpu")
-    both = generate(
-        model,
-        tiny_processor,
-        encode_prompts(tiny_processor, samples, cpu),
-        3,
-        max_new_tokens=6,
-        generators=prompt_generators(7, samples, cpu),
-    )
+
+    def roll(prompts: list, seed: int):
+        batch = encode_prompts(tiny_processor, prompts, cpu)
+        return generate(model, tiny_processor, batch, SamplingParams(3, 6, seed=seed))
+
+    both = roll(samples, 7)
     torch.manual_seed(123)  # the global RNG plays no part
-    alone = generate(
-        model,
-        tiny_processor,
-        encode_prompts(tiny_processor, samples[1:], cpu),
-        3,
-        max_new_tokens=6,
-        generators=prompt_generators(7, samples[1:], cpu),
-    )
+    alone = roll(samples[1:], 7)
     assert both.texts[3:] == alone.texts
-    other_seed = generate(
-        model,
-        tiny_processor,
-        encode_prompts(tiny_processor, samples[1:], cpu),
-        3,
-        max_new_tokens=6,
-        generators=prompt_generators(8, samples[1:], cpu),
-    )
+    other_seed = roll(samples[1:], 8)
     assert other_seed.texts != alone.texts

@@ -14,6 +14,7 @@ from mmreason.data.sample import Sample
 from mmreason.registry import get_reward
 from mmreason.rollout import multiturn
 from mmreason.rollout.tools import ToolBudget, ToolCall, ToolError, parse_tool_call, run_tool
+from mmreason.rollout.types import SamplingParams
 
 ALL = ("zoom_in", "crop_video", "select_frames")
 
@@ -137,7 +138,8 @@ def test_scripted_zoom_trajectory_masks_tool_tokens(monkeypatch, model, tiny_pro
     )
     answer = "<think>two</think><answer>2</answer><|im_end|>"
     _scripted(monkeypatch, tiny_processor, [call, answer])
-    trajs = multiturn.rollout(model, tiny_processor, [_image_sample()], 2, ("zoom_in",))
+    params = SamplingParams(2, 64)
+    trajs = multiturn.sample_trajectories(model, tiny_processor, [_image_sample()], ("zoom_in",), params)
     t = trajs[0]
     assert len(trajs) == 2 and t.done and t.tool_calls == 1 and t.tool_errors == 0 and not t.budget_exceeded
     assert [turn["role"] for turn in t.turns] == ["assistant", "tool", "assistant"]
@@ -186,7 +188,9 @@ def test_scripted_error_paths_reach_the_model_as_tool_turns(
     monkeypatch, model, tiny_processor, script, max_turns, errors, exceeded, tool_text
 ):
     _scripted(monkeypatch, tiny_processor, script)
-    (t,) = multiturn.rollout(model, tiny_processor, [_image_sample()], 1, ("zoom_in",), max_turns=max_turns)
+    params = SamplingParams(1, 64)
+    sample = _image_sample()
+    (t,) = multiturn.sample_trajectories(model, tiny_processor, [sample], ("zoom_in",), params, max_turns=max_turns)
     assert t.tool_errors == errors and t.budget_exceeded is exceeded and t.done
     assert tool_text in t.turns[1]["text"]
     assert get_reward("tool_discipline")([t.answer], **multiturn.trajectory_columns([t])) == [0.0]
@@ -199,7 +203,8 @@ def test_tool_rewards_do_not_apply_to_single_turn_rows():
 
 def test_real_sampling_rollout_runs_and_masks_only_generated_tokens(model, tiny_processor):
     torch.manual_seed(0)
-    trajs = multiturn.rollout(model, tiny_processor, [_image_sample(), _image_sample(2)], 2, ALL, max_new_tokens=6)
+    samples = [_image_sample(), _image_sample(2)]
+    trajs = multiturn.sample_trajectories(model, tiny_processor, samples, ALL, SamplingParams(2, 6))
     assert len(trajs) == 4 and all(t.done for t in trajs)
     for t in trajs:
         assert t.policy.index(1) == len(multiturn.start(tiny_processor, t.sample, ALL).ids)  # no loss on the prompt
@@ -212,8 +217,6 @@ def test_tool_rollout_is_seeded_per_prompt(model, tiny_processor):
     """Every turn of a prompt's trajectories samples from that prompt's generator only: its trajectories are the
     same alone, first or second in the batch, whatever the global RNG, and however many turns the other prompt's
     trajectories take (the random tiny model is nudged towards `</tool_call>` so that turn counts vary)."""
-    from mmreason.rollout.engine import prompt_generators
-
     a, b = _image_sample(1), _image_sample(2)
     a.meta.update(epoch=0, position=0)
     b.meta.update(epoch=0, position=1)
@@ -225,10 +228,8 @@ def test_tool_rollout_is_seeded_per_prompt(model, tiny_processor):
 
     def roll(samples: list[Sample], seed: int = 7, global_seed: int = 0) -> list[tuple]:
         torch.manual_seed(global_seed)  # must play no part
-        gens = prompt_generators(seed, samples, torch.device("cpu"))
-        out = multiturn.tool_rollout(
-            model, tiny_processor, samples, 3, ALL, torch.device("cpu"), generators=gens, max_turns=2, max_new_tokens=6
-        )
+        params = SamplingParams(3, 6, seed=seed)
+        out = multiturn.tool_rollout(model, tiny_processor, samples, ALL, params, torch.device("cpu"), max_turns=2)
         return [(tuple(t.ids), tuple(t.segments), json.dumps(t.turns), t.tool_errors) for t in out.trajectories]
 
     handle = model.lm_head.register_forward_hook(nudge)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
-from mmreason.cli import app
+from mmreason.cli import app, main
 from mmreason.config import ConfigError, load_config, shipped_config_names
 from mmreason.runs import store
 
@@ -90,6 +91,19 @@ def test_dry_run_prints_plan_and_writes_nothing(tmp_path, counting_data):
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_family_that_contradicts_the_checkpoint_is_one_line_before_training(
+    tmp_path, counting_data, monkeypatch, capsys
+):
+    args = _config(tmp_path, counting_data, **{"model.family": "qwen2_vl"})
+    monkeypatch.setattr(sys, "argv", ["mmreason", "train", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 2, out
+    assert "model.family=qwen2_vl contradicts the checkpoint (model_type 'qwen2_5_vl' is qwen2_5_vl)" in out
+    assert "Traceback" not in out and not (tmp_path / "runs" / "t" / "metrics.jsonl").exists()
+
+
 def test_config_errors_suggest_the_right_key(tmp_path, counting_data):
     args = _config(tmp_path, counting_data, **{"grpo.betta": "0.1"})
     result = runner.invoke(app, ["train", *args])
@@ -101,6 +115,23 @@ def test_config_errors_suggest_the_right_key(tmp_path, counting_data):
         load_config(args[0], ["stages=[sft, ppo]"])
     with pytest.raises(ConfigError, match="must be an integer"):
         load_config(args[0], ["grpo.steps=lots"])
+
+
+def test_cli_eval_table_shows_each_evaluation_and_task_metric():
+    from mmreason.cli import _eval_table
+
+    history = [
+        {"stage": "eval-before", "step": 0, "label": "before", "eval/counting/accuracy": 0.25,
+         "eval/counting/reward/format": 0.5},
+        {"stage": "sft", "step": 1, "loss": 2.0},
+        {"stage": "eval-after-s00-sft", "step": 0, "label": "after-s00-sft", "eval/counting/accuracy": 0.5,
+         "eval/grounding/mean_iou": 0.1234},
+    ]
+    table = _eval_table(history)
+    assert table.title == "held-out metrics"
+    assert [c.header for c in table.columns] == ["when", "counting/accuracy", "grounding/mean_iou"]
+    assert [list(c.cells) for c in table.columns] == [["before", "after-s00-sft"], ["0.250", "0.500"], ["", "0.123"]]
+    assert [c.header for c in _eval_table([]).columns] == ["when"]
 
 
 @pytest.mark.parametrize("name", shipped_config_names())
@@ -126,17 +157,17 @@ def test_resume_matches_uninterrupted_run(tmp_path, counting_data, monkeypatch):
     base = {"stages": "[grpo]", "grpo.steps": "4", "grpo.save_every": "2", "eval.at_start": "false"}
     _invoke(["train", *_config(tmp_path / "a", counting_data, **base)])
 
-    real_periodic = grpo._periodic
+    real_periodic = grpo.periodic
 
-    def crash_after_save(run, cfg, stage_index, step, optimizer, scheduler):
-        real_periodic(run, cfg, stage_index, step, optimizer, scheduler)
+    def crash_after_save(run, cfg, stage_index, stage, step, optimizer, scheduler):
+        real_periodic(run, cfg, stage_index, stage, step, optimizer, scheduler)
         if step == 2:
             raise SimulatedCrash  # the process dies right after the step-2 checkpoint
 
-    monkeypatch.setattr(grpo, "_periodic", crash_after_save)
+    monkeypatch.setattr(grpo, "periodic", crash_after_save)
     with pytest.raises(SimulatedCrash):
         runner.invoke(app, ["train", *_config(tmp_path / "b", counting_data, **base)], catch_exceptions=False)
-    monkeypatch.setattr(grpo, "_periodic", real_periodic)
+    monkeypatch.setattr(grpo, "periodic", real_periodic)
     result = _invoke(["train", *_config(tmp_path / "b", counting_data, **base), "--resume"])
     assert "resuming from s00-grpo-step000002" in result.output
     a, b = _weights(tmp_path / "a" / "runs" / "t"), _weights(tmp_path / "b" / "runs" / "t")

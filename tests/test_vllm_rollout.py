@@ -21,6 +21,7 @@ from transformers import AutoModelForImageTextToText
 from mmreason.config import ConfigError, load_config
 from mmreason.data.sample import Sample
 from mmreason.rollout.engine import encode_prompts, eos_token_ids, generate, prompt_seed, suppressed_token_ids
+from mmreason.rollout.types import SamplingParams
 from mmreason.rollout.vllm import (
     allowed_token_ids,
     completion_seeds,
@@ -128,7 +129,7 @@ def test_to_rollout_pads_masks_and_places_logprobs(tiny_processor, model):
     hello = tiny_processor.tokenizer.encode("hello there")
     rows = [hello + [eos[0]], hello[:1], [], hello + [eos[-1], 5, 6]]  # ended, truncated, empty, stop then junk
     logps = [[-0.5 - k for k in range(len(r))] for r in rows]
-    r = to_rollout(batch, 2, _outputs(rows, logps), eos, pad, tiny_processor.tokenizer)
+    r = to_rollout(batch, 2, _outputs(rows, logps), eos, tiny_processor.tokenizer)
     t = len(rows[3])
     assert r.completion_ids.shape == (4, t) and r.group_size == 2 and r.prompts is batch
     assert r.completion_mask.tolist()[0] == [1] * len(rows[0]) + [0] * (t - len(rows[0]))
@@ -136,17 +137,17 @@ def test_to_rollout_pads_masks_and_places_logprobs(tiny_processor, model):
     assert r.truncated.tolist() == [False, True, True, False]
     assert (r.completion_ids[r.completion_mask == 0] == pad).all()
     assert r.texts[0] == tiny_processor.tokenizer.decode(hello, skip_special_tokens=True) and r.texts[2] == ""
-    assert r.logprobs[0, : len(rows[0])].tolist() == pytest.approx(logps[0])
-    assert r.logprobs[3, len(hello) + 1 :].abs().sum() == 0  # zero off the mask
+    assert r.sampler_logprobs[0, : len(rows[0])].tolist() == pytest.approx(logps[0])
+    assert r.sampler_logprobs[3, len(hello) + 1 :].abs().sum() == 0  # zero off the mask
 
 
 def test_to_rollout_without_logprobs_and_with_a_wrong_count(tiny_processor, model):
     batch = encode_prompts(tiny_processor, _samples(), CPU)
     eos = eos_token_ids(tiny_processor, model)
-    r = to_rollout(batch, 1, _outputs([[eos[0]], [1, eos[0]]]), eos, 0, tiny_processor.tokenizer)
-    assert r.logprobs.abs().sum() == 0 and r.completion_mask.tolist() == [[1, 0], [1, 1]]
+    r = to_rollout(batch, 1, _outputs([[eos[0]], [1, eos[0]]]), eos, tiny_processor.tokenizer)
+    assert r.sampler_logprobs.abs().sum() == 0 and r.completion_mask.tolist() == [[1, 0], [1, 1]]
     with pytest.raises(ValueError, match="3 outputs for 2 prompts x 2 samples"):
-        to_rollout(batch, 2, _outputs([[1], [1], [1]]), eos, 0, tiny_processor.tokenizer)
+        to_rollout(batch, 2, _outputs([[1], [1], [1]]), eos, tiny_processor.tokenizer)
 
 
 def test_a_vllm_shaped_rollout_trains_like_the_hf_one(tiny_processor, tiny_dir):
@@ -155,28 +156,28 @@ def test_a_vllm_shaped_rollout_trains_like_the_hf_one(tiny_processor, tiny_dir):
     same."""
     from mmreason.config import GRPOConfig
     from mmreason.models.policy import Policy, Reference
-    from mmreason.train.grpo import update_policy
+    from mmreason.runs.run import Run
+    from mmreason.train.grpo import ScoringPlan, update_policy
 
     batch = encode_prompts(tiny_processor, _samples(), CPU)
-    policy_a = Policy(AutoModelForImageTextToText.from_pretrained(tiny_dir), tiny_processor, "qwen2_5_vl", "")
+    policy_a = Policy.wrap(AutoModelForImageTextToText.from_pretrained(tiny_dir), tiny_processor)
     eos = eos_token_ids(tiny_processor, policy_a.model)
     torch.manual_seed(0)
-    hf = generate(policy_a.model, tiny_processor, batch, 3, max_new_tokens=6, temperature=0.9)
+    hf = generate(policy_a.model, tiny_processor, batch, SamplingParams(3, 6, temperature=0.9))
     rows = [ids[m.bool()].tolist() for ids, m in zip(hf.completion_ids, hf.completion_mask, strict=True)]
-    logps = [lp[m.bool()].tolist() for lp, m in zip(hf.logprobs, hf.completion_mask, strict=True)]
-    pad = tiny_processor.tokenizer.pad_token_id
-    vl = to_rollout(batch, 3, _outputs(rows, logps), eos, pad, tiny_processor.tokenizer)
+    logps = [lp[m.bool()].tolist() for lp, m in zip(hf.sampler_logprobs, hf.completion_mask, strict=True)]
+    vl = to_rollout(batch, 3, _outputs(rows, logps), eos, tiny_processor.tokenizer)
     assert vl.texts == hf.texts and torch.equal(vl.truncated, hf.truncated)
 
     adv = torch.tensor([1.0, -1.0, 0.5, -0.5, 0.2, -0.2])
-    banned = suppressed_token_ids(tiny_processor)
     results = []
     for backend, rollout in (("hf", hf), ("vllm", vl)):
-        policy = Policy(AutoModelForImageTextToText.from_pretrained(tiny_dir), tiny_processor, "qwen2_5_vl", "")
+        policy = Policy.wrap(AutoModelForImageTextToText.from_pretrained(tiny_dir), tiny_processor)
         cfg = GRPOConfig(rollout=backend, max_new_tokens=6, temperature=0.9)
         opt = torch.optim.SGD(policy.trainable_parameters(), lr=0.1)
         mask = rollout.completion_mask
-        upd, applied = update_policy(policy, opt, Reference(policy, 0.0), rollout, adv, mask, cfg, banned, True)
+        plan = ScoringPlan("shared_prefix", "shared_prefix")
+        upd, applied = update_policy(Run.local(policy), opt, Reference(policy, 0.0), rollout, adv, mask, cfg, plan)
         results.append((upd, applied, policy.model.state_dict()))
     (upd_hf, ok_hf, w_hf), (upd_vl, ok_vl, w_vl) = results
     assert ok_hf == ok_vl == [True]
@@ -382,11 +383,13 @@ def test_vllm_engine_samples_from_the_synced_weights(tmp_path, tiny_dir, tiny_pr
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    policy = Policy(model, tiny_processor, "qwen2_5_vl", str(tiny_dir))
+    policy = Policy.wrap(model, tiny_processor, str(tiny_dir))
     engine = VLLMRollout(run_cfg, str(tiny_dir))
     samples = _samples()[:1]
     batch = encode_prompts(tiny_processor, samples, torch.device("cuda"))
-    rollout = engine.generate(policy, batch, samples, run_cfg.grpo, run_cfg)
+    g = run_cfg.grpo
+    params = SamplingParams(g.group_size, g.max_new_tokens, g.temperature, g.top_p, seed=run_cfg.seed)
+    rollout = engine.generate(policy, batch, params)
     with torch.no_grad():
         rows = repeat_prompts(batch, rollout.group_size)
         logp, _ = completion_logprobs(
@@ -398,7 +401,7 @@ def test_vllm_engine_samples_from_the_synced_weights(tmp_path, tiny_dir, tiny_pr
             suppressed=suppressed_token_ids(tiny_processor),
         )
     m = rollout.completion_mask.bool()
-    assert m.any() and torch.allclose(logp[m], rollout.logprobs[m], atol=2e-2)
+    assert m.any() and torch.allclose(logp[m], rollout.sampler_logprobs[m], atol=2e-2)
 
 
 @pytest.mark.gpu

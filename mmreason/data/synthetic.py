@@ -1,5 +1,8 @@
-"""Synthetic datasets drawn with PIL (no downloads), and jigsaw datasets cut from any folder of images.
+"""Dataset writers: synthetic datasets drawn with PIL (no downloads), and jigsaw datasets cut from any folder of
+images.
 
+This module owns drawing the synthetic images and writing datasets (images, records, the train / val split); the
+puzzle maths (grid crop, tiles, shuffle order) is `mmreason.processors.jigsaw`'s.
 `make_synthetic(task, out_dir, n, seed)` writes `images/` plus `train.jsonl` and `val.jsonl` in the record schemas
 of the built-in tasks (counting, grounding, jigsaw, geolocation). Record i depends only on (seed, i), so a bigger n
 extends a dataset instead of reshuffling it; the last `val_fraction` of the records form the validation split.
@@ -22,6 +25,7 @@ from PIL import Image, ImageDraw
 
 from mmreason.data.records import write_jsonl
 from mmreason.processors import MediaError, load_image, make_jigsaw
+from mmreason.processors.jigsaw import crop_to_grid, grid_size, has_identical_tiles
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +180,7 @@ def jigsaw_item(rng: np.random.Generator, size: tuple[int, int], *, grid: tuple[
                 ) -> tuple[dict[str, Image.Image], dict[str, Any]]:
     """A gradient with a few shapes on it (so every tile is distinct), cut into grid tiles and shuffled."""
     rows, cols = _grid(grid)
-    size = (size[0] - size[0] % cols, size[1] - size[1] % rows)  # what make_jigsaw would crop to
+    size = grid_size(*size, rows, cols)  # what make_jigsaw would crop to
     img = Image.fromarray(_gradient(rng, size).round().astype(np.uint8))
     draw = ImageDraw.Draw(img)
     taken: list[tuple] = []
@@ -186,8 +190,8 @@ def jigsaw_item(rng: np.random.Generator, size: tuple[int, int], *, grid: tuple[
         if box is not None:
             taken.append(box)
             _draw_shape(draw, SHAPES[int(rng.integers(2))], box, COLORS[names[int(rng.integers(len(names)))]])
-    shuffled, order = make_jigsaw(img, rows, cols, int(rng.integers(2**31)))
-    return {"image": shuffled, "original": img}, {"grid": [rows, cols], "solution": [o + 1 for o in order]}
+    shuffled, solution = _puzzle(img, rows, cols, int(rng.integers(2**31)))
+    return {"image": shuffled, "original": img}, {"grid": [rows, cols], "solution": solution}
 
 
 def geolocation_item(rng: np.random.Generator, size: tuple[int, int], *, noise: float = 8.0
@@ -318,14 +322,8 @@ def _prepared(img: Image.Image, rows: int, cols: int, max_side: int | None) -> I
     if max_side and max(img.size) > max_side:
         img = img.copy()
         img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
-    w, h = img.size
-    if w < cols or h < rows:
-        raise ValueError(f"image of {w}x{h} is too small for a {rows}x{cols} grid")
-    img = img.crop((0, 0, w - w % cols, h - h % rows))
-    tw, th = img.width // cols, img.height // rows
-    arr = np.asarray(img)
-    tiles = {arr[r * th:(r + 1) * th, c * tw:(c + 1) * tw].tobytes() for r in range(rows) for c in range(cols)}
-    if len(tiles) < rows * cols:
+    img = crop_to_grid(img, rows, cols)
+    if has_identical_tiles(img, rows, cols):
         raise ValueError("some tiles are identical, so the puzzle would have several right answers")
     return img
 
@@ -336,12 +334,18 @@ def _puzzles(img: Image.Image, source: str, out: Path, j: int, rows: int, cols: 
     img.save(out / original)
     records = []
     for k in range(per_image):
-        shuffled, order = make_jigsaw(img, rows, cols, int(np.random.default_rng([seed, j, k]).integers(2**31)))
+        shuffled, solution = _puzzle(img, rows, cols, int(np.random.default_rng([seed, j, k]).integers(2**31)))
         rel = f"images/{j:05d}-{k}.png"
         shuffled.save(out / rel)
         records.append({"id": f"jigsaw-{j:05d}-{k}", "image": rel, "grid": [rows, cols],
-                        "solution": [o + 1 for o in order], "original": original, "source_image": source})
+                        "solution": solution, "original": original, "source_image": source})
     return records
+
+
+def _puzzle(img: Image.Image, rows: int, cols: int, seed: int) -> tuple[Image.Image, list[int]]:
+    """The shuffled image and the record's 1-based solution (`make_jigsaw`'s order + 1)."""
+    shuffled, order = make_jigsaw(img, rows, cols, seed)
+    return shuffled, [o + 1 for o in order]
 
 
 def _grid(grid: Any) -> tuple[int, int]:

@@ -1,5 +1,5 @@
-"""The policy: loading a VLM and its processor (hub id, local path, or the embedded tiny model), LoRA, the
-frozen reference for KL, and the coordinate convention of the model family.
+"""The policy: loading a VLM and its processor (hub id, local path, or the embedded tiny model), its model family
+(checked against the processor and `model.family` before anything trains), LoRA, and the frozen reference for KL.
 
 The tiny default is built offline and saved to disk first, so it goes through the very same `from_pretrained`
 code as a real model.
@@ -18,21 +18,26 @@ from typing import Any
 import torch
 
 from mmreason.config import ModelConfig
+from mmreason.models.family import ModelFamily, family_for_model_type, resolve_family
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-FAMILIES = {"qwen2_5_vl": "qwen2_5_vl", "qwen2_vl": "qwen2_vl"}
 
 
 @dataclass
 class Policy:
-    """A model with its processor; `family` selects the box-coordinate convention of the prompts and rewards."""
+    """A model with its processor and its family (the facts the prompts, rollouts and rewards ask for)."""
 
     model: Any
     processor: Any
-    family: str
+    family: ModelFamily
     source: str
+
+    @classmethod
+    def wrap(cls, model: Any, processor: Any, source: str = "") -> Policy:
+        """A policy around a loaded model and processor, its family checked against both (`resolve_family`)."""
+        return cls(model, processor, resolve_family(unwrap_model(model).config, processor), source)
 
     @property
     def tokenizer(self) -> Any:
@@ -73,13 +78,16 @@ def ensure_tiny(cfg: ModelConfig, cache_dir: Path, seed: int = 0) -> Path:
     return folder
 
 
-def model_family(config: Any, requested: str = "auto") -> str:
-    """The coordinate convention: qwen2_vl (0-1000) or qwen2_5_vl (absolute pixels, also used by other families)."""
-    if requested != "auto":
-        if requested not in FAMILIES:
-            raise ValueError(f"model.family must be auto, qwen2_5_vl or qwen2_vl, got {requested!r}")
-        return requested
-    return "qwen2_vl" if getattr(config, "model_type", "") == "qwen2_vl" else "qwen2_5_vl"
+def unwrap_model(model: Any) -> Any:
+    """The transformers model inside DDP / DeepSpeed / FSDP (`.module`) and peft (`get_base_model`) wrappers."""
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        model = model.module
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def family_of(model: Any) -> ModelFamily:
+    """The family of a (possibly wrapped) model, from its config's model_type."""
+    return family_for_model_type(str(getattr(unwrap_model(model).config, "model_type", "")))
 
 
 def load_processor(source: str | Path, cfg: ModelConfig) -> Any:
@@ -128,17 +136,18 @@ def build_policy(
 
     source = ensure_tiny(cfg, Path(cache_dir), seed) if cfg.name == "tiny" else cfg.name
     hf_config = AutoConfig.from_pretrained(str(source))
+    processor = load_processor(source, cfg)
+    family = resolve_family(hf_config, processor, cfg.family)  # refused before the weights are loaded
     model = AutoModelForImageTextToText.from_pretrained(
         str(source), dtype=DTYPES[cfg.dtype], attn_implementation=cfg.attn_implementation
     )
-    processor = load_processor(source, cfg)
     model.to(resolve_device(device))
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if cfg.lora.enabled:
         model = apply_lora(model, cfg)
-    return Policy(model=model, processor=processor, family=model_family(hf_config, cfg.family), source=str(source))
+    return Policy(model=model, processor=processor, family=family, source=str(source))
 
 
 def load_checkpoint_policy(path: str | Path, cfg: ModelConfig, device: str = "auto") -> Policy:
@@ -154,10 +163,9 @@ def load_checkpoint_policy(path: str | Path, cfg: ModelConfig, device: str = "au
         model = AutoModelForImageTextToText.from_pretrained(base, dtype=DTYPES[cfg.dtype])
         model = PeftModel.from_pretrained(model, str(path))
         processor = load_processor(path if (path / "preprocessor_config.json").is_file() else base, cfg)
+        family = resolve_family(model.config, processor, cfg.family)
         model.to(resolve_device(device))
-        return Policy(
-            model=model, processor=processor, family=model_family(model.config, cfg.family), source=str(path)
-        )
+        return Policy(model=model, processor=processor, family=family, source=str(path))
     sub = ModelConfig(**{**cfg.__dict__, "name": str(path), "lora": cfg.lora.__class__()})
     return build_policy(sub, device=device)
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
+from mmreason.models.family import get_family
+
 SPECIAL_TOKENS = [
     "<|endoftext|>",
     "<|im_start|>",
@@ -45,7 +47,6 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
-ARCHITECTURES = ("qwen2_5_vl", "qwen2_vl")
 
 
 def _corpus() -> list[str]:
@@ -116,8 +117,7 @@ def build_config(tokenizer, arch: str = "qwen2_5_vl", hidden_size: int = 64, lay
     """A Qwen2.5-VL / Qwen2-VL config of a few hundred thousand to a few million parameters."""
     from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
 
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown tiny architecture {arch!r}; expected one of {ARCHITECTURES}")
+    get_family(arch)  # FamilyError naming the supported families
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     heads = 4
     head_dim = hidden_size // heads

@@ -11,45 +11,18 @@ exactly as the HF processor lays them out.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from mmreason.data.sample import Sample
+from mmreason.models.family import family_for_processor
 from mmreason.processors import build_inputs, collate
 from mmreason.rollout.prefix import sample_shared
+from mmreason.rollout.types import PromptBatch, Rollout, SamplingParams, single_turn_rollout
 from mmreason.train.rl import sampling_logits, token_entropy, token_logprobs
 
 VISION_KEYS = (("pixel_values", "image_grid_thw"), ("pixel_values_videos", "video_grid_thw"))
-
-
-@dataclass
-class PromptBatch:
-    """Left-padded prompt inputs of P samples plus how many images/videos each sample carries."""
-
-    inputs: dict[str, torch.Tensor]
-    n_images: list[int]
-    n_videos: list[int]
-
-    @property
-    def size(self) -> int:
-        return int(self.inputs["input_ids"].shape[0])
-
-
-@dataclass
-class Rollout:
-    """G sampled completions per prompt. completion_mask covers tokens up to and including the first EOS."""
-
-    prompts: PromptBatch
-    group_size: int
-    completion_ids: torch.Tensor  # [B, T]
-    completion_mask: torch.Tensor  # [B, T] (long 0/1)
-    truncated: torch.Tensor  # [B] bool: no EOS within max_new_tokens
-    texts: list[str]
-    # [B, T] float32 log-probs of the sampled tokens under the temperature-scaled, vision-token-suppressed
-    # distribution (0 off the mask), as sampled; None when the sampler does not report them (HF generate)
-    logprobs: torch.Tensor | None = None
 
 
 def sample_media(sample: Sample) -> tuple[list[Any], list[Any]]:
@@ -62,7 +35,7 @@ def encode_prompts(processor: Any, samples: list[Sample], device: torch.device) 
     rows = [build_inputs(processor, s.messages, images=s.images or None, video=s.video) for s in samples]
     batch = collate(rows, pad_id=processor.tokenizer.pad_token_id, side="left")
     batch = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
-    return PromptBatch(batch, [len(s.images) for s in samples], [int(s.video is not None) for s in samples])
+    return PromptBatch(batch, [len(s.images) for s in samples], [int(s.video is not None) for s in samples], samples)
 
 
 def prompt_seed(seed: int, sample: Sample) -> int:
@@ -112,111 +85,73 @@ def repeat_prompts(batch: PromptBatch, g: int) -> dict[str, torch.Tensor]:
     return out
 
 
-def completion_mask_from_ids(ids: torch.Tensor, eos_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """[B, T] ids -> (mask up to and including the first EOS [B, T], truncated [B] = no EOS at all)."""
-    is_eos = torch.isin(ids, torch.tensor(eos_ids, device=ids.device))
-    seen_before = (is_eos.cumsum(-1) - is_eos.long()) > 0
-    mask = (~seen_before).long()
-    return mask, ~is_eos.any(-1)
-
-
-VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
-
-
 def suppressed_token_ids(processor: Any) -> list[int]:
-    """Vision placeholder tokens: a completion must never contain them (the model would look for image features
-    that do not exist), so sampling excludes them and scoring renormalises without them."""
-    vocab = processor.tokenizer.get_vocab()
-    return sorted(vocab[t] for t in VISION_TOKENS if t in vocab)
+    """The vision placeholder tokens sampling excludes (the processor's model family says which)."""
+    return family_for_processor(processor).suppressed_token_ids(processor.tokenizer)
 
 
 def eos_token_ids(processor: Any, model: Any) -> list[int]:
-    ids = model.generation_config.eos_token_id
-    ids = [ids] if isinstance(ids, int) else list(ids or [])
-    im_end = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(im_end, int) and im_end >= 0 and im_end not in ids:
-        ids.append(im_end)
-    return ids
+    """The tokens that end a completion: the model's generation EOS ids plus its family's end of turn."""
+    return family_for_processor(processor).eos_token_ids(processor.tokenizer, model.generation_config.eos_token_id)
 
 
 @torch.no_grad()
 def generate(
-    model: Any,
-    processor: Any,
-    batch: PromptBatch,
-    group_size: int,
-    *,
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    greedy: bool = False,
-    share_prefix: bool = True,
-    generators: list[torch.Generator] | None = None,
+    model: Any, processor: Any, batch: PromptBatch, params: SamplingParams, *, share_prefix: bool = True
 ) -> Rollout:
-    """Sample `group_size` completions per prompt (pure temperature / top-p sampling: top_k is off so the
+    """Sample `params.group_size` completions per prompt (pure temperature / top-p sampling: top_k is off so the
     sampling distribution is the one the importance ratios assume).
 
     share_prefix (default): each prompt is prefilled once and its KV cache shared by its G samples
-    (`mmreason.rollout.prefix.sample_shared`), which also returns the sampled tokens' log-probs. Otherwise HF
-    `generate` with num_return_sequences=G, which repeats the prompt and its images G times before the prefill (and
-    applies the checkpoint's generation_config processors too, e.g. a repetition penalty, which the scoring ignores).
-    generators (share_prefix only; one per prompt, see `prompt_generators`): per-prompt sampling RNGs.
+    (`mmreason.rollout.prefix.sample_shared`), which also returns the sampled tokens' log-probs; with `params.seed`
+    each prompt samples from its own RNG (`prompt_generators`), so its completions do not depend on its batch,
+    process or a resume. Otherwise HF `generate` with num_return_sequences=G, which repeats the prompt and its images
+    G times before the prefill (and applies the checkpoint's generation_config processors too, e.g. a repetition
+    penalty, which the scoring ignores) and samples from the global RNG.
     """
     eos = eos_token_ids(processor, model)
-    pad = processor.tokenizer.pad_token_id
     was_training = model.training
     model.eval()
     logprobs = None
     if share_prefix:
+        generators = None if params.seed is None else prompt_generators(params.seed, batch.samples, _device(batch))
         completion, logprobs = sample_shared(
             model,
             batch.inputs,
-            group_size,
-            max_new_tokens=max_new_tokens,
+            params.group_size,
+            max_new_tokens=params.max_new_tokens,
             eos_ids=eos,
-            pad_id=pad,
-            temperature=temperature,
-            top_p=top_p,
-            greedy=greedy,
+            pad_id=processor.tokenizer.pad_token_id,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            greedy=params.greedy,
             suppressed=suppressed_token_ids(processor),
             generators=generators,
         )
     else:
-        completion = _hf_generate(model, processor, batch, group_size, max_new_tokens, temperature, top_p, greedy)
+        completion = _hf_generate(model, processor, batch, params)
     if was_training:
         model.train()
-    mask, truncated = completion_mask_from_ids(completion, eos)
-    completion = completion.masked_fill(mask == 0, pad)
-    if logprobs is not None:
-        logprobs = logprobs * mask
-    texts = processor.tokenizer.batch_decode(
-        [row[m.bool()] for row, m in zip(completion, mask, strict=True)], skip_special_tokens=True
-    )
-    return Rollout(batch, group_size, completion, mask, truncated, texts, logprobs)
+    return single_turn_rollout(batch, params.group_size, completion, eos, processor.tokenizer, logprobs)
 
 
-def _hf_generate(
-    model: Any,
-    processor: Any,
-    batch: PromptBatch,
-    group_size: int,
-    max_new_tokens: int,
-    temperature: float,
-    top_p: float,
-    greedy: bool,
-) -> torch.Tensor:
+def _device(batch: PromptBatch) -> torch.device:
+    return batch.inputs["input_ids"].device
+
+
+def _hf_generate(model: Any, processor: Any, batch: PromptBatch, params: SamplingParams) -> torch.Tensor:
     """HF generate with the prompt rows repeated G times -> completion ids [B, T] (the unshared baseline)."""
     kwargs = dict(
-        max_new_tokens=max_new_tokens,
+        max_new_tokens=params.max_new_tokens,
         pad_token_id=processor.tokenizer.pad_token_id,
         eos_token_id=eos_token_ids(processor, model),
         suppress_tokens=suppressed_token_ids(processor),
     )
-    if greedy:
+    if params.greedy:
         kwargs.update(do_sample=False, num_beams=1)
     else:
-        kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
-    out = model.generate(**batch.inputs, num_return_sequences=group_size, use_cache=True, **kwargs)
+        kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
+    out = model.generate(**batch.inputs, num_return_sequences=params.group_size, use_cache=True, **kwargs)
     return out[:, batch.inputs["input_ids"].shape[1] :]
 
 

@@ -21,14 +21,15 @@ from PIL import Image
 from transformers import LogitsProcessor
 
 from mmreason.data.sample import Sample
+from mmreason.models.family import family_for_processor
 from mmreason.processors import build_inputs, collate
-from mmreason.rollout.engine import eos_token_ids, suppressed_token_ids
+from mmreason.rollout.engine import eos_token_ids, prompt_generators, suppressed_token_ids
 from mmreason.rollout.prefix import next_tokens
 from mmreason.rollout.tools import ToolBudget, ToolError, ToolResult, parse_tool_call, run_tool
+from mmreason.rollout.types import Rollout, SamplingParams
 from mmreason.train.rl import sampling_logits, token_entropy, token_logprobs
 
 TOOL_CALL_END = "</tool_call>"
-VISION_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
 TOOL_DOCS = {
     "zoom_in": 'zoom_in: {"image": 1, "bbox": [x1, y1, x2, y2]} crops a region of an image (pixels), enlarged',
     "crop_video": 'crop_video: {"start": s, "end": e} shows more frames of the video between s and e seconds',
@@ -96,13 +97,9 @@ def start(processor: Any, sample: Sample, allowed: tuple[str, ...] = ()) -> Traj
 
 
 def tool_turn(processor: Any, result: ToolResult) -> dict[str, torch.Tensor]:
-    """Tokens (and vision inputs) of `<|im_end|>` + a user turn holding the tool's answer + the next assistant
-    header; the images' placeholders are expanded by the processor itself."""
-    text = (
-        "<|im_end|>\n<|im_start|>user\n"
-        + VISION_PLACEHOLDER * len(result.images)
-        + f"<tool_response>{result.text}</tool_response><|im_end|>\n<|im_start|>assistant\n"
-    )
+    """Tokens (and vision inputs) of the end of the assistant turn + a user turn holding the tool's answer + the next
+    assistant header, as the processor's model family writes them; the processor expands the images' placeholders."""
+    text = family_for_processor(processor).tool_turn(result.text, len(result.images))
     call: dict[str, Any] = {"text": [text], "return_tensors": "pt"}
     if result.images:
         call.update(images=result.images, images_kwargs={"do_resize": False})
@@ -190,10 +187,7 @@ def generate_turn(
     processor: Any,
     trajs: list[Trajectory],
     *,
-    max_new_tokens: int,
-    temperature: float,
-    top_p: float,
-    greedy: bool = False,
+    params: SamplingParams,
     generators: list[torch.Generator] | None = None,
 ) -> list[tuple[list[int], bool]]:
     """One sampled segment per active trajectory, stopping at EOS or at the end of a tool call.
@@ -205,8 +199,9 @@ def generate_turn(
     stops = eos_token_ids(processor, model) + [tok.convert_tokens_to_ids(TOOL_CALL_END)]
     batch = {k: v.to(model.device) for k, v in batch_inputs(trajs, tok.pad_token_id, "left").items()}
     suppressed = suppressed_token_ids(processor)
+    max_new_tokens, temperature, top_p = params.max_new_tokens, params.temperature, params.top_p
     sampling: dict[str, Any] = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
-    if greedy:
+    if params.greedy:
         sampling = dict(do_sample=False)
     elif generators is not None:
         length = batch["input_ids"].shape[1]
@@ -262,28 +257,25 @@ def advance(
         traj.vision.append({"pixel_values": turn["pixel_values"], "image_grid_thw": turn["image_grid_thw"]})
 
 
-def rollout(
+def sample_trajectories(
     model: Any,
     processor: Any,
     samples: list[Sample],
-    group_size: int,
     allowed: tuple[str, ...] | list[tuple[str, ...]],
+    params: SamplingParams,
     *,
     max_turns: int = 3,
-    max_new_tokens: int = 64,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
     min_pixels: int = 28 * 28 * 4,
     max_pixels: int = 28 * 28 * 256,
-    greedy: bool = False,
-    generators: list[torch.Generator] | None = None,
 ) -> list[Trajectory]:
     """G multi-turn trajectories per sample (row b belongs to sample b // G); `allowed` is one tuple of tool names
     for every sample, or one tuple per sample (each task allows its own tools).
 
-    generators (one per sample, see `rollout.prompt_generators`): every turn of sample i's trajectories samples
-    from generator i only, so they do not depend on the other samples of the batch, nor on their turn counts.
+    With `params.seed`, every turn of sample i's trajectories samples from sample i's own generator
+    (`engine.prompt_generators`), so they do not depend on the other samples of the batch, nor on their turn counts.
     """
+    group_size = params.group_size
+    generators = None if params.seed is None else prompt_generators(params.seed, samples, model.device)
     per_sample = allowed if isinstance(allowed, list) else [allowed] * len(samples)
     was_training = model.training
     model.eval()
@@ -298,10 +290,7 @@ def rollout(
             model,
             processor,
             [trajs[i] for i in active],
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            greedy=greedy,
+            params=params,
             generators=[generators[i // group_size] for i in active] if generators is not None else None,
         )
         for i, (segment, stopped) in zip(active, segments, strict=True):
@@ -365,50 +354,27 @@ def turns_json(traj: Trajectory, image_dir: Path, row: int) -> str:
     return json.dumps(turns, ensure_ascii=False)
 
 
-@dataclass
-class ToolRollout:
-    """Multi-turn trajectories laid out for the GRPO loss, with the fields the loop reads from a `Rollout`.
-
-    completion_mask [B, L-1]: the policy's own tokens, aligned with the next-token log-probs of the full sequence,
-    so the loss masking, metrics and aggregation work unchanged; texts: the final answers the task rewards score.
-    """
-
-    trajectories: list[Trajectory]
-    group_size: int
-    batch: dict[str, torch.Tensor]
-    texts: list[str]
-    completion_mask: torch.Tensor
-    truncated: torch.Tensor
-    prompt_lengths: list[int]
-
-    def logprobs(self, model: Any, temperature: float, suppressed: list[int], with_entropy: bool = False):
-        """Log-probs [B, L-1] (and entropies) of every next token; only `completion_mask` positions carry loss."""
-        return trajectory_logprobs(model, self.batch, temperature, suppressed, with_entropy)
-
-    def columns(self) -> dict[str, list]:
-        return trajectory_columns(self.trajectories)
-
-
 def tool_rollout(
     model: Any,
     processor: Any,
     samples: list[Sample],
-    group_size: int,
-    allowed: tuple[str, ...],
+    allowed: tuple[str, ...] | list[tuple[str, ...]],
+    params: SamplingParams,
     device: torch.device,
-    generators: list[torch.Generator] | None = None,
     **kwargs: Any,
-) -> ToolRollout:
-    """Sample G multi-turn trajectories per sample and lay them out for the loss; generators: one sampling RNG per
-    sample (`rollout.prompt_generators`), else the global RNG."""
-    trajs = rollout(model, processor, samples, group_size, allowed, generators=generators, **kwargs)
+) -> Rollout:
+    """Sample G multi-turn trajectories per sample (`sample_trajectories`, kwargs: max_turns and the tool image
+    pixel budget) and lay them out as a `Rollout` scored on whole sequences: completion_mask [B, L-1] marks the
+    policy's own tokens, aligned with the next-token log-probs of the full sequence."""
+    trajs = sample_trajectories(model, processor, samples, allowed, params, **kwargs)
     batch = scoring_batch(trajs, processor.tokenizer.pad_token_id, device)
-    return ToolRollout(
-        trajectories=trajs,
-        group_size=group_size,
-        batch=batch,
+    return Rollout(
+        group_size=params.group_size,
         texts=[t.answer for t in trajs],
-        completion_mask=batch["policy_mask"][:, 1:].long(),
+        completion_mask=batch.pop("policy_mask")[:, 1:].long(),
         truncated=torch.tensor([t.truncated or t.budget_exceeded for t in trajs], device=device),
         prompt_lengths=[t.policy.index(1) if 1 in t.policy else len(t.ids) for t in trajs],
+        sequences=batch,
+        trajectories=trajs,
+        columns=trajectory_columns(trajs),
     )

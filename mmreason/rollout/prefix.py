@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mmreason.models.policy import family_of, unwrap_model
 from mmreason.train.rl import sampling_logits, token_entropy, token_logprobs
 
 # get_rope_index arguments, when the processor produced them (second_per_grid_ts is Qwen2.5-VL's, for videos).
@@ -37,11 +38,8 @@ _ROPE_KEYS = ("mm_token_type_ids", "image_grid_thw", "video_grid_thw", "second_p
 
 
 def _rope_owner(model: Any) -> Any | None:
-    """The module that holds `get_rope_index` (the inner Qwen-VL model), through DDP / DeepSpeed / FSDP (`.module`)
-    and peft (`get_base_model`) wrappers."""
-    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
-        model = model.module
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    """The module that holds `get_rope_index` (the inner model of a 3-D rotary family), through any wrappers."""
+    base = unwrap_model(model)
     for module in (base, getattr(base, "model", None)):
         if module is not None and hasattr(module, "get_rope_index"):
             return module
@@ -60,10 +58,10 @@ def prompt_positions(model: Any, inputs: dict[str, Tensor]) -> tuple[Tensor, Ten
     largest position instead; the two differ only when a video's temporal positions run past the text after it.
     """
     mask = inputs["attention_mask"]
-    owner = _rope_owner(model)
-    if "mm_token_type_ids" in inputs:
-        if owner is None:  # 1-D positions would be silently wrong for a multimodal-rope model
-            raise TypeError(f"{type(model).__name__}: no get_rope_index found for the prompts' mm_token_type_ids")
+    if family_of(model).rope == "mrope":
+        owner = _rope_owner(model)
+        if owner is None or "mm_token_type_ids" not in inputs:  # 1-D positions would be silently wrong here
+            raise TypeError(f"{type(model).__name__}: 3-D rotary positions need get_rope_index and mm_token_type_ids")
         extra = {k: inputs[k] for k in _ROPE_KEYS if k in inputs}
         position_ids, _ = owner.get_rope_index(inputs["input_ids"], attention_mask=mask, **extra)
         return position_ids, position_ids[0, :, -1] + 1  # left padding: the last column is the last prompt token

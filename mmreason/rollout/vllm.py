@@ -26,10 +26,11 @@ from typing import Any
 
 import torch
 
-from mmreason.config import GRPOConfig, RunConfig
+from mmreason.config import RunConfig
 from mmreason.data.sample import Sample
 from mmreason.processors import render_prompt
-from mmreason.rollout.engine import PromptBatch, Rollout, completion_mask_from_ids, prompt_seed
+from mmreason.rollout.engine import prompt_seed
+from mmreason.rollout.types import PromptBatch, Rollout, SamplingParams, single_turn_rollout
 
 log = logging.getLogger(__name__)
 
@@ -74,19 +75,19 @@ def _sampled_logprob(position: Any, token: int) -> float:
 
 
 def to_rollout(
-    prompts: PromptBatch, group_size: int, outputs: list[Any], eos_ids: list[int], pad_id: int, tokenizer: Any
+    prompts: PromptBatch, group_size: int, outputs: list[Any], eos_ids: list[int], tokenizer: Any
 ) -> Rollout:
     """vLLM `RequestOutput`s (P * G of them, prompt-major, one completion each) -> a `Rollout`.
 
-    Completion ids are right-padded with pad_id; the mask covers tokens up to and including the first EOS (vLLM
-    keeps the stop token in `token_ids`), truncated = no EOS, as in `mmreason.rollout.engine.generate`. Log-probs [B,
-    T] are vLLM's sampled-token log-probs (0 off the mask).
+    Completion ids are right-padded; the mask covers tokens up to and including the first EOS (vLLM keeps the stop
+    token in `token_ids`), truncated = no EOS, as for every engine (`types.single_turn_rollout`). Sampler log-probs
+    [B, T] are vLLM's sampled-token log-probs (0 off the mask).
     """
     if len(outputs) != prompts.size * group_size:
         raise ValueError(f"vLLM returned {len(outputs)} outputs for {prompts.size} prompts x {group_size} samples")
     seqs = [out.outputs[0] for out in outputs]
     t = max([len(s.token_ids) for s in seqs] + [1])
-    ids = torch.full((len(seqs), t), pad_id, dtype=torch.long)
+    ids = torch.full((len(seqs), t), tokenizer.pad_token_id, dtype=torch.long)
     logprobs = torch.zeros(len(seqs), t, dtype=torch.float32)
     for b, seq in enumerate(seqs):
         tokens = list(seq.token_ids)
@@ -94,13 +95,8 @@ def to_rollout(
         if seq.logprobs is not None:  # one {token: Logprob} per generated token
             sampled = [_sampled_logprob(pos, x) for pos, x in zip(seq.logprobs, tokens, strict=True)]
             logprobs[b, : len(tokens)] = torch.tensor(sampled, dtype=torch.float32)
-    mask, truncated = completion_mask_from_ids(ids, eos_ids)
-    ids = ids.masked_fill(mask == 0, pad_id)
-    texts = tokenizer.batch_decode([row[m.bool()] for row, m in zip(ids, mask, strict=True)], skip_special_tokens=True)
     device = prompts.inputs["input_ids"].device
-    return Rollout(
-        prompts, group_size, ids.to(device), mask.to(device), truncated.to(device), texts, (logprobs * mask).to(device)
-    )
+    return single_turn_rollout(prompts, group_size, ids.to(device), eos_ids, tokenizer, logprobs.to(device))
 
 
 def vllm_name(name: str) -> str:
@@ -153,6 +149,7 @@ class VLLMRollout:
     """A vLLM engine colocated with this process's trainer: `sync` pushes the policy's weights, `generate` samples."""
 
     def __init__(self, run_cfg: RunConfig, source: str, rank: int = 0, world_size: int = 1) -> None:
+        self.min_pixels, self.max_pixels = run_cfg.model.min_pixels, run_cfg.model.max_pixels
         try:
             from vllm import LLM
         except ImportError as exc:
@@ -197,11 +194,9 @@ class VLLMRollout:
             target.load_weights([(name, tensor)])
         self.llm.reset_prefix_cache()  # cached prefixes were computed with the old weights
 
-    def generate(
-        self, policy: Any, prompts: PromptBatch, samples: list[Sample], cfg: GRPOConfig, run_cfg: RunConfig
-    ) -> Rollout:
+    def generate(self, policy: Any, prompts: PromptBatch, params: SamplingParams) -> Rollout:
         """G completions per prompt, sampled by vLLM with the policy's current weights (synced first)."""
-        from vllm import SamplingParams
+        from vllm import SamplingParams as VLLMSamplingParams
 
         from mmreason.rollout.engine import eos_token_ids, suppressed_token_ids
 
@@ -211,23 +206,22 @@ class VLLMRollout:
         eos = eos_token_ids(policy.processor, policy.model)
         vocab = policy.model.get_output_embeddings().weight.shape[0]
         allowed = allowed_token_ids(vocab, suppressed_token_ids(policy.processor))
-        params = [
-            SamplingParams(
+        per_completion = [
+            VLLMSamplingParams(
                 n=1,
-                temperature=cfg.temperature,
-                top_p=cfg.top_p,
-                max_tokens=cfg.max_new_tokens,
+                temperature=0.0 if params.greedy else params.temperature,
+                top_p=params.top_p,
+                max_tokens=params.max_new_tokens,
                 seed=seed,
                 stop_token_ids=eos,
                 allowed_token_ids=allowed,
                 logprobs=0,
             )
-            for seed in completion_seeds(run_cfg.seed, samples, cfg.group_size)
+            for seed in completion_seeds(params.seed or 0, prompts.samples, params.group_size)
         ]
-        texts = vllm_prompts(policy.processor, samples, run_cfg.model.min_pixels, run_cfg.model.max_pixels)
-        requests = [p for p in texts for _ in range(cfg.group_size)]
-        outputs = self.llm.generate(requests, sampling_params=params, use_tqdm=False)
+        texts = vllm_prompts(policy.processor, prompts.samples, self.min_pixels, self.max_pixels)
+        requests = [p for p in texts for _ in range(params.group_size)]
+        outputs = self.llm.generate(requests, sampling_params=per_completion, use_tqdm=False)
         if self.cfg.enable_sleep_mode:
             self.llm.sleep(level=2)
-        pad = policy.processor.tokenizer.pad_token_id
-        return to_rollout(prompts, cfg.group_size, outputs, eos, pad, policy.processor.tokenizer)
+        return to_rollout(prompts, params.group_size, outputs, eos, policy.processor.tokenizer)

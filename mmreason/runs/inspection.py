@@ -26,18 +26,19 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
-from mmreason.runs import store
 from mmreason.config import RunConfig, load_config
 from mmreason.data.records import Dataset, read_dataset
+from mmreason.data.sample import Sample, SampleContext
 from mmreason.registry import get_task
 from mmreason.rewards import extract_answer, extract_think
-from mmreason.data.sample import Sample, SampleContext
+from mmreason.runs import store
 
 KINDS = ("best", "worst", "most_improved")
 TOTAL = "total"
 TRAINING_METRICS = ("loss", "kl", "entropy", "clip_frac", "completion_len_mean", "truncated_rate")
 Range = tuple[float | None, float | None]
-# evaluation labels written by mmreason.train.stages / grpo: "after-s01-grpo" (end of stage 1), "s01-grpo-step5" (periodic)
+# evaluation labels written by mmreason.train.stages / grpo / sft: "after-s01-grpo" (end of stage 1),
+# "s01-grpo-step5" (periodic)
 _STAGE_LABEL_RE = re.compile(r"^(after-)?s(\d{2})-")
 
 
@@ -254,8 +255,14 @@ def group_stats(view: RunView, *, stage: str | None = None, reward: str = TOTAL)
 
 def eval_table(view: RunView) -> pd.DataFrame:
     """Held-out metrics: one row per evaluation (label), one column per `<task>/<metric>` (rewards left out)."""
-    m = view.metrics
-    if m.empty:
+    return eval_metrics_table(view.metrics)
+
+
+def eval_metrics_table(metrics: pd.DataFrame | Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """`eval_table` of metrics lines: a frame of metrics.jsonl (`read_metrics`), or the lines as dicts (a training
+    run's history). Empty when no line is an evaluation's; NaN where an evaluation has no value for a column."""
+    m = metrics if isinstance(metrics, pd.DataFrame) else pd.DataFrame(list(metrics))
+    if m.empty or "stage" not in m:
         return pd.DataFrame()
     rows = m[m["stage"].astype(str).str.startswith("eval-")]
     keys = sorted(k for k in m.columns if k.startswith("eval/") and "/reward/" not in k and rows[k].notna().any())

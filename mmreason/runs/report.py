@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from mmreason.runs import inspection as ins
+
 log = logging.getLogger(__name__)
 
 MAX_TEXT_CHARS = 4000  # longer completions are cut in the page (the store keeps them whole)
@@ -106,7 +107,9 @@ def fmt(value: Any, digits: int = 3) -> str:
     return esc(value)
 
 
-def clip_text(text: str, limit: int = MAX_TEXT_CHARS) -> str:
+def clip_multiline(text: str, limit: int = MAX_TEXT_CHARS) -> str:
+    """`text` cut to `limit` characters with its line breaks kept (for <pre> blocks), ending with how many characters
+    were cut; `mmreason.tasks.common.clip_text` instead flattens text to one caption line."""
     return text if len(text) <= limit else f"{text[:limit]}\n… ({len(text) - limit} more characters)"
 
 
@@ -256,7 +259,7 @@ def _card(view: ins.RunView, row: pd.Series, before: pd.Series | None = None) ->
             f"{fmt(before['reward_total'])})</summary>{_completion_html(str(before['completion'] or ''))}"
             f"</details>"
         )
-    prompt = f"<details><summary>prompt</summary><pre>{esc(clip_text(str(row['prompt'])))}</pre></details>"
+    prompt = f"<details><summary>prompt</summary><pre>{esc(clip_multiline(str(row['prompt'])))}</pre></details>"
     text += _turns_html(row.get("turns"))
     return (
         f'<div class="card"><div class="pic">{picture}</div>\n<div class="text"><div class="meta">'
@@ -279,7 +282,7 @@ def _turns_html(turns_json: Any) -> str:
             for p in turn.get("images", [])
         )
         parts.append(
-            f"<h4>turn {i + 1}: {esc(turn.get('role', ''))}</h4><pre>{esc(clip_text(str(turn.get('text', ''))))}"
+            f"<h4>turn {i + 1}: {esc(turn.get('role', ''))}</h4><pre>{esc(clip_multiline(str(turn.get('text', ''))))}"
             f"</pre>{pics}"
         )
     return f"<details><summary>all {len(turns)} turns</summary>{''.join(parts)}</details>"
@@ -309,14 +312,14 @@ def _completion_html(completion: str) -> str:
     reasoning, answer = ins.split_completion(completion)
     parts = []
     if reasoning is not None:
-        parts.append(f"<h4>reasoning</h4><pre>{esc(clip_text(reasoning))}</pre>")
+        parts.append(f"<h4>reasoning</h4><pre>{esc(clip_multiline(reasoning))}</pre>")
     if answer is not None:
-        parts.append(f"<h4>answer</h4><pre>{esc(clip_text(answer))}</pre>")
+        parts.append(f"<h4>answer</h4><pre>{esc(clip_multiline(answer))}</pre>")
     else:
         parts.append('<p class="note">no &lt;answer&gt;…&lt;/answer&gt; in the completion</p>')
     parts.append(
         f"<details><summary>raw completion ({len(completion)} characters)</summary>"
-        f"<pre>{esc(clip_text(completion))}</pre></details>"
+        f"<pre>{esc(clip_multiline(completion))}</pre></details>"
     )
     return "".join(parts)
 
@@ -349,7 +352,7 @@ def _eval_cell(part: pd.DataFrame, sample_id: str, stage: str) -> str:
     _, answer = ins.split_completion(str(row["completion"] or ""))
     shown = answer if answer is not None else str(row["completion"] or "")
     label = "answer" if answer is not None else "no answer tag; raw"
-    return f"<b>{fmt(row['reward_total'])}</b> <small>({label})</small><pre>{esc(clip_text(shown, 300))}</pre>"
+    return f"<b>{fmt(row['reward_total'])}</b> <small>({label})</small><pre>{esc(clip_multiline(shown, 300))}</pre>"
 
 
 def _eval_picture(view: ins.RunView, row: pd.Series) -> str:

@@ -1,7 +1,8 @@
-"""Everything a training stage shares: the run directory, policy, data stream, held-out sets, optimizer and
-scheduler construction, metrics logging and checkpoint save/restore.
+"""The live state of a run (`Run`: config, folder, policy, data stream, held-out sets, rollout store, processes) and
+how it is set up from a config: seeding, sample context, data checks, the training stream, metrics lines.
 
-A stage (SFT or GRPO) is one readable loop in its own module that calls into this one.
+Stages (`mmreason.train`) read and update a `Run`; `Run.local` builds a single-process one around a policy for
+library use, tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -9,11 +10,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
-import os
 import random
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,14 +19,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmreason.train.checkpoint import (
-    OPTIMIZER_FILE,
-    checkpoint_name,
-    keep_last,
-    load_training_state,
-    save_checkpoint,
-    staging_dir,
-)
 from mmreason.config import RunConfig, save_config
 from mmreason.data.records import (
     DataError,
@@ -38,19 +28,16 @@ from mmreason.data.records import (
     format_problems,
     read_dataset,
 )
+from mmreason.data.sample import Sample, SampleContext
 from mmreason.data.stream import SampleStream, Source
-from mmreason.train.dist import ENGINE_DIR
 from mmreason.models.policy import Policy
 from mmreason.registry import get_task
-from mmreason.data.sample import Sample, SampleContext
 from mmreason.rollout.scoring import RewardErrors
 from mmreason.runs.store import RolloutStore
 
 log = logging.getLogger(__name__)
 
-
-class TrainingStopped(RuntimeError):
-    """Training cannot usefully go on (e.g. too many non-finite updates in a row); the message says why."""
+METRICS_FILE = "metrics.jsonl"
 
 
 @dataclass
@@ -61,9 +48,9 @@ class Run:
     run_dir: Path
     policy: Policy
     sample_ctx: SampleContext
-    stream: SampleStream
+    stream: SampleStream | None  # None: a `Run.local` that draws no training data
     val: dict[str, list[Sample]]
-    store: RolloutStore
+    store: RolloutStore | None  # None: a `Run.local` that writes no rollouts
     reward_errors: RewardErrors = field(default_factory=RewardErrors)
     history: list[dict[str, Any]] = field(default_factory=list)
     dist: Any = None  # mmreason.train.dist.Dist (None: one plain process, e.g. in unit tests)
@@ -74,6 +61,15 @@ class Run:
     # with the optimizer shards (mid-stage) or the weights only (a new stage starts after a finished one)
     engine_resume: tuple[Path, bool] | None = None
     rollout_engine: Any = None  # the vLLM engine of grpo.rollout: vllm, built at the first rollout
+
+    @classmethod
+    def local(cls, policy: Policy, cfg: RunConfig | None = None, run_dir: str | Path | None = None) -> Run:
+        """A single-process run around `policy` with no data stream; a rollout store only when `run_dir` is given."""
+        cfg = cfg or RunConfig()
+        folder = Path(run_dir) if run_dir is not None else cfg.run_dir
+        store = RolloutStore(folder) if run_dir is not None else None
+        ctx = sample_context(cfg, policy.family.name, Path.cwd())
+        return cls(cfg, folder, policy, ctx, stream=None, val={}, store=store)
 
     @property
     def device(self) -> torch.device:
@@ -200,34 +196,24 @@ def take_samples(run: Run, n: int) -> list[Sample]:
     return [sample for _, sample in run.stream.take(n)]
 
 
-def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999), eps=1e-8)
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, kind: str, warmup_ratio: float, total: int) -> Any:
-    from transformers import get_scheduler
-
-    warmup = int(math.ceil(warmup_ratio * total))
-    return get_scheduler(kind, optimizer, num_warmup_steps=warmup, num_training_steps=max(total, 1))
-
 
 def data_metrics(run: Run) -> dict[str, float]:
     """Run-so-far counts of what was skipped: bad records drawn, unreadable data lines, reward-function errors."""
+    stream = run.stream
     return {
-        "skipped_samples": float(run.stream.skipped),
-        "unreadable_lines": float(run.stream.unreadable_lines),
+        "skipped_samples": float(stream.skipped if stream is not None else 0),
+        "unreadable_lines": float(stream.unreadable_lines if stream is not None else 0),
         "reward_errors": float(run.reward_errors.total),
     }
 
 
-def stop_if_diverging(bad_updates: int, limit: int, stage: str, step: int) -> None:
-    """Raise TrainingStopped once `limit` updates in a row were skipped for a non-finite loss or gradient."""
-    if bad_updates >= limit:
-        raise TrainingStopped(
-            f"{stage} stopped at step {step}: {bad_updates} updates in a row were skipped for a non-finite loss or "
-            f"gradient ({stage}.max_bad_updates={limit}). The last checkpoint is intact; lower {stage}.lr or check "
-            "the data and rewards, then continue with --resume."
-        )
+
+def read_history(run_dir: Path) -> list[dict[str, Any]]:
+    """The metrics lines a run folder holds (what `log_metrics` appended)."""
+    path = run_dir / METRICS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def log_metrics(run: Run, stage: str, step: int, metrics: dict[str, Any]) -> None:
@@ -236,123 +222,9 @@ def log_metrics(run: Run, stage: str, step: int, metrics: dict[str, Any]) -> Non
     run.history.append(row)
     if not run.is_main:  # every rank keeps the history (same length everywhere); rank 0 alone writes it
         return
-    with (run.run_dir / "metrics.jsonl").open("a") as f:
+    with (run.run_dir / METRICS_FILE).open("a") as f:
         f.write(json.dumps(row, default=float) + "\n")
 
-
-def checkpoint(
-    run: Run, stage_index: int, stage: str, step: int, optimizer: Any, scheduler: Any, done: bool
-) -> Path | None:
-    """Atomic checkpoint of weights + optimizer/scheduler/RNG/data cursor; old ones rotated away.
-
-    Call on every rank: the data cursors (and, under ZeRO-3 / FSDP, the weights) are gathered first. Rank 0 writes
-    the unwrapped model and the rest; under DeepSpeed every rank first writes its optimizer shard into rank 0's
-    staging folder (a barrier then, so none is missing when rank 0 publishes it). A barrier at the end keeps the
-    other ranks from running ahead of a half-written checkpoint. Returns the checkpoint path on rank 0, None elsewhere.
-    """
-    streams = run.gather([run.stream.state_dict()])  # each rank's own cursor, restored per rank on resume
-    model_state = run.dist.model_state(run.model) if run.dist is not None else None
-    sharded = run.dist is not None and run.dist.shards_state
-    engine = sharded and run.dist.deepspeed and run.train_model is not None
-    if sharded and not engine and run.is_main:
-        log.warning("FSDP: optimizer states are sharded and not saved; a resume restarts them")
-    name = checkpoint_name(stage_index, stage, step)
-    staging = _stage_engine_state(run, name) if engine else None
-    path = None
-    if run.is_main:
-        optimizer = None if sharded else optimizer  # sharded: in the engine's folder (DeepSpeed) or not saved (FSDP)
-        path = _write_checkpoint(
-            run, name, stage_index, stage, step, optimizer, scheduler, done, streams, model_state, staging
-        )
-    run.barrier()
-    return path
-
-
-def _stage_engine_state(run: Run, name: str) -> Path | None:
-    """DeepSpeed: rank 0 creates the checkpoint's staging folder, every rank writes its engine state (optimizer
-    shard) into it, and all wait until every shard is written. The folder on rank 0, None elsewhere."""
-    mine = [str(staging_dir(run.run_dir, name))] if run.is_main else []
-    folder = Path(run.gather(mine)[0])  # rank 0's path (its pid in the name), now on every rank
-    run.dist.save_engine_state(run.train_model, folder / ENGINE_DIR)
-    run.barrier()
-    return folder if run.is_main else None
-
-
-def _write_checkpoint(
-    run: Run,
-    name: str,
-    stage_index: int,
-    stage: str,
-    step: int,
-    optimizer: Any,
-    scheduler: Any,
-    done: bool,
-    streams: list[dict[str, Any]],
-    model_state: dict[str, Any] | None,
-    staging: Path | None,
-) -> Path:
-    state = {
-        "stage_index": stage_index,
-        "stage": stage,
-        "step": step,
-        "stage_done": done,
-        "stream": run.stream.state_dict(),
-        "streams": streams,  # one cursor per rank
-        "history_len": len(run.history),
-        "reward_errors": run.reward_errors.state_dict(),
-        # shards present now; on resume every other shard (written after this checkpoint) is dropped
-        "store_shards": sorted(p.name for p in run.store.dir.glob("*.parquet")),
-    }
-    _fsync(run.run_dir / "metrics.jsonl")  # the lines this checkpoint counts are on disk before it is
-    with _default_key_names(run.policy.model, run.dist is not None and run.dist.zero3):
-        path = save_checkpoint(
-            run.run_dir,
-            name,
-            model=run.policy.model,
-            processor=run.policy.processor,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            state=state,
-            model_kwargs={"state_dict": model_state} if model_state is not None else None,
-            staging=staging,
-        )
-    keep_last(run.run_dir, run.cfg.keep_checkpoints)
-    return path
-
-
-def restore_training_state(run: Run, ckpt: Path, optimizer: Any, scheduler: Any) -> dict[str, Any]:
-    """Optimizer, scheduler and RNG states of `ckpt` for the stage being resumed, before `prepare_training`.
-
-    A checkpoint without optimizer.pt leaves the optimizer as built: under DeepSpeed `prepare_training` loads the
-    optimizer shards into the engine; FSDP does not save them (a warning says the optimizer restarts).
-    """
-    if not (ckpt / OPTIMIZER_FILE).is_file():
-        if run.engine_resume is None and run.is_main:
-            log.warning("%s holds no optimizer states (not saved under FSDP): the optimizer restarts", ckpt.name)
-        optimizer = None
-    return load_training_state(ckpt, optimizer, scheduler)
-
-
-@contextlib.contextmanager
-def _default_key_names(model: Any, zero3: bool) -> Iterator[None]:
-    """Under ZeRO-3, save with the model class's default key renamings.
-
-    transformers (5.x) records on the model the key renamings its load applied and reverts them on save; a ZeRO-3
-    (zero.Init) load records its legacy renamings too, whose reverse writes `model.model.*` keys that no load maps
-    back. Without a record save_pretrained reverts the class's default renamings: the same file as any other run's.
-    """
-    recorded = model.__dict__.pop("_weight_conversions", None) if zero3 else None
-    try:
-        yield
-    finally:
-        if recorded is not None:
-            model._weight_conversions = recorded
-
-
-def _fsync(path: Path) -> None:
-    if path.is_file():
-        with open(path, "rb") as f:
-            os.fsync(f.fileno())
 
 
 def prepare_run_dir(cfg: RunConfig) -> Path:
@@ -362,48 +234,3 @@ def prepare_run_dir(cfg: RunConfig) -> Path:
     return run_dir
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    try:
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    except Exception:  # resource is POSIX-only
-        return float("nan")
-
-
-def prepare_training(run: Run, optimizer: Any, max_grad_norm: float | None = None) -> Any:
-    """Wrap the policy and its optimizer for this launch (DDP / DeepSpeed / FSDP through accelerate; unchanged in
-    one process): sets `run.train_model` (the model the loss goes through) and returns the optimizer to step.
-    A DeepSpeed resume (`Run.engine_resume`) loads the checkpoint's engine state into the new engine.
-
-    The LR scheduler is not prepared: accelerate would step it once per process and a step, not once a step.
-    """
-    plain = run.dist is None or (
-        run.world_size == 1 and not run.dist.shards_state and run.dist.acc.mixed_precision == "no"
-    )
-    if plain:
-        run.train_model = None
-        return optimizer
-    if run.train_model is not None and run.dist.deepspeed:  # a previous stage's engine
-        run.dist.release(run.train_model)
-    run.train_model, optimizer = run.dist.prepare(run.policy.model, optimizer, max_grad_norm=max_grad_norm)
-    if run.engine_resume is not None:  # DeepSpeed resume: weights (+ optimizer shards) go into the engine itself
-        ckpt, with_optimizer = run.engine_resume
-        run.engine_resume = None  # once: a later stage starts from its own fresh optimizer
-        run.dist.load_engine_state(run.train_model, ckpt / ENGINE_DIR, with_optimizer)
-    return optimizer
-
-
-def step_bar(run: Run, stage: str, stage_index: int, start_step: int, steps: int) -> Any:
-    """The stage's progress bar over steps start_step..steps (shown by rank 0 only)."""
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        range(start_step, steps),
-        desc=f"{stage} [{stage_index}]",
-        initial=start_step,
-        total=steps,
-        disable=not run.is_main,
-    )

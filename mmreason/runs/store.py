@@ -47,6 +47,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mmreason.runs.files import fsync_dir, fsync_file
+
 if TYPE_CHECKING:
     from mmreason.data.sample import Sample
 
@@ -114,10 +116,16 @@ class RolloutStore:
         """(stage, step) of every complete shard, in training order."""
         return [(stage, step) for _, stage, step, _ in _list_shards(self.dir)]
 
+    def position(self) -> tuple[int, int]:
+        """(stage_index, step) of the latest shard, (-1, 0) when there is none: what `delete_after` keeps up to."""
+        shards = _list_shards(self.dir)
+        return (shards[-1][0], shards[-1][2]) if shards else (-1, 0)
+
     def delete_after(self, stage_index: int, step: int) -> list[Path]:
         """Remove shards written after (stage_index, step) and any temp files; returns the removed shards.
 
-        Used on resume: a crash can leave shards newer than the checkpoint being resumed.
+        Used on resume (with the `position` a checkpoint recorded): a crash can leave shards newer than the
+        checkpoint being resumed. `delete_after(-1, 0)` clears the store.
         """
         removed = []
         for index, _, shard_step, path in _list_shards(self.dir):
@@ -346,21 +354,14 @@ def _atomic_write_table(table: pa.Table, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         pq.write_table(table, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        fsync_file(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable; some platforms cannot open a folder, which is fine to skip there."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def position_of(shard_names: list[str]) -> tuple[int, int]:
+    """(stage_index, step) of the latest of these shard file names, (-1, 0) for none (see `RolloutStore.position`)."""
+    found = [_SHARD_RE.fullmatch(name) for name in shard_names]
+    return max(((int(m.group(1)), int(m.group(3))) for m in found if m), default=(-1, 0))

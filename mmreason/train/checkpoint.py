@@ -19,17 +19,29 @@ Names sort in training order: `checkpoint_name(0, "sft", 10) == "s00-sft-step000
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import random
 import re
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from rich.console import Console
+
+from mmreason.runs.files import fsync_dir, fsync_file, replace_text, write_synced
+from mmreason.runs.run import METRICS_FILE, Run
+from mmreason.runs.store import position_of
+from mmreason.train.dist import ENGINE_DIR
+
+log = logging.getLogger(__name__)
+console = Console(stderr=True)
 
 CHECKPOINT_DIR = "checkpoints"
 COMPLETE_MARKER = "complete.json"
@@ -113,7 +125,7 @@ def save_checkpoint(
         (tmp / STATE_FILE).write_text(state_text, encoding="utf-8")
         _fsync_tree(tmp)
         marker = {"name": name, "time": time.time(), "files": sorted(p.name for p in tmp.iterdir())}
-        _write_synced(tmp / COMPLETE_MARKER, json.dumps(marker, indent=1))
+        write_synced(tmp / COMPLETE_MARKER, json.dumps(marker, indent=1))
         final = _move_into_place(tmp, root, name)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -236,11 +248,11 @@ def _move_into_place(tmp: Path, root: Path, name: str) -> Path:
         old = root / f".old-{name}-{os.getpid()}"
         os.replace(final, old)
         os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
     return final
 
 
@@ -287,28 +299,175 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _write_synced(path: Path, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _fsync_tree(folder: Path) -> None:
     """Flush every file (and folder) to disk before the marker claims the checkpoint complete."""
     for dirpath, _, filenames in os.walk(folder):
         for filename in filenames:
             with open(os.path.join(dirpath, filename), "rb") as f:
                 os.fsync(f.fileno())
-        _fsync_dir(Path(dirpath))
+        fsync_dir(Path(dirpath))
 
 
-def _fsync_dir(folder: Path) -> None:
+# ------------------------------------------------------------------------------------------------ a run's checkpoints
+
+
+def checkpoint(
+    run: Run, stage_index: int, stage: str, step: int, optimizer: Any, scheduler: Any, done: bool
+) -> Path | None:
+    """Atomic checkpoint of weights + optimizer/scheduler/RNG/data cursor; old ones rotated away.
+
+    Call on every rank: the data cursors (and, under ZeRO-3 / FSDP, the weights) are gathered first. Rank 0 writes
+    the unwrapped model and the rest; under DeepSpeed every rank first writes its optimizer shard into rank 0's
+    staging folder (a barrier then, so none is missing when rank 0 publishes it). A barrier at the end keeps the
+    other ranks from running ahead of a half-written checkpoint. Returns the checkpoint path on rank 0, None elsewhere.
+    """
+    streams = run.gather([run.stream.state_dict()])  # each rank's own cursor, restored per rank on resume
+    model_state = run.dist.model_state(run.model) if run.dist is not None else None
+    sharded = run.dist is not None and run.dist.shards_state
+    engine = sharded and run.dist.deepspeed and run.train_model is not None
+    if sharded and not engine and run.is_main:
+        log.warning("FSDP: optimizer states are sharded and not saved; a resume restarts them")
+    name = checkpoint_name(stage_index, stage, step)
+    staging = _stage_engine_state(run, name) if engine else None
+    path = None
+    if run.is_main:
+        optimizer = None if sharded else optimizer  # sharded: in the engine's folder (DeepSpeed) or not saved (FSDP)
+        path = _write_checkpoint(
+            run, name, stage_index, stage, step, optimizer, scheduler, done, streams, model_state, staging
+        )
+    run.barrier()
+    return path
+
+
+def _stage_engine_state(run: Run, name: str) -> Path | None:
+    """DeepSpeed: rank 0 creates the checkpoint's staging folder, every rank writes its engine state (optimizer
+    shard) into it, and all wait until every shard is written. The folder on rank 0, None elsewhere."""
+    mine = [str(staging_dir(run.run_dir, name))] if run.is_main else []
+    folder = Path(run.gather(mine)[0])  # rank 0's path (its pid in the name), now on every rank
+    run.dist.save_engine_state(run.train_model, folder / ENGINE_DIR)
+    run.barrier()
+    return folder if run.is_main else None
+
+
+def _write_checkpoint(
+    run: Run,
+    name: str,
+    stage_index: int,
+    stage: str,
+    step: int,
+    optimizer: Any,
+    scheduler: Any,
+    done: bool,
+    streams: list[dict[str, Any]],
+    model_state: dict[str, Any] | None,
+    staging: Path | None,
+) -> Path:
+    state = {
+        "stage_index": stage_index,
+        "stage": stage,
+        "step": step,
+        "stage_done": done,
+        "stream": run.stream.state_dict(),
+        "streams": streams,  # one cursor per rank
+        "history_len": len(run.history),
+        "reward_errors": run.reward_errors.state_dict(),
+        # the latest rollout shard now; on resume every shard written after it is dropped
+        "store_position": list(run.store.position()),
+    }
+    fsync_file(run.run_dir / METRICS_FILE)  # the lines this checkpoint counts are on disk before it is
+    with _default_key_names(run.policy.model, run.dist is not None and run.dist.zero3):
+        path = save_checkpoint(
+            run.run_dir,
+            name,
+            model=run.policy.model,
+            processor=run.policy.processor,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            state=state,
+            model_kwargs={"state_dict": model_state} if model_state is not None else None,
+            staging=staging,
+        )
+    keep_last(run.run_dir, run.cfg.keep_checkpoints)
+    return path
+
+
+@contextlib.contextmanager
+def _default_key_names(model: Any, zero3: bool) -> Iterator[None]:
+    """Under ZeRO-3, save with the model class's default key renamings.
+
+    transformers (5.x) records on the model the key renamings its load applied and reverts them on save; a ZeRO-3
+    (zero.Init) load records its legacy renamings too, whose reverse writes `model.model.*` keys that no load maps
+    back. Without a record save_pretrained reverts the class's default renamings: the same file as any other run's.
+    """
+    recorded = model.__dict__.pop("_weight_conversions", None) if zero3 else None
     try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # some platforms cannot open a folder; the rename is still atomic there
-        return
-    try:
-        os.fsync(fd)
+        yield
     finally:
-        os.close(fd)
+        if recorded is not None:
+            model._weight_conversions = recorded
+
+
+def restore_training_state(run: Run, ckpt: Path, optimizer: Any, scheduler: Any) -> dict[str, Any]:
+    """Optimizer, scheduler and RNG states of `ckpt` for the stage being resumed, before `prepare_training`.
+
+    A checkpoint without optimizer.pt leaves the optimizer as built: under DeepSpeed `prepare_training` loads the
+    optimizer shards into the engine; FSDP does not save them (a warning says the optimizer restarts).
+    """
+    if not (ckpt / OPTIMIZER_FILE).is_file():
+        if run.engine_resume is None and run.is_main:
+            log.warning("%s holds no optimizer states (not saved under FSDP): the optimizer restarts", ckpt.name)
+        optimizer = None
+    return load_training_state(ckpt, optimizer, scheduler)
+
+
+def resume_from(run: Run, ckpt: Path) -> dict[str, Any]:
+    """Weights, RNG, data cursor and counters of `ckpt`; metrics lines and rollout shards written after it are
+    dropped (by rank 0; each rank restores its own data cursor).
+
+    Under DeepSpeed the weights come from the checkpoint's engine state once the next stage has prepared its engine
+    (`prepare_training`): under ZeRO-3 the live weights are partitioned, so that is the only way into them, and
+    mid-stage the optimizer shards come along."""
+    from mmreason.models.policy import restore_weights
+
+    state = load_training_state(ckpt, None, None)
+    if run.dist is not None and run.dist.deepspeed and (ckpt / ENGINE_DIR).is_dir():
+        run.engine_resume = (ckpt, not state["stage_done"])
+    else:
+        restore_weights(run.policy, ckpt)
+    streams = state.get("streams") or [state["stream"]]
+    run.stream.load_state_dict(streams[run.rank] if len(streams) == run.world_size else state["stream"])
+    run.reward_errors.load_state_dict(state.get("reward_errors", []))
+    if run.is_main:
+        truncate_metrics(run.run_dir, state["history_len"])
+        position = state.get("store_position") or position_of(state.get("store_shards", []))
+        run.store.delete_after(*position)
+        console.print(f"resuming from {ckpt.name}")
+    return state
+
+
+def truncate_metrics(run_dir: Path, keep: int) -> None:
+    """Keep the first `keep` lines of metrics.jsonl (those the resumed checkpoint counts; later ones are written
+    again) and remove the temp files of a metrics write a crash cut short. The shorter file replaces the old one
+    by rename: a crash here must not cost the lines the checkpoint counts."""
+    path = run_dir / METRICS_FILE
+    for tmp in run_dir.glob(f".{METRICS_FILE}.*.tmp"):
+        tmp.unlink(missing_ok=True)
+    if path.is_file():
+        replace_text(path, "".join(path.read_text().splitlines(keepends=True)[:keep]))
+
+
+def clear_previous_run(run: Run) -> None:
+    """A run started from scratch replaces what an earlier run of the same name left: its metrics, rollout shards
+    and checkpoints (an old checkpoint kept would outrank the new run's own on a later --resume)."""
+    run_dir = run.run_dir
+    latest_checkpoint(run_dir)  # tidies the transient folders a killed writer left first
+    old = complete_checkpoints(run_dir)
+    if old or (run_dir / METRICS_FILE).exists():
+        console.print(
+            f"starting {run_dir} from scratch: replacing the metrics, rollouts and {len(old)} checkpoint(s) of the "
+            "run there (pass --resume to continue it instead)"
+        )
+    truncate_metrics(run_dir, 0)
+    (run_dir / METRICS_FILE).unlink(missing_ok=True)
+    delete_checkpoints(run_dir)
+    run.store.delete_after(-1, 0)

@@ -15,6 +15,7 @@ from mmreason.data.sample import Sample
 from mmreason.registry import get_task
 from mmreason.rollout.engine import encode_prompts, generate
 from mmreason.rollout.scoring import score_completions
+from mmreason.rollout.types import SamplingParams
 from mmreason.runs.run import Run, log_metrics
 from mmreason.runs.store import completion_row
 
@@ -26,7 +27,8 @@ def generate_greedy(policy: Any, samples: list[Sample], max_new_tokens: int, bat
     for i in tqdm(range(0, len(samples), batch_size), desc="eval", leave=False):
         chunk = samples[i : i + batch_size]
         prompts = encode_prompts(policy.processor, chunk, policy.device)
-        texts += generate(policy.model, policy.processor, prompts, 1, max_new_tokens=max_new_tokens, greedy=True).texts
+        greedy = SamplingParams(1, max_new_tokens, greedy=True)
+        texts += generate(policy.model, policy.processor, prompts, greedy).texts
     return texts
 
 
@@ -137,7 +139,7 @@ def eval_checkpoint(
     run_dir = target if ckpt != target else ckpt.parent.parent
     policy = load_checkpoint_policy(ckpt, ModelConfig())
     task = get_task(task_name)
-    ctx = SampleContext(think=think, model_family=policy.family)
+    ctx = SampleContext(think=think, model_family=policy.family.name)
     samples, problems = build_samples(read_dataset(data, strict=False), task, ctx, limit=limit or None)
     for problem in problems:
         log.warning("skipping record: %s", problem)

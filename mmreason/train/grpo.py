@@ -2,7 +2,8 @@
 steps on group-relative advantages (GRPO / Dr.GRPO / DAPO options; maths in `mmreason.train.rl`).
 
 One loop per step: rollout -> rewards -> advantages -> (optional) old/ref log-probs -> num_iterations updates ->
-metrics, rollout store rows, checkpoints.
+metrics, rollout store rows, checkpoints. Every engine returns the one `Rollout` type; how its tokens are scored
+(shared prefix, repeated prompt, whole trajectories) is decided once per stage (`scoring_plan`) and logged once.
 """
 
 from __future__ import annotations
@@ -10,54 +11,94 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from mmreason.config import ConfigError, GRPOConfig
 from mmreason.data.sample import Sample
-from mmreason.models.policy import Reference
+from mmreason.models.policy import Reference, unwrap_model
 from mmreason.registry import get_task
 from mmreason.rollout.engine import (
-    Rollout,
     completion_logprobs,
     encode_prompts,
     generate,
-    prompt_generators,
     repeat_prompts,
     suppressed_token_ids,
 )
-from mmreason.rollout.multiturn import ToolRollout, tool_rollout, turns_json
+from mmreason.rollout.multiturn import tool_rollout, trajectory_logprobs, turns_json
 from mmreason.rollout.prefix import shared_completion_logprobs
 from mmreason.rollout.scoring import score_completions
-from mmreason.runs.run import (
-    Run,
-    checkpoint,
-    data_metrics,
-    log_metrics,
-    make_optimizer,
-    make_scheduler,
-    peak_memory_mb,
-    prepare_training,
-    reward_weights,
-    step_bar,
-    stop_if_diverging,
-    take_samples,
-)
+from mmreason.rollout.types import Rollout, SamplingParams, ScoringPath
+from mmreason.runs.run import Run, data_metrics, log_metrics, reward_weights, take_samples
 from mmreason.runs.store import completion_row
 from mmreason.train.dist import split_per_rank
-from mmreason.train.rl import group_advantages, grpo_loss, truncated_is_weights, zero_variance_groups
+from mmreason.train.rl import group_advantages, grpo_loss, loss_mask, truncated_is_weights, zero_variance_groups
+from mmreason.train.step import (
+    backward,
+    make_optimizer,
+    make_scheduler,
+    optimizer_step,
+    peak_memory_mb,
+    periodic,
+    prepare_training,
+    step_bar,
+    stop_if_diverging,
+)
 
 log = logging.getLogger(__name__)
 
 
-def score_mixture(
-    run: Run, samples: list[Sample], texts: list[str], g: int, rollout: Any = None
-) -> tuple[dict[str, list], list[float]]:
+@dataclass(frozen=True)
+class ScoringPlan:
+    """How a stage scores its rollouts' tokens: `loss` for the policy forward with gradients, `frozen` for the
+    no-grad old-policy and reference passes (see `rollout.types.ScoringPath`)."""
+
+    loss: ScoringPath
+    frozen: ScoringPath
+
+
+def uses_tools(run: Run, cfg: GRPOConfig) -> bool:
+    """Whether the stage's rollouts are multi-turn: tool use is on and some task of the run has tools."""
+    return cfg.tools.enabled and any(get_task(d.task).tools for d in run.cfg.data)
+
+
+def scoring_plan(run: Run, cfg: GRPOConfig) -> ScoringPlan:
+    """The stage's scoring paths, decided once (and logged once).
+
+    Multi-turn rollouts score whole trajectories. Otherwise with grpo.share_prefix the no-grad passes share each
+    group's prompt prefix; the loss does too, except under gradient checkpointing (transformers drops the KV cache
+    of checkpointed layers) and with several processes (DDP registers a backward hook per forward: the shared
+    loss's two forwards, prefill + extend, before one backward would trip it); those repeat the prompt rows (same
+    values up to rounding)."""
+    if uses_tools(run, cfg):
+        plan = ScoringPlan("trajectory", "trajectory")
+    elif not cfg.share_prefix:
+        plan = ScoringPlan("repeated_prompt", "repeated_prompt")
+    elif _checkpointing(run.policy.model):
+        log.warning("grpo.share_prefix: gradient checkpointing drops the KV cache, so the loss repeats the prompts")
+        plan = ScoringPlan("repeated_prompt", "shared_prefix")
+    elif run.world_size > 1:
+        plan = ScoringPlan("repeated_prompt", "shared_prefix")
+    else:
+        plan = ScoringPlan("shared_prefix", "shared_prefix")
+    if run.is_main:
+        log.info("grpo scoring: loss on %s, old/reference log-probs on %s", plan.loss, plan.frozen)
+    return plan
+
+
+def sampling_params(run: Run, cfg: GRPOConfig) -> SamplingParams:
+    """The stage's sampling: per-prompt seeds from the run seed (a prompt's completions then do not depend on its
+    batch, process or a resume)."""
+    return SamplingParams(cfg.group_size, cfg.max_new_tokens, cfg.temperature, cfg.top_p, seed=run.cfg.seed)
+
+
+def score_mixture(run: Run, samples: list[Sample], rollout: Rollout) -> tuple[dict[str, list], list[float]]:
     """Rewards for a batch that may mix tasks: each task's rewards on its own rows, None elsewhere. A multi-turn
-    rollout adds the configured tool rewards, fed by each trajectory's tool-call columns."""
-    tools = isinstance(rollout, ToolRollout)
-    extra = rollout.columns() if tools else {}
+    rollout adds the configured tool rewards, fed by the rollout's extra columns (tool-call counts)."""
+    texts, g, extra = rollout.texts, rollout.group_size, rollout.columns
+    tools = rollout.multi_turn
     by_task: dict[str, list[int]] = defaultdict(list)
     for i, s in enumerate(samples):
         by_task[s.task].append(i)
@@ -102,11 +143,6 @@ def store_rows(
     step: int,
 ) -> list[dict[str, Any]]:
     g = rollout.group_size
-    multi = isinstance(rollout, ToolRollout)
-    if multi:
-        prompt_len = rollout.prompt_lengths
-    else:
-        prompt_len = [n for n in rollout.prompts.inputs["attention_mask"].sum(-1).tolist() for _ in range(g)]
     comp_len = rollout.completion_mask.sum(-1).tolist()
     rows = []
     for b, text in enumerate(rollout.texts):
@@ -122,11 +158,11 @@ def store_rows(
             reward_total=total[b],
             rewards={n: v[b] for n, v in named.items()},
             advantage=adv[b],
-            prompt_len=prompt_len[b],
+            prompt_len=rollout.prompt_lengths[b],
             completion_len=comp_len[b],
             truncated=rollout.truncated[b],
         )
-        if multi:
+        if rollout.multi_turn:
             # file names by global row (group_id * G + completion): ranks share the folder
             folder = run.run_dir / "tool_images" / f"{stage}-step{step}"
             row["turns"] = turns_json(rollout.trajectories[b], folder, row["group_id"] * g + b % g)
@@ -136,10 +172,7 @@ def store_rows(
 
 def loss_mask_for(rollout: Rollout, keep_rows: torch.Tensor, mask_truncated: bool) -> torch.Tensor:
     """[B, T] mask of tokens that carry loss: completion tokens of kept groups (minus truncated rows if asked)."""
-    mask = rollout.completion_mask * keep_rows[:, None].long()
-    if mask_truncated:
-        mask = mask * (~rollout.truncated)[:, None].long()
-    return mask
+    return loss_mask(rollout.completion_mask, keep_rows, rollout.truncated, mask_truncated)
 
 
 def run_grpo(
@@ -157,26 +190,20 @@ def run_grpo(
     if cfg.beta > 0 and run.shards_params and not policy.is_lora:  # a deep copy of sharded weights is no reference
         raise ConfigError("grpo.beta > 0 under ZeRO-3 / FSDP needs model.lora.enabled (the KL reference is the base)")
     reference = Reference(policy, cfg.beta)
-    banned = suppressed_token_ids(policy.processor)
-    share_loss = cfg.share_prefix and not _checkpointing(policy.model)
-    if cfg.share_prefix and not share_loss:
-        log.warning("grpo.share_prefix: gradient checkpointing drops the KV cache, so the loss repeats the prompts")
-    # DDP registers a backward hook per forward: the shared loss's two forwards (prefill + extend) before one
-    # backward would trip it, so several processes score the prompts repeated (same values up to rounding)
-    share_loss = share_loss and run.world_size == 1
+    plan, params = scoring_plan(run, cfg), sampling_params(run, cfg)
     bad_updates = 0
     bar = step_bar(run, "grpo", stage_index, start_step, cfg.steps)
     for step in bar:
         t0 = time.perf_counter()
         samples = take_samples(run, local_prompts)
         with run.generation_context():  # the unwrapped policy samples (ZeRO-3: its shards gathered meanwhile)
-            rollout = sample_rollout(run, cfg, samples)
-        named, total = score_mixture(run, samples, rollout.texts, g, rollout)
+            rollout = sample_rollout(run, cfg, samples, params, plan)
+        named, total = score_mixture(run, samples, rollout)
         rewards = torch.tensor(total, dtype=torch.float32, device=run.device)
         adv = group_advantages(rewards, g, scale_std=cfg.scale_std)
         keep_groups = ~zero_variance_groups(rewards, g) if cfg.dynamic_sampling else torch.ones_like(adv[::g]).bool()
         mask = loss_mask_for(rollout, keep_groups.repeat_interleave(g), cfg.mask_truncated)
-        upd, applied = update_policy(policy, optimizer, reference, rollout, adv, mask, cfg, banned, share_loss, run)
+        upd, applied = update_policy(run, optimizer, reference, rollout, adv, mask, cfg, plan)
         for ok in applied:
             bad_updates = 0 if ok else bad_updates + 1
         stop_if_diverging(bad_updates, cfg.max_bad_updates, "grpo", step + 1)
@@ -189,53 +216,35 @@ def run_grpo(
         if run.is_main:
             run.store.append(rows, stage, step + 1)
         bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", loss=f"{upd.get('loss', float('nan')):.3f}")
-        _periodic(run, cfg, stage_index, step + 1, optimizer, scheduler)
+        periodic(run, cfg, stage_index, "grpo", step + 1, optimizer, scheduler)
     return optimizer, scheduler
 
 
-def allowed_tools(samples: list[Sample], cfg: GRPOConfig) -> list[tuple[str, ...]] | None:
-    """Each sample's task tools when tool use is on and some task has tools; None for single-turn rollouts."""
-    if not cfg.tools.enabled:
-        return None
-    allowed = [tuple(get_task(s.task).tools) for s in samples]
-    return allowed if any(allowed) else None
+def allowed_tools(samples: list[Sample]) -> list[tuple[str, ...]]:
+    """Each sample's task tools (empty for a task without tools: its trajectories answer in one turn)."""
+    return [tuple(get_task(s.task).tools) for s in samples]
 
 
-def sample_rollout(run: Run, cfg: GRPOConfig, samples: list[Sample]) -> Rollout | ToolRollout:
-    """G completions per prompt: multi-turn trajectories with tools when enabled, else one shared-prefix turn."""
+def sample_rollout(run: Run, cfg: GRPOConfig, samples: list[Sample], params: SamplingParams, plan: ScoringPlan):
+    """G completions per prompt from the stage's engine: multi-turn trajectories with tools, vLLM, or the HF model
+    (one shared-prefix prefill per group with grpo.share_prefix, else HF generate on repeated prompts)."""
     policy = run.policy
-    allowed = allowed_tools(samples, cfg)
-    if allowed is not None:
+    if plan.loss == "trajectory":
         return tool_rollout(
             policy.model,
             policy.processor,
             samples,
-            cfg.group_size,
-            allowed,
+            allowed_tools(samples),
+            params,
             run.device,
             max_turns=cfg.tools.max_turns,
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
             min_pixels=run.cfg.model.min_pixels,
             max_pixels=cfg.tools.max_pixels,
-            generators=prompt_generators(run.cfg.seed, samples, run.device),  # every turn seeded per prompt
         )
     prompts = encode_prompts(policy.processor, samples, run.device)
     if cfg.rollout == "vllm":
-        return vllm_engine(run).generate(policy, prompts, samples, cfg, run.cfg)
-    return generate(
-        policy.model,
-        policy.processor,
-        prompts,
-        cfg.group_size,
-        max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        share_prefix=cfg.share_prefix,
-        # per-prompt RNGs: a prompt's samples do not depend on its batch or process (and survive a resume)
-        generators=prompt_generators(run.cfg.seed, samples, run.device) if cfg.share_prefix else None,
-    )
+        return vllm_engine(run).generate(policy, prompts, params)
+    return generate(policy.model, policy.processor, prompts, params, share_prefix=cfg.share_prefix)
 
 
 def vllm_engine(run: Run) -> Any:
@@ -249,23 +258,21 @@ def vllm_engine(run: Run) -> Any:
 
 def sampler_weights(cfg: GRPOConfig, rollout: Rollout, train_logp: torch.Tensor) -> torch.Tensor | None:
     """Truncated importance weights [B, T] of a vLLM rollout against the trainer's log-probs (None: no correction,
-    the HF backend samples from the trained model itself)."""
-    if cfg.rollout != "vllm" or cfg.vllm.importance_cap <= 0 or rollout.logprobs is None:
+    the HF engines sample from the trained model itself)."""
+    if cfg.rollout != "vllm" or cfg.vllm.importance_cap <= 0 or rollout.sampler_logprobs is None:
         return None
-    return truncated_is_weights(train_logp, rollout.logprobs, rollout.completion_mask, cfg.vllm.importance_cap)
+    return truncated_is_weights(train_logp, rollout.sampler_logprobs, rollout.completion_mask, cfg.vllm.importance_cap)
 
 
 def update_policy(
-    policy: Any,
+    run: Run,
     optimizer: Any,
     reference: Reference,
     rollout: Rollout,
     adv: torch.Tensor,
     mask: torch.Tensor,
     cfg: GRPOConfig,
-    banned: list[int],
-    share_loss: bool,
-    run: Run | None = None,
+    plan: ScoringPlan,
 ) -> tuple[dict[str, float], list[bool]]:
     """The policy updates on one rollout -> (metrics, whether each update was applied).
 
@@ -277,19 +284,17 @@ def update_policy(
     all lost their loss (dynamic sampling) still runs forward/backward (a zero loss with a graph) so that DDP's
     gradient all-reduce does not hang. The reported loss and stats are reduced over ranks.
     """
-    world = run.world_size if run is not None else 1
-    total = run.sum if run is not None else float
-    model = run.model if run is not None else policy.model
+    world, total = run.world_size, run.sum
+    banned = suppressed_token_ids(run.policy.processor)
     global_tokens = total(mask.sum())
     count = global_tokens if cfg.loss_agg == "token_mean" else total(mask.shape[0])
-    old_logp, ref_logp = _frozen_logprobs(policy, reference, rollout, cfg, banned)
-    policy.model.train()
+    old_logp, ref_logp = _frozen_logprobs(run.policy, reference, rollout, cfg, banned, plan.frozen)
+    run.policy.model.train()
     upd: dict[str, float] = {}
     applied = []
     for it in range(cfg.num_iterations if global_tokens > 0 else 0):
-        logp, entropy = rollout_logprobs(model, rollout, cfg.temperature, banned, share_loss, with_entropy=(it == 0))
+        logp, entropy = rollout_logprobs(run.model, rollout, plan.loss, cfg.temperature, banned, with_entropy=it == 0)
         behaviour = old_logp if old_logp is not None else logp.detach()
-        is_weights = sampler_weights(cfg, rollout, behaviour)
         loss, stats = grpo_loss(
             logp,
             behaviour,
@@ -302,88 +307,60 @@ def update_policy(
             loss_agg=cfg.loss_agg,
             max_len=cfg.max_new_tokens,
             denominator=count / world,
-            is_weights=is_weights,
+            is_weights=sampler_weights(cfg, rollout, behaviour),
         )
         if it == 0:
             upd["entropy"] = total((entropy.detach() * mask).sum()) / max(global_tokens, 1.0)
-        applied.append(_update(policy, optimizer, loss, cfg.max_grad_norm, upd, run))
+        step = optimizer_step(run, optimizer, backward(run, loss), cfg.max_grad_norm)
+        applied.append(not step["updates_skipped"])
+        upd["grad_norm"] = step["grad_norm"]
+        upd["updates_skipped"] = upd.get("updates_skipped", 0.0) + step["updates_skipped"]
         # stats are per-rank token means: their rank average (exact when the ranks hold equal token counts)
         upd.update({"loss": total(loss.detach()) / world, **{k: total(v) / world for k, v in stats.items()}})
     return upd, applied
 
 
 def rollout_logprobs(
-    model: Any, rollout: Rollout, temperature: float, banned: list[int], share: bool, with_entropy: bool = False
+    model: Any,
+    rollout: Rollout,
+    path: ScoringPath,
+    temperature: float,
+    suppressed: list[int],
+    with_entropy: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs [B, T] (and entropies) of the rollout's completions under `model`; with `share`, each prompt is
-    encoded once per group (mmreason.rollout.prefix), else its rows are repeated G times (same values and
-    gradients)."""
-    if isinstance(rollout, ToolRollout):  # full trajectories: tool turns sit between the policy's tokens
-        return rollout.logprobs(model, temperature, banned, with_entropy)
+    """Log-probs [B, T] (and entropies) of the rollout's completion tokens under `model`, along `path`: each prompt
+    encoded once per group (shared_prefix), its rows repeated G times (repeated_prompt; same values and gradients),
+    or the whole multi-turn sequences (trajectory; T = L - 1, masked by `completion_mask`)."""
+    if path == "trajectory":
+        return trajectory_logprobs(model, rollout.sequences, temperature, suppressed, with_entropy)
     args = (rollout.completion_ids, rollout.completion_mask, temperature)
-    if share:
-        prompts = rollout.prompts.inputs
-        return shared_completion_logprobs(
-            model, prompts, rollout.group_size, *args, with_entropy=with_entropy, suppressed=banned
-        )
+    if path == "shared_prefix":
+        inputs, g = rollout.prompts.inputs, rollout.group_size
+        return shared_completion_logprobs(model, inputs, g, *args, with_entropy=with_entropy, suppressed=suppressed)
     rows = repeat_prompts(rollout.prompts, rollout.group_size)
-    return completion_logprobs(model, rows, *args, with_entropy=with_entropy, suppressed=banned)
+    return completion_logprobs(model, rows, *args, with_entropy=with_entropy, suppressed=suppressed)
 
 
 @torch.no_grad()
 def _frozen_logprobs(
-    policy: Any, reference: Reference, rollout: Rollout, cfg: GRPOConfig, banned: list[int]
+    policy: Any, reference: Reference, rollout: Rollout, cfg: GRPOConfig, banned: list[int], path: ScoringPath
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The no-grad log-probs the loss compares against: old policy (only with several updates per rollout) and
-    reference (only when beta > 0). No gradient, so the prefix is shared even under gradient checkpointing."""
+    reference (only when beta > 0)."""
     old_logp = ref_logp = None
     if cfg.num_iterations > 1:
-        old_logp, _ = rollout_logprobs(policy.model, rollout, cfg.temperature, banned, cfg.share_prefix)
+        old_logp, _ = rollout_logprobs(policy.model, rollout, path, cfg.temperature, banned)
     if cfg.beta > 0:
         with reference.model() as ref:
-            ref_logp, _ = rollout_logprobs(ref, rollout, cfg.temperature, banned, cfg.share_prefix)
+            ref_logp, _ = rollout_logprobs(ref, rollout, path, cfg.temperature, banned)
     return old_logp, ref_logp
 
 
 def _checkpointing(model: Any) -> bool:
-    """Whether activation (gradient) checkpointing is on (through DDP-style `.module` wrappers); transformers 5.x
-    renamed the flag."""
-    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
-        model = model.module
+    """Whether activation (gradient) checkpointing is on; transformers 5.x renamed the flag."""
+    model = unwrap_model(model)
     flag = getattr(model, "is_activation_checkpointing", None)
     return bool(flag if flag is not None else getattr(model, "is_gradient_checkpointing", False))
-
-
-def _update(
-    policy: Any, optimizer: Any, loss: torch.Tensor, max_grad_norm: float, out: dict, run: Run | None = None
-) -> bool:
-    """backward + clip + step; a non-finite loss or gradient skips the update (returns False) with a warning.
-
-    With several processes the skip is decided on all ranks together (one rank skipping the backward the others
-    run would hang them), and backward / clipping go through accelerate (DDP, DeepSpeed, FSDP).
-    """
-    non_finite = float(not torch.isfinite(loss))
-    if (run.sum(non_finite) if run is not None else non_finite) > 0:
-        log.warning("non-finite GRPO loss (%s): update skipped", float(loss))
-        optimizer.zero_grad(set_to_none=True)
-        out["updates_skipped"] = out.get("updates_skipped", 0.0) + 1
-        return False
-    if run is not None and run.dist is not None:
-        run.dist.backward(loss)
-        norm = run.dist.clip_grad_norm(policy.trainable_parameters(), max_grad_norm)
-    else:
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), max_grad_norm)
-    norm = torch.as_tensor(float("nan") if norm is None else float(norm))  # DeepSpeed may report none
-    out["grad_norm"] = float(norm)
-    if not torch.isfinite(norm) and not (run is not None and run.dist is not None and run.dist.shards_state):
-        log.warning("non-finite gradient norm: update skipped")
-        optimizer.zero_grad(set_to_none=True)
-        out["updates_skipped"] = out.get("updates_skipped", 0.0) + 1
-        return False
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return True
 
 
 def gather_rows(run: Run, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -428,12 +405,3 @@ def _step_metrics(
         }
     )
     return metrics
-
-
-def _periodic(run: Run, cfg: GRPOConfig, stage_index: int, step: int, optimizer: Any, scheduler: Any) -> None:
-    from mmreason.train.evaluate import evaluate
-
-    if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
-        evaluate(run, label=f"s{stage_index:02d}-grpo-step{step}")
-    if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
-        checkpoint(run, stage_index, "grpo", step, optimizer, scheduler, done=False)

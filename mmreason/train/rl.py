@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-LOSS_AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
+from mmreason.config import LOSS_AGGREGATIONS
 
 # exp() of a log-ratio beyond this overflows float32 into inf, and inf * 0-advantage is NaN; the ratio is clipped
 # long before this anyway, so clamping the log-ratio only changes values whose gradient is already zero.
@@ -256,33 +256,15 @@ def _loss_stats(
         }
 
 
-def find_truncated(tokens: Tensor, mask: Tensor, eos_token_ids: int | Sequence[int]) -> Tensor:
-    """Completions that ended without an EOS token: tokens, mask [B,T] -> bool [B].
-
-    Only positions inside the completion mask are looked at, so pad ids equal to an EOS id do not count.
-    """
-    _check_same_shape(tokens, mask, "mask")
-    ids = [eos_token_ids] if isinstance(eos_token_ids, int) else list(eos_token_ids)
-    if not ids:
-        raise ValueError("find_truncated: eos_token_ids is empty; expected at least one EOS token id")
-    eos = torch.isin(tokens, torch.tensor(ids, device=tokens.device, dtype=tokens.dtype))
-    return ~(eos & mask.bool()).any(dim=1)
-
-
-def truncation_mask(mask: Tensor, truncated: Tensor, enabled: bool = True) -> Tensor:
-    """Zero the loss mask of truncated completions when `enabled` (DAPO's overlong filtering): -> mask [B,T].
-
-    A truncated completion was cut by the length limit, so its reward judges an unfinished answer; masking it
-    keeps that noise out of the gradient. Returns `mask` unchanged (same tensor) when not enabled.
-    """
-    if truncated.dim() != 1 or truncated.shape[0] != mask.shape[0]:
-        raise ValueError(
-            f"truncation_mask: truncated must be [B]={mask.shape[0]} bools, got shape {tuple(truncated.shape)}"
-        )
-    if not enabled:
-        return mask
-    keep = (~truncated.bool()).to(mask.dtype).unsqueeze(1)
-    return mask * keep
+def loss_mask(completion_mask: Tensor, keep_rows: Tensor, truncated: Tensor, drop_truncated: bool) -> Tensor:
+    """The tokens that carry loss: completion_mask [B, T] of the kept rows keep_rows [B] (dynamic sampling), minus
+    the truncated rows truncated [B] when `drop_truncated` (DAPO's overlong filtering: a completion cut by the
+    length limit is judged as an unfinished answer, so its reward is noise) -> [B, T] in completion_mask's dtype."""
+    for name, rows in (("keep_rows", keep_rows), ("truncated", truncated)):
+        if rows.dim() != 1 or rows.shape[0] != completion_mask.shape[0]:
+            raise ValueError(f"loss_mask: {name} must be [B]={completion_mask.shape[0]}, got {tuple(rows.shape)}")
+    keep = keep_rows.bool() & ~truncated.bool() if drop_truncated else keep_rows.bool()
+    return completion_mask * keep.to(completion_mask.dtype).unsqueeze(1)
 
 
 def _grouped(rewards: Tensor, group_size: int, fn: str) -> Tensor:

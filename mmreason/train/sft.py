@@ -7,7 +7,6 @@ the whole accumulation window) -> clip -> step, with periodic eval and checkpoin
 from __future__ import annotations
 
 import logging
-import math
 import time
 from typing import Any
 
@@ -16,21 +15,20 @@ import torch
 from mmreason.config import SFTConfig
 from mmreason.data.sample import Sample
 from mmreason.processors import build_inputs, collate
-from mmreason.runs.run import (
-    Run,
-    checkpoint,
-    data_metrics,
-    log_metrics,
+from mmreason.runs.run import Run, data_metrics, log_metrics, take_samples
+from mmreason.train.dist import split_per_rank
+from mmreason.train.rl import token_logprobs
+from mmreason.train.step import (
+    backward,
     make_optimizer,
     make_scheduler,
+    optimizer_step,
     peak_memory_mb,
+    periodic,
     prepare_training,
     step_bar,
     stop_if_diverging,
-    take_samples,
 )
-from mmreason.train.dist import split_per_rank
-from mmreason.train.rl import token_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -77,17 +75,7 @@ def run_sft(
     for step in bar:
         t0 = time.perf_counter()
         metrics = sft_step(run, cfg, optimizer)
-        if metrics["updates_skipped"]:
-            bad_updates += 1
-            log.warning(
-                "sft step %d: non-finite loss (%s) or gradient norm (%s): update skipped (%d in a row)",
-                step + 1,
-                metrics["loss"],
-                metrics["grad_norm"],
-                bad_updates,
-            )
-        else:
-            bad_updates = 0
+        bad_updates = bad_updates + 1 if metrics["updates_skipped"] else 0
         stop_if_diverging(bad_updates, cfg.max_bad_updates, "sft", step + 1)
         scheduler.step()
         dt = time.perf_counter() - t0
@@ -100,7 +88,7 @@ def run_sft(
         )
         log_metrics(run, "sft", step + 1, metrics)
         bar.set_postfix(loss=f"{metrics['loss']:.3f}")
-        _periodic(run, cfg, stage_index, step + 1, optimizer, scheduler)
+        periodic(run, cfg, stage_index, "sft", step + 1, optimizer, scheduler)
     return optimizer, scheduler
 
 
@@ -114,31 +102,11 @@ def sft_step(run: Run, cfg: SFTConfig, optimizer: torch.optim.Optimizer) -> dict
     local = split_per_rank(cfg.batch_size, run.world_size, "sft.batch_size")
     micro = [sft_batch(run.policy.processor, _take_trainable(run, local), run.device) for _ in range(cfg.grad_accum)]
     n_tokens = max(run.sum(sum(b["assistant_mask"][:, 1:].sum() for b in micro)), 1.0)
-    total = 0.0
+    total, finite = 0.0, True
     for batch in micro:
         loss_sum, _ = sft_token_loss(run.model, batch)
-        scaled = loss_sum / n_tokens * run.world_size
-        run.dist.backward(scaled) if run.dist is not None else scaled.backward()
+        # every micro-batch's backward (or the skip of a non-finite one) is decided on all ranks together
+        finite = backward(run, loss_sum / n_tokens * run.world_size) and finite
         total += float(loss_sum.detach())
-    loss = run.sum(total) / n_tokens
-    params = run.policy.trainable_parameters()
-    if run.dist is not None:
-        norm = run.dist.clip_grad_norm(params, cfg.max_grad_norm)
-    else:
-        norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-    grad_norm = float("nan") if norm is None else float(norm)
-    # an inf loss can come with finite gradients: both must be finite for the update to be taken
-    ok = math.isfinite(loss) and (math.isfinite(grad_norm) or norm is None)
-    if ok:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return {"loss": loss, "grad_norm": grad_norm, "tokens": int(n_tokens), "updates_skipped": float(not ok)}
-
-
-def _periodic(run: Run, cfg: SFTConfig, stage_index: int, step: int, optimizer: Any, scheduler: Any) -> None:
-    from mmreason.train.evaluate import evaluate
-
-    if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
-        evaluate(run, label=f"s{stage_index:02d}-sft-step{step}")
-    if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
-        checkpoint(run, stage_index, "sft", step, optimizer, scheduler, done=False)
+    step = optimizer_step(run, optimizer, finite, cfg.max_grad_norm)
+    return {"loss": run.sum(total) / n_tokens, "tokens": int(n_tokens), **step}

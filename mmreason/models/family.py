@@ -1,0 +1,125 @@
+"""Model families: the one home of every fact that differs between vision-language model families.
+
+A `ModelFamily` says how a family's checkpoints are recognised (config `model_type`, processor class), how its
+images are cut (patch size x merge size = the side multiple images are resized to), how its chat and tool turns are
+written, which tokens end a turn and which vision placeholders must never be sampled, how the rotary positions of a
+prompt are computed (3-D multimodal or 1-D), and in which convention it writes boxes. Processors, rollout, shared
+prefix, multi-turn tools, the grounding task and its reward ask this object; nothing re-derives these facts.
+
+Each family is one module of this package defining `FAMILY`; `FAMILY_MODULES` is the list of them. An unknown family
+is refused with the supported names, never treated as another. This module imports no torch: rewards use it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Literal
+
+# the supported families, one module each in mmreason/models/ (adding a family = one module + one entry here)
+FAMILY_MODULES = ("qwen2_5_vl", "qwen2_vl")
+
+BoxConvention = Literal["absolute", "relative_1000"]
+
+
+class FamilyError(ValueError):
+    """A checkpoint, processor or `model.family` that names no supported family, or two that disagree."""
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """The facts of one model family (see the module docstring); methods derive token ids from a processor."""
+
+    name: str  # the family's key: `model.family`, `tiny-model --arch`, the `coord_family` reward column
+    label: str  # human name, e.g. "Qwen2.5-VL"
+    model_types: tuple[str, ...]  # checkpoint config `model_type` values this family loads
+    processor_classes: tuple[str, ...]  # transformers processor classes of its checkpoints
+    patch_size: int  # vision patch side in pixels
+    merge_size: int  # patches merged per side into one vision token
+    box_convention: BoxConvention  # absolute: pixels of the resized image; relative_1000: 0-1000 of each side
+    rope: Literal["mrope", "1d"]  # prompt rotary positions: 3-D multimodal (the model's get_rope_index) or 1-D
+    turn_start: str  # opens a chat turn: turn_start + role + "\n"
+    turn_end: str  # closes a chat turn (and ends an assistant answer)
+    image_placeholder: str  # what one image is written as in a turn's text (the processor expands it)
+    vision_tokens: tuple[str, ...]  # placeholder tokens a completion must never contain
+    video: bool = True  # video prompts supported
+
+    @property
+    def image_factor(self) -> int:
+        """Image sides are resized to multiples of this (qwen-vl-utils' smart_resize factor)."""
+        return self.patch_size * self.merge_size
+
+    def turn(self, role: str, content: str) -> str:
+        """One whole chat turn as the family's template writes it."""
+        return f"{self.turn_start}{role}\n{content}{self.turn_end}\n"
+
+    def tool_turn(self, text: str, n_images: int) -> str:
+        """Text that closes the assistant's tool call, answers it as a user turn holding `n_images` images and the
+        tool's `text`, and opens the next assistant turn."""
+        response = self.image_placeholder * n_images + f"<tool_response>{text}</tool_response>"
+        return f"{self.turn_end}\n" + self.turn("user", response) + f"{self.turn_start}assistant\n"
+
+    def eos_token_ids(self, tokenizer: Any, generation_eos: int | list[int] | None) -> list[int]:
+        """Tokens that end a completion: the checkpoint's generation EOS ids plus the family's end of turn."""
+        ids = [generation_eos] if isinstance(generation_eos, int) else list(generation_eos or [])
+        end = tokenizer.convert_tokens_to_ids(self.turn_end)
+        if isinstance(end, int) and end >= 0 and end not in ids:
+            ids.append(end)
+        return ids
+
+    def suppressed_token_ids(self, tokenizer: Any) -> list[int]:
+        """Vision placeholder tokens: a completion must never contain them (the model would look for image features
+        that do not exist), so sampling excludes them and scoring renormalises without them."""
+        vocab = tokenizer.get_vocab()
+        return sorted(vocab[t] for t in self.vision_tokens if t in vocab)
+
+
+def family_names() -> tuple[str, ...]:
+    return FAMILY_MODULES
+
+
+def get_family(name: str) -> ModelFamily:
+    """The family called `name` (a `FAMILY_MODULES` entry); FamilyError naming the supported ones otherwise."""
+    if name not in FAMILY_MODULES:
+        raise FamilyError(f"unknown model family {name!r}; supported: {', '.join(FAMILY_MODULES)}")
+    return importlib.import_module(f"mmreason.models.{name}").FAMILY
+
+
+def families() -> list[ModelFamily]:
+    return [get_family(name) for name in FAMILY_MODULES]
+
+
+def family_for_model_type(model_type: str) -> ModelFamily:
+    for family in families():
+        if model_type in family.model_types:
+            return family
+    raise FamilyError(
+        f"checkpoint model_type {model_type!r} is not a supported model family; supported: "
+        + ", ".join(f"{f.name} ({f.label})" for f in families())
+    )
+
+
+def family_for_processor(processor: Any) -> ModelFamily:
+    """The family whose processor class `processor` is (FamilyError for any other processor)."""
+    cls = type(processor).__name__
+    for family in families():
+        if cls in family.processor_classes:
+            return family
+    raise FamilyError(f"processor {cls} belongs to no supported model family; supported: {', '.join(FAMILY_MODULES)}")
+
+
+def resolve_family(config: Any, processor: Any = None, requested: str = "auto") -> ModelFamily:
+    """The family of a checkpoint from its config's `model_type`, checked against `model.family` (unless "auto")
+    and against its processor: any disagreement is a FamilyError naming what was found."""
+    model_type = str(getattr(config, "model_type", ""))
+    found = family_for_model_type(model_type)
+    if requested != "auto" and get_family(requested) is not found:
+        raise FamilyError(
+            f"model.family={requested} contradicts the checkpoint (model_type {model_type!r} is {found.name})"
+        )
+    if processor is not None and type(processor).__name__ not in found.processor_classes:
+        raise FamilyError(
+            f"the checkpoint is {found.label} (model_type {model_type!r}) but its processor is "
+            f"{type(processor).__name__}; expected {' or '.join(found.processor_classes)}"
+        )
+    return found
