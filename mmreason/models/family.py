@@ -42,7 +42,17 @@ class ModelFamily:
     turn_end: str  # closes a chat turn (and ends an assistant answer)
     image_placeholder: str  # what one image is written as in a turn's text (the processor expands it)
     vision_tokens: tuple[str, ...]  # placeholder tokens a completion must never contain
+    # how boxes are written in prompts and gold answers: json_bbox_2d `[{"bbox_2d": [x1, y1, x2, y2]}]`,
+    # point_pairs `(x1,y1),(x2,y2)` (Qwen2-VL), ref_box `<ref>label</ref><box>[[x1, y1, x2, y2]]</box>` (InternVL)
+    box_format: Literal["json_bbox_2d", "point_pairs", "ref_box"] = "json_bbox_2d"
+    # images are resized to sides that are multiples of `image_factor` within the pixel budget (smart_resize), or,
+    # for families whose processor cuts fixed tiles, to this square side
+    fixed_image_size: int | None = None
     video: bool = True  # video prompts supported
+    video_timestamps: bool = False  # frames are introduced by their timestamps in the prompt text (Qwen3-VL)
+    # what a prompt's cache holds per sequence, repeated G times for a shared prefix: kv (attention keys/values) or
+    # hybrid (also linear-attention recurrent and convolution states)
+    cache: Literal["kv", "hybrid"] = "kv"
 
     @property
     def image_factor(self) -> int:
@@ -78,11 +88,17 @@ def family_names() -> tuple[str, ...]:
     return FAMILY_MODULES
 
 
-def get_family(name: str) -> ModelFamily:
-    """The family called `name` (a `FAMILY_MODULES` entry); FamilyError naming the supported ones otherwise."""
+def family_module(name: str) -> Any:
+    """The module of the family called `name`: its `FAMILY` facts and its tiny offline model builders
+    (`TINY_SPECIAL_TOKENS`, `TINY_CHAT_TEMPLATE`, `tiny_processor`, `tiny_config`, `tiny_model`)."""
     if name not in FAMILY_MODULES:
         raise FamilyError(f"unknown model family {name!r}; supported: {', '.join(FAMILY_MODULES)}")
-    return importlib.import_module(f"mmreason.models.{name}").FAMILY
+    return importlib.import_module(f"mmreason.models.{name}")
+
+
+def get_family(name: str) -> ModelFamily:
+    """The family called `name` (a `FAMILY_MODULES` entry); FamilyError naming the supported ones otherwise."""
+    return family_module(name).FAMILY
 
 
 def families() -> list[ModelFamily]:

@@ -1,8 +1,9 @@
-"""The embedded default model: a tiny Qwen2.5-VL (or Qwen2-VL) architecture built offline from a config.
+"""The embedded default models: a tiny architecture of any supported model family, built offline from a config.
 
-Random-init weights, a byte-level BPE tokenizer trained locally with the Qwen chat special tokens, and a real
-transformers processor with the Qwen chat template, all saved with `save_pretrained` so that the very same
-`from_pretrained` loading code serves it and real hub models alike.
+Random-init weights, a byte-level BPE tokenizer trained locally with the family's special tokens, and the family's
+real transformers processor with its chat template, all saved with `save_pretrained` so that the very same
+`from_pretrained` loading code serves it and real hub models alike. What is family-specific (special tokens, chat
+template, processor, config, model class) comes from the family's module (`family.family_module`).
 """
 
 from __future__ import annotations
@@ -14,40 +15,10 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from mmreason.models.family import get_family
-
-SPECIAL_TOKENS = [
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|vision_pad|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-]
+from mmreason.models.family import family_module
 
 # The tags the tasks ask for are single tokens, so a tiny model can learn the answer format in few steps.
 ADDED_TOKENS = ["<think>", "</think>", "<answer>", "</answer>", "<tool_call>", "</tool_call>"]
-
-# Qwen2-VL / Qwen2.5-VL chat template (the one shipped with the instruct models), vision placeholders included.
-CHAT_TEMPLATE = (
-    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
-    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
-    "{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "{% set image_count.value = image_count.value + 1 %}"
-    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif content['type'] == 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}"
-    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
 
 def _corpus() -> list[str]:
     """Text the tokenizer is trained on: the prompts, tags, numbers and words the built-in tasks use."""
@@ -65,17 +36,20 @@ def _corpus() -> list[str]:
     return [words] * 20 + [digits] * 5 + [coords] * 5 + [string.printable] * 5
 
 
-def build_tokenizer(vocab_size: int = 1024):
-    """Train a byte-level BPE tokenizer locally and wrap it as a transformers fast tokenizer."""
+def build_tokenizer(arch: str = "qwen2_5_vl", vocab_size: int = 1024):
+    """Train a byte-level BPE tokenizer locally with the family's special tokens (the first is the pad token, the
+    family's end of turn the EOS) and wrap it as a transformers fast tokenizer."""
     from transformers import PreTrainedTokenizerFast
 
+    module = family_module(arch)
+    special = list(module.TINY_SPECIAL_TOKENS)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=special,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -84,11 +58,11 @@ def build_tokenizer(vocab_size: int = 1024):
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=None,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
+        eos_token=module.FAMILY.turn_end,
+        pad_token=special[0],
         unk_token=None,
         padding_side="left",
-        additional_special_tokens=SPECIAL_TOKENS[1:],
+        additional_special_tokens=special[1:],
         model_max_length=32768,
     )
     fast.add_tokens(ADDED_TOKENS)
@@ -98,66 +72,13 @@ def build_tokenizer(vocab_size: int = 1024):
 def build_processor(
     tokenizer, min_pixels: int = 28 * 28 * 4, max_pixels: int = 28 * 28 * 256, arch: str = "qwen2_5_vl"
 ):
-    """A real Qwen2.5-VL (or Qwen2-VL) processor (image + video processors, chat template) around `tokenizer`."""
-    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
-
-    size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
-    image_processor = Qwen2VLImageProcessor(size=size, patch_size=14, merge_size=2, temporal_patch_size=2)
-    video_processor = Qwen2VLVideoProcessor(size=size, patch_size=14, merge_size=2, temporal_patch_size=2)
-    cls = Qwen2_5_VLProcessor if arch == "qwen2_5_vl" else Qwen2VLProcessor
-    return cls(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        video_processor=video_processor,
-        chat_template=CHAT_TEMPLATE,
-    )
+    """The family's real processor (image and video processors, chat template) around `tokenizer`."""
+    return family_module(arch).tiny_processor(tokenizer, min_pixels, max_pixels)
 
 
 def build_config(tokenizer, arch: str = "qwen2_5_vl", hidden_size: int = 64, layers: int = 2, vision_depth: int = 2):
-    """A Qwen2.5-VL / Qwen2-VL config of a few hundred thousand to a few million parameters."""
-    from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
-
-    get_family(arch)  # FamilyError naming the supported families
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    heads = 4
-    head_dim = hidden_size // heads
-    # mrope sections (temporal, height, width) must add up to head_dim / 2.
-    half = head_dim // 2
-    mrope = [half - 2 * (half // 3), half // 3, half // 3]
-    text = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=ids["<|im_end|>"],
-        pad_token_id=ids["<|endoftext|>"],
-        tie_word_embeddings=True,
-    )
-    common = dict(
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=True,
-    )
-    if arch == "qwen2_5_vl":
-        vision = dict(
-            depth=vision_depth,
-            hidden_size=32,
-            intermediate_size=64,
-            num_heads=2,
-            out_hidden_size=hidden_size,
-            fullatt_block_indexes=[vision_depth - 1],
-            window_size=112,
-        )
-        return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **common)
-    vision = dict(depth=vision_depth, embed_dim=32, hidden_size=hidden_size, num_heads=2, mlp_ratio=2)
-    return Qwen2VLConfig(text_config=text, vision_config=vision, **common)
+    """A config of the family of a few hundred thousand to a few million parameters."""
+    return family_module(arch).tiny_config(tokenizer, hidden_size, layers, vision_depth)
 
 
 def build_tiny(
@@ -169,14 +90,12 @@ def build_tiny(
     seed: int = 0,
 ):
     """Build (and optionally save) the tiny model, processor and tokenizer. Returns (model, processor)."""
-    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
-
-    tokenizer = build_tokenizer()
+    module = family_module(arch)  # FamilyError naming the supported families
+    tokenizer = build_tokenizer(arch)
     processor = build_processor(tokenizer, arch=arch)
     config = build_config(tokenizer, arch, hidden_size, layers, vision_depth)
     torch.manual_seed(seed)
-    cls = Qwen2_5_VLForConditionalGeneration if arch == "qwen2_5_vl" else Qwen2VLForConditionalGeneration
-    model = cls(config)
+    model = module.tiny_model(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.pad_token_id
