@@ -32,8 +32,10 @@ SEQUENCE_PAD = {"attention_mask": 0, "mm_token_type_ids": 0, "assistant_mask": 0
 
 
 def render_prompt(processor, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
-    """The chat-template text of `messages` (media as single placeholder tokens, expanded later by the processor)."""
-    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    """The chat-template text of `messages` (media as single placeholder tokens, expanded later by the processor),
+    with the processor's model family's `prompt_fixes` applied."""
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return family_for_processor(processor).fix_prompt(text)
 
 
 def _as_images(images) -> list[Image.Image]:

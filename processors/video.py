@@ -110,14 +110,19 @@ def sample_indices(
 
 
 def frame_pixel_budget(
-    nframes: int, total_pixels: int, min_pixels: int = DEFAULT_MIN_PIXELS, max_pixels: int | None = None
+    nframes: int,
+    total_pixels: int,
+    min_pixels: int = DEFAULT_MIN_PIXELS,
+    max_pixels: int | None = None,
+    factor: int = FACTOR,
 ) -> float:
     """Per-frame max pixels as qwen-vl-utils' fetch_video computes it: an even share of `total_pixels` per frame
-    pair, capped at 768 tokens, floored at 1.05 x min_pixels, and at most `max_pixels` when given."""
+    pair, capped at 768 tokens of `factor` x `factor` pixels, floored at 1.05 x min_pixels, and at most
+    `max_pixels` when given."""
     if total_pixels <= 0:
         raise ValueError(f"total_pixels must be positive, got {total_pixels}")
     share = total_pixels / nframes * FRAME_FACTOR
-    budget = max(min(VIDEO_MAX_TOKEN_NUM * FACTOR * FACTOR, share), int(min_pixels * 1.05))
+    budget = max(min(VIDEO_MAX_TOKEN_NUM * factor * factor, share), int(min_pixels * 1.05))
     return budget if max_pixels is None else min(max_pixels, budget)
 
 
@@ -174,11 +179,13 @@ def load_video(
     min_pixels: int = DEFAULT_MIN_PIXELS,
     max_pixels: int | None = None,
     source_fps: float | None = None,
+    factor: int = FACTOR,
 ) -> VideoClip:
     """Sample and resize the frames of a video file (decoded by `.decode.read_frames`) or of a list of PIL frames.
 
     A frame list is treated as a video at `source_fps` (default: `fps`, i.e. frames already sampled at the target
     rate), and sampled by the same rules as a file. For a file, `source_fps` overrides the container's rate.
+    Frame sides are multiples of `factor` (the model family's patch size x merge size).
     Raises MediaError for a missing/empty/unreadable file, an empty or inconsistent frame list, a video with fewer
     than 2 frames, or `nframes` larger than the video.
     """
@@ -202,8 +209,8 @@ def load_video(
             "expected a path (str or Path) or a list of PIL frames",
         )
     original_size = (int(frames.shape[2]), int(frames.shape[1]))
-    budget = frame_pixel_budget(len(indices), total_pixels, min_pixels, max_pixels)
-    model_size = model_size_for(original_size, min_pixels, budget, FACTOR, source)
+    budget = frame_pixel_budget(len(indices), total_pixels, min_pixels, max_pixels, factor)
+    model_size = model_size_for(original_size, min_pixels, budget, factor, source)
     return VideoClip(
         frames=_resize_frames(frames, model_size),
         timestamps=[i / rate for i in indices],

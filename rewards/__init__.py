@@ -1,4 +1,4 @@
-"""mmreason.rewards: rule rewards and the answer parsers behind them.
+"""mmreason.rewards: rule rewards, one module per answer type, and the generic answer reading they share.
 
 Importing this package registers every built-in reward in `mmreason.registry.REWARDS`:
     format, format_nothink                      (format)        -- answer layout
@@ -16,8 +16,13 @@ Importing this package registers every built-in reward in `mmreason.registry.REW
 Contract: `fn(completions, **columns) -> list[float | None]`, one score per completion in [0, 1]; each column is a
 per-completion list; unknown columns are ignored; a row whose `solution` is None scores None (not applicable);
 a completion that does not parse scores 0.0 and no completion string ever raises; bad ground truth raises
-`ColumnError` naming the reward, row and column. Each module also exposes the single-item `*_score(completion,
-...)` functions and the parse/score helpers re-exported below, for task metrics and visualisations.
+`ColumnError` naming the reward, row and column.
+
+Each answer type's module is the one home of that type's rules: `check_*` (is a ground-truth value valid; raises
+`ColumnError`, a ValueError saying what was expected), the prediction parser, the gold-answer formatter (`format_*`)
+and the single-item `*_score(completion, ...)` functions. The tasks check their records with the same `check_*`
+functions, so a record a task accepts is ground truth its rewards accept. `parse` holds only the generic pieces:
+`<think>`/`<answer>` tags, text and number parsing, and the column plumbing.
 """
 
 # Every module is imported so that its @register_reward decorators run.
@@ -34,10 +39,18 @@ from . import (  # noqa: F401
     temporal,
     tool_use,
 )
-from .choice import check_letter, choice_score, predicted_choice
-from .classification import cls_score, label_matches, normalize_label
-from .counting import check_count, count_score, predicted_count
-from .format import has_answer_only_format, has_think_answer_format
+from .choice import (
+    check_choice,
+    check_letter,
+    check_options,
+    choice_score,
+    format_choice,
+    parse_choice,
+    predicted_choice,
+)
+from .classification import check_label, check_label_list, cls_score, format_label, label_matches, normalize_label
+from .counting import check_count, count_score, format_count, predicted_count
+from .format import format_completion, has_answer_only_format, has_think_answer_format
 from .geolocation import (
     ACCURACY_THRESHOLDS_KM,
     EARTH_RADIUS_KM,
@@ -53,6 +66,7 @@ from .geolocation import (
     geo_hierarchy_score,
     haversine_km,
     hierarchy_score,
+    parse_latlon,
     parse_place,
     predicted_distance_km,
     predicted_latlon,
@@ -60,7 +74,6 @@ from .geolocation import (
     truth_place,
 )
 from .grounding import (
-    COORD_FAMILIES,
     MATCH_IOU,
     QWEN2_5_VL,
     QWEN2_VL,
@@ -71,14 +84,17 @@ from .grounding import (
     canonical_family,
     check_boxes,
     check_size,
+    clean_box,
     clip_box,
     count_matches,
     f1_at_iou,
     format_boxes,
     gt_to_model_coords,
     iou_score,
+    is_abstention,
     model_frame,
     model_to_gt_coords,
+    parse_boxes,
     predicted_boxes,
 )
 from .jigsaw import (
@@ -88,31 +104,34 @@ from .jigsaw import (
     jigsaw_fraction_score,
     order_exact,
     order_fraction,
+    parse_order,
     predicted_order,
 )
-from .math_answer import check_solution, math_equal, math_score
+from .math_answer import check_solution, format_math_answer, math_equal, math_score
 from .parse import (
     ColumnError,
-    clean_box,
+    bad_value,
     completion_text,
     extract_answer,
     extract_think,
-    is_abstention,
+    format_number,
     normalize_text,
-    parse_boxes,
-    parse_choice,
     parse_int,
-    parse_latlon,
     parse_number,
-    parse_order,
-    parse_segment,
     score_each,
 )
-from .temporal import check_segment, format_segment, interval_iou, predicted_segment, tiou_score
+from .temporal import (
+    check_duration,
+    check_segment,
+    format_segment,
+    interval_iou,
+    parse_segment,
+    predicted_segment,
+    tiou_score,
+)
 
 __all__ = [
     "ACCURACY_THRESHOLDS_KM",
-    "COORD_FAMILIES",
     "EARTH_RADIUS_KM",
     "GEOGUESSR_WORLD_SCALE_KM",
     "MATCH_IOU",
@@ -121,15 +140,21 @@ __all__ = [
     "TIER_WEIGHTS",
     "ColumnError",
     "Place",
+    "bad_value",
     "best_iou",
     "box_area",
     "box_f1_score",
     "box_iou",
     "canonical_family",
     "check_boxes",
+    "check_choice",
     "check_count",
+    "check_duration",
+    "check_label",
+    "check_label_list",
     "check_letter",
     "check_location",
+    "check_options",
     "check_order",
     "check_segment",
     "check_size",
@@ -147,7 +172,13 @@ __all__ = [
     "extract_think",
     "f1_at_iou",
     "format_boxes",
+    "format_choice",
+    "format_completion",
+    "format_count",
+    "format_label",
     "format_latlon",
+    "format_math_answer",
+    "format_number",
     "format_order",
     "format_place",
     "format_segment",

@@ -1,31 +1,48 @@
-"""Counting reward `count_match`: is the answered count exactly the true one.
+"""Counting: the whole-number answer type's ground-truth check, gold-answer formatter and reward `count_match`
+(is the answered count exactly the true one). The answer parser is the generic `parse_int`.
 
-Column `solution`: the count (int, or an integral float / numeric string such as "3"). The answer is read by
-`parse_int` (digits, "three", "3 apples"; "none"/"no"/"zero" alone = 0; several different numbers, decimals and
-overflowing values score 0). Exact match only: 1.0 or 0.0.
+Ground truth (`check_count`, the one rule for reward columns and for the counting task's records): a whole number
+>= 0 given as an int, an integral float (3.0) or a string of digits ("3"). Number words and prose ("three",
+"3 apples") are answers, not ground truth. The answer is read by `parse_int` (digits, "three", "3 apples";
+"none"/"no"/"zero" alone = 0; several different numbers, decimals and overflowing values score 0). Exact match only:
+1.0 or 0.0.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
+import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
 from mmreason.registry import register_reward
 
-from .parse import ColumnError, extract_answer, parse_int, score_each
+from .parse import bad_value, extract_answer, parse_int, score_each
+
+COUNT_EXPECTED = "a whole number >= 0 (an int, an integral float or a string of digits)"
 
 
 def check_count(value: Any, name: str = "solution") -> int:
-    """A non-negative integer count from a column value, else ColumnError."""
+    """A non-negative whole number from a value (see the module doc), else ColumnError."""
+    count = None
     if isinstance(value, str):
-        parsed = parse_int(value)
-        value = parsed if parsed is not None else value
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        value = int(value)
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    raise ColumnError(f"{name}: expected a non-negative integer count, got {value!r}")
+        digits = unicodedata.normalize("NFKC", value).strip()
+        count = int(digits) if digits.isascii() and digits.isdigit() and len(digits) <= 100 else None
+    elif isinstance(value, bool):
+        count = None
+    elif isinstance(value, numbers.Integral):
+        count = int(value)
+    elif isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer():
+        count = int(value)
+    if count is None or count < 0:
+        raise bad_value(name, COUNT_EXPECTED, value)
+    return count
+
+
+def format_count(count: int) -> str:
+    """Answer text for a count: its digits ("3"), which `parse_int` reads back."""
+    return str(int(count))
 
 
 def predicted_count(completion: str) -> int | None:

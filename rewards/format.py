@@ -1,4 +1,5 @@
-"""Format rewards: does a completion follow the answer layout the prompt asked for (1.0) or not (0.0).
+"""Format: the answer layout's checks, its gold formatter (`format_completion`, the layout of every SFT target) and
+the rewards that ask whether a completion follows the layout the prompt asked for (1.0) or not (0.0).
 
 `format`: exactly one `<think>...</think>` followed by exactly one `<answer>...</answer>`; whitespace is allowed
 before, between and after them and nothing else. The think part may be empty (the SFT target of a record without
@@ -52,6 +53,14 @@ def has_answer_only_format(text: str) -> bool:
     if t.count(_ANSWER_OPEN) != 1 or t.count(_ANSWER_CLOSE) != 1 or _THINK_OPEN in t or _THINK_CLOSE in t:
         return False
     return _answer_part_ok(t)
+
+
+def format_completion(answer: str, think: bool = True, reasoning: str = "") -> str:
+    """The completion in the layout the `format` (think=True) or `format_nothink` reward asks for, around `answer`:
+    `<think>{reasoning}</think><answer>{answer}</answer>`, or `<answer>{answer}</answer>`."""
+    if think:
+        return f"{_THINK_OPEN}{reasoning}{_THINK_CLOSE}{_ANSWER_OPEN}{answer}{_ANSWER_CLOSE}"
+    return f"{_ANSWER_OPEN}{answer}{_ANSWER_CLOSE}"
 
 
 def _think_score(text: str, **_: Any) -> float:

@@ -1,6 +1,10 @@
-"""Geolocation rewards: great-circle distance score (`geo_distance`) and country/region/city credit (`geo_hierarchy`).
+"""Geolocation: the location answer type's parsers (`parse_latlon`, `parse_place`), ground-truth check
+(`check_location`), gold-answer formatters (`format_latlon`, `format_place`) and rewards: great-circle distance score
+(`geo_distance`) and country/region/city credit (`geo_hierarchy`).
 
-Column `solution`: {"lat": float, "lon": float, "country": str?, "region": str?, "city": str?}.
+Column `solution`: {"lat": -90..90, "lon": -180..180, "country": str?, "region": str?, "city": str?}; a name, when
+present and not None, must be a non-empty string (`check_location`, which the geolocation task checks its records
+with too).
 
 `geo_distance` = exp(-d / 1492.7 km), d = haversine distance (mean Earth radius R = 6371.0088 km) between the
 predicted and true points. This is GeoGuessr's world-map points curve, 5000 * exp(-d / 1492.7), divided by 5000:
@@ -26,8 +30,11 @@ country (so "Springfield" earns nothing in the wrong country), and tiers the tru
 from __future__ import annotations
 
 import csv
+import itertools
 import math
+import re
 import threading
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -39,12 +46,16 @@ import reverse_geocode
 from mmreason.registry import register_reward
 
 from .parse import (
-    ColumnError,
+    NUMBER_PATTERN,
+    NUMBER_RE,
+    bad_value,
     extract_answer,
+    finite_float,
+    format_number,
+    is_finite_token,
     is_number,
     loads_or_none,
     normalize_text,
-    parse_latlon,
     score_each,
     strip_code_fence,
 )
@@ -94,18 +105,29 @@ def distance_score(km: float) -> float:
     return min(1.0, math.exp(-max(0.0, km) / GEOGUESSR_WORLD_SCALE_KM))
 
 
+PLACE_KEYS = ("country", "region", "city")
+LOCATION_EXPECTED = "{'lat': -90..90, 'lon': -180..180, 'country'?: str, 'region'?: str, 'city'?: str}"
+
+
 def check_location(value: Any, name: str = "solution") -> dict[str, Any]:
-    """The solution dict with finite lat in [-90, 90] and lon in [-180, 180]; optional names must be str/None."""
-    if isinstance(value, dict):
-        lat, lon = value.get("lat"), value.get("lon")
-        ok = all(is_number(v) and math.isfinite(v) for v in (lat, lon))
-        names_ok = all(isinstance(value.get(k), (str, type(None))) for k in ("country", "region", "city"))
-        if ok and names_ok and -90 <= lat <= 90 and -180 <= lon <= 180:
-            return value
-    raise ColumnError(
-        f"{name}: expected {{'lat': -90..90, 'lon': -180..180, 'country'?: str, 'region'?: str, 'city'?: str}}, "
-        f"got {value!r}"
-    )
+    """The location as {"lat": float, "lon": float} plus the names it gives (stripped), else ColumnError.
+
+    lat and lon must be finite numbers in [-90, 90] and [-180, 180]; a name that is present and not None must be a
+    non-empty string (the error then names `<name>.<key>`). Other keys are dropped.
+    """
+    if not isinstance(value, dict):
+        raise bad_value(name, LOCATION_EXPECTED, value)
+    lat, lon = (finite_float(value.get(k)) if is_number(value.get(k)) else None for k in ("lat", "lon"))
+    if lat is None or lon is None or not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        raise bad_value(name, LOCATION_EXPECTED, value)
+    out: dict[str, Any] = {"lat": lat, "lon": lon}
+    for key in PLACE_KEYS:
+        given = value.get(key)
+        if given is not None:
+            if not isinstance(given, str) or not given.strip():
+                raise bad_value(f"{name}.{key}", "a non-empty string", given)
+            out[key] = given.strip()
+    return out
 
 
 @lru_cache(maxsize=1)
@@ -214,12 +236,93 @@ def hierarchy_score(pred: Place, truth: Place) -> float:
 
 def truth_place(solution: dict[str, Any]) -> Place:
     """The solution's tiers: its own names where given, the rest by reverse-geocoding its lat/lon."""
-    names = {k: solution.get(k) or None for k in ("country", "region", "city")}
+    names = {k: solution.get(k) or None for k in PLACE_KEYS}
     geo = reverse_geocode_place(float(solution["lat"]), float(solution["lon"])) if None in names.values() else None
     country = names["country"] or (geo.country if geo else None)
     code = country_code(names["country"]) if names["country"] else (geo.country_code if geo else None)
     region = names["region"] or (geo.region if geo else None)
     return Place(country=country, country_code=code, region=region, city=names["city"] or (geo.city if geo else None))
+
+
+_N = f"({NUMBER_PATTERN})"
+_HEMI_RE = re.compile(
+    rf"{_N}\s{{0,3}}°?\s{{0,3}}(?:{_N}\s{{0,3}}['′]\s{{0,3}})?(?:{_N}\s{{0,3}}(?:\"|″|'')\s{{0,3}})?"
+    r"([NSEW]|[Nn]orth|[Ss]outh|[Ee]ast|[Ww]est)(?![a-zA-Z])",
+)
+_LABELLED_RE = re.compile(rf"\b(lat(?:itude)?|lo?ng?(?:itude)?)\b[\"']?\s{{0,3}}[:=]?\s{{0,3}}{_N}", re.IGNORECASE)
+_PAIR_SEP_RE = re.compile(r"\s{0,10}°?\s{0,10}[,;/]?\s{0,10}")
+
+
+def _valid_latlon(lat: float | None, lon: float | None) -> tuple[float, float] | None:
+    if lat is None or lon is None or not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
+        return None
+    return (lat, lon)
+
+
+def _latlon_from_json(body: str) -> tuple[float, float] | None:
+    obj = loads_or_none(body) if body[:1] == "{" else None
+    if not isinstance(obj, dict):
+        return None
+    lowered = {str(k).lower(): v for k, v in obj.items()}
+    lat = next((lowered[k] for k in ("lat", "latitude") if k in lowered), None)
+    lon = next((lowered[k] for k in ("lon", "lng", "long", "longitude") if k in lowered), None)
+    return _valid_latlon(finite_float(lat), finite_float(lon))
+
+
+def _latlon_from_hemispheres(text: str) -> tuple[float, float] | None:
+    lat = lon = None
+    for m in _HEMI_RE.finditer(text):
+        deg, minutes, seconds = (finite_float(g) if g else 0.0 for g in m.groups()[:3])
+        if deg is None or minutes is None or seconds is None:
+            continue
+        if deg < 0 or not 0 <= minutes < 60 or not 0 <= seconds < 60:
+            continue
+        value = deg + minutes / 60.0 + seconds / 3600.0
+        hemi = m.group(4)[0].upper()
+        if hemi in "NS" and lat is None:
+            lat = -value if hemi == "S" else value
+        elif hemi in "EW" and lon is None:
+            lon = -value if hemi == "W" else value
+    return _valid_latlon(lat, lon)
+
+
+def _latlon_from_labels(text: str) -> tuple[float, float] | None:
+    lat = lon = None
+    for m in _LABELLED_RE.finditer(text):
+        value = finite_float(m.group(2)) if is_finite_token(m.group(2)) else None
+        if m.group(1).lower().startswith("lat"):
+            lat = value if lat is None else lat
+        else:
+            lon = value if lon is None else lon
+    return _valid_latlon(lat, lon)
+
+
+def _latlon_from_pairs(text: str) -> tuple[float, float] | None:
+    tokens = list(NUMBER_RE.finditer(text))
+    for a, b in itertools.pairwise(tokens):
+        if _PAIR_SEP_RE.fullmatch(text, a.end(), b.start()) is None:
+            continue
+        found = _valid_latlon(*(float(t.group(0)) if is_finite_token(t.group(0)) else None for t in (a, b)))
+        if found:
+            return found
+    return None
+
+
+def parse_latlon(text: str) -> tuple[float, float] | None:
+    """(lat, lon) in degrees, else None. Forms, tried in order (the first that yields an in-range pair wins):
+    JSON {"lat": .., "lon": ..} (also latitude/longitude/lng/long); hemisphere letters or words, decimal or
+    degrees-minutes-seconds, either order ("48.85N 2.35E", "2.35°E, 48.85°N", "33°52'S 151°12'E"); labels
+    ("lat: 48.8, lon: 2.3"); otherwise the first two adjacent numbers (separated only by spaces, a comma,
+    semicolon, slash or degree sign) with lat in [-90, 90] and lon in [-180, 180] ("48.8566, 2.3522").
+    """
+    if not isinstance(text, str):
+        return None
+    body = unicodedata.normalize("NFKC", strip_code_fence(text)).strip()
+    for reader in (_latlon_from_json, _latlon_from_hemispheres, _latlon_from_labels, _latlon_from_pairs):
+        found = reader(body)
+        if found:
+            return found
+    return None
 
 
 def predicted_latlon(completion: str) -> tuple[float, float] | None:
@@ -250,14 +353,14 @@ def geo_hierarchy_score(completion: str, solution: Any) -> float:
     return 0.0 if pred is None else hierarchy_score(pred, truth_place(loc))
 
 
-def format_latlon(lat: float, lon: float, digits: int = 4) -> str:
-    """Answer text for a point: "48.8566, 2.3522" (what `parse_latlon` reads back)."""
-    return f"{lat:.{digits}f}, {lon:.{digits}f}"
+def format_latlon(lat: float, lon: float, digits: int = 6) -> str:
+    """Answer text for a point: "48.8566, 2.3522" (at most `digits` decimals; what `parse_latlon` reads back)."""
+    return f"{format_number(lat, digits)}, {format_number(lon, digits)}"
 
 
 def format_place(solution: dict[str, Any]) -> str:
     """Answer text naming a place most specific first, e.g. "Paris, Ile-de-France, France" (given names only)."""
-    return ", ".join(solution[k] for k in ("city", "region", "country") if solution.get(k))
+    return ", ".join(solution[k] for k in reversed(PLACE_KEYS) if solution.get(k))
 
 
 @register_reward("geo_distance")

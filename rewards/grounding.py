@@ -1,36 +1,57 @@
-"""Box rewards for visual grounding (`iou`, `box_f1`) and the coordinate conventions of the model families.
+"""Grounding boxes: the box answer type's parser, ground-truth check, gold-answer formatter and rewards (`iou`,
+`box_f1`), and the coordinate conventions of the model families.
 
-Coordinate conventions (what a model writes, and what it is compared against):
-- "qwen2_5_vl" (Qwen2.5-VL): absolute pixels of the RESIZED image the model was shown (`model_size` = the
+Coordinate conventions (what a model writes, and what it is compared against) are a fact of the model family
+(`mmreason.models.family.ModelFamily.box_convention` and `box_format`), asked for by the family's name:
+- "absolute" (Qwen2.5-VL): absolute pixels of the RESIZED image the model was shown (`model_size` = the
   smart_resize output, [w, h]); the usual answer is JSON `[{"bbox_2d": [x1, y1, x2, y2], "label": ...}]`.
-- "qwen2_vl" (Qwen2-VL): integers normalised to 0-1000 on both axes, independent of any resize; the usual answer
-  is `<|box_start|>(x1,y1),(x2,y2)<|box_end|>`.
+- "relative_1000" (Qwen2-VL and the other families): integers normalised to 0-1000 on both axes, independent of
+  any resize; Qwen2-VL writes `(x1,y1),(x2,y2)`.
 Ground truth is stored in ORIGINAL image pixels (`image_size` = [w, h] of the file) and is converted to the model's
-frame by `gt_to_model_coords`: qwen2_5_vl -> x * model_w / image_w, y * model_h / image_h; qwen2_vl ->
+frame by `gt_to_model_coords`: absolute -> x * model_w / image_w, y * model_h / image_h; relative_1000 ->
 x * 1000 / image_w, y * 1000 / image_h (floats; no rounding). Predictions are never converted: they are clipped to
 the model's frame ([0, model_w] x [0, model_h], or [0, 1000]^2) and scored there. IoU is invariant under a per-axis
 scaling, so scoring in the model frame equals scoring in original pixels.
 
-Columns: `solution` (list of GT boxes [x1, y1, x2, y2] in original pixels; [] = the object is absent; a single
-flat box is accepted too), `image_size` ([w, h] original), `model_size` ([w, h] resized), and optional
-`coord_family` ("qwen2_5_vl" when absent).
+Ground truth (`check_boxes`, the one rule for records and reward columns): a list of boxes [x1, y1, x2, y2] of
+finite numbers with x1 <= x2 and y1 <= y2 ([] = the object is absent; a single flat box is accepted too). Reversed
+corners are an error, not silently swapped: they usually mean [x, y, w, h] data. A record's boxes are also clipped
+to its image, and a box left with no area inside it is an error.
+Predictions (`parse_boxes`) are read leniently: swapped corners are put in order.
+
+Columns: `solution` (GT boxes in original pixels), `image_size` ([w, h] original), `model_size` ([w, h] resized),
+and optional `coord_family` (a model family's name; "qwen2_5_vl" when absent).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
+from mmreason.models.family import ModelFamily, family_names, get_family
 from mmreason.registry import register_reward
 
-from .parse import ColumnError, clean_box, extract_answer, is_abstention, is_number, parse_boxes, score_each
+from .parse import (
+    NUMBER_PATTERN,
+    NUMBER_RE,
+    ColumnError,
+    bad_value,
+    extract_answer,
+    finite_float,
+    format_number,
+    is_finite_token,
+    is_number,
+    loads_or_none,
+    score_each,
+    strip_code_fence,
+)
 
 QWEN2_5_VL = "qwen2_5_vl"
 QWEN2_VL = "qwen2_vl"
-COORD_FAMILIES = (QWEN2_5_VL, QWEN2_VL)
-QWEN2_VL_SCALE = 1000.0
+RELATIVE_SCALE = 1000.0  # the side of the relative_1000 frame
 MATCH_IOU = 0.5
 
 Box = list[float]
@@ -39,9 +60,14 @@ Box = list[float]
 def canonical_family(value: Any) -> str:
     """Canonical family name from loose spellings ("Qwen2.5-VL", "qwen2-vl", ...); ColumnError otherwise."""
     key = str(value).lower().replace(".", "_").replace("-", "_") if isinstance(value, str) else ""
-    if key in COORD_FAMILIES:
+    if key in family_names():
         return key
-    raise ColumnError(f"coord_family: expected one of {COORD_FAMILIES}, got {value!r}")
+    raise ColumnError(f"coord_family: expected one of {family_names()}, got {value!r}")
+
+
+def box_family(value: Any) -> ModelFamily:
+    """The model family named by a `coord_family` value (see `canonical_family`)."""
+    return get_family(canonical_family(value))
 
 
 def check_size(value: Any, name: str) -> tuple[float, float]:
@@ -53,24 +79,46 @@ def check_size(value: Any, name: str) -> tuple[float, float]:
     raise ColumnError(f"{name}: expected [width, height] with positive finite numbers, got {value!r}")
 
 
-def check_boxes(value: Any, name: str = "solution") -> list[Box]:
-    """GT boxes from a column value: a list of [x1, y1, x2, y2] (or one flat box); corners ordered."""
+BOXES_EXPECTED = (
+    "a list of [x1, y1, x2, y2] boxes of finite numbers in original image pixels ([] when the object is absent)"
+)
+
+
+def check_boxes(value: Any, name: str = "solution", image_size: Sequence[float] | None = None) -> list[Box]:
+    """GT boxes from a value: a list of [x1, y1, x2, y2] (or one flat box) with x1 <= x2 and y1 <= y2.
+
+    With `image_size` ([w, h] of a record's image), each box is clipped to the image and one left with no area
+    inside it is an error. Raises ColumnError (a ValueError) saying what was expected.
+    """
     if not isinstance(value, (list, tuple)):
-        raise ColumnError(f"{name}: expected a list of [x1, y1, x2, y2] boxes, got {value!r}")
+        raise bad_value(name, BOXES_EXPECTED, value)
     items = [value] if len(value) == 4 and all(is_number(v) for v in value) else value
     boxes = []
     for item in items:
-        box = clean_box(item) if isinstance(item, (list, tuple)) else None
-        if box is None:
-            raise ColumnError(f"{name}: expected boxes [x1, y1, x2, y2] of finite numbers, got {item!r}")
-        boxes.append(box)
+        ok = isinstance(item, (list, tuple)) and len(item) == 4
+        nums = [None if isinstance(v, str) else finite_float(v) for v in item] if ok else [None]
+        if None in nums:
+            raise bad_value(name, BOXES_EXPECTED, value)
+        x1, y1, x2, y2 = nums
+        if x2 < x1 or y2 < y1:
+            raise bad_value(name, "boxes with x1 <= x2 and y1 <= y2", item)
+        boxes.append([x1, y1, x2, y2] if image_size is None else _inside(item, nums, image_size, name))
     return boxes
 
 
+def _inside(item: Any, box: Box, image_size: Sequence[float], name: str) -> Box:
+    w, h = check_size(image_size, "image_size")
+    clipped = clip_box(box, w, h)
+    if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
+        raise bad_value(name, f"boxes with some area inside the {format_number(w)}x{format_number(h)} image", item)
+    return clipped
+
+
 def model_frame(model_size: Sequence[float], family: str) -> tuple[float, float]:
-    """(width, height) of the frame a family's predictions live in: model_size, or 1000 x 1000 for qwen2_vl."""
-    if canonical_family(family) == QWEN2_VL:
-        return (QWEN2_VL_SCALE, QWEN2_VL_SCALE)
+    """(width, height) of the frame a family's predictions live in: model_size (absolute convention), or
+    1000 x 1000 (relative_1000)."""
+    if box_family(family).box_convention == "relative_1000":
+        return (RELATIVE_SCALE, RELATIVE_SCALE)
     return check_size(model_size, "model_size")
 
 
@@ -150,6 +198,104 @@ def f1_at_iou(preds: Sequence[Sequence[float]], gts: Sequence[Sequence[float]], 
     return 2.0 * count_matches(preds, gts, threshold) / (len(preds) + len(gts))
 
 
+MAX_BOXES = 100  # more boxes than any referring expression needs; bounds matching cost on spammed answers
+_BOX_KEYS = ("bbox_2d", "bbox", "box_2d", "box")
+_SP = r"\s{0,20}"
+_N = f"({NUMBER_PATTERN})"
+_QWEN2_BOX_RE = re.compile(rf"\({_SP}{_N}{_SP},{_SP}{_N}{_SP}\){_SP},?{_SP}\({_SP}{_N}{_SP},{_SP}{_N}{_SP}\)")
+_BRACKET_BOX_RE = re.compile(rf"[\[(]{_SP}{_N}{_SP},{_SP}{_N}{_SP},{_SP}{_N}{_SP},{_SP}{_N}{_SP}[\])]")
+_BARE_BOX_RE = re.compile(rf"{_SP}{_N}(?:{_SP}[,\s]{_SP}{_N}){{3}}{_SP}\.?{_SP}")
+_ABSTAIN_RE = re.compile(
+    r"(?:none|null|nothing|n/?a|no|\[\s*\]|\{\s*\}"
+    r"|(?:there\s+is\s+|there\s+are\s+)?no(?:\s+(?:such|matching|valid|target|relevant|corresponding))?"
+    r"\s+(?:objects?|targets?|box(?:es)?|matche?s?|bounding\s+box(?:es)?|regions?)"
+    r"(?:\s+(?:is\s+|are\s+)?(?:found|present|exists?|detected|visible|in\s+(?:the\s+)?image))?"
+    r"|(?:the\s+)?(?:object|target)\s+(?:is\s+)?(?:not\s+(?:found|present|visible|in\s+(?:the\s+)?image)|absent))",
+    re.IGNORECASE,
+)
+
+
+def clean_box(values: Sequence[Any]) -> list[float] | None:
+    """[x1, y1, x2, y2] as finite floats with x1 <= x2 and y1 <= y2 (swapped corners are swapped back), else None."""
+    if len(values) != 4:
+        return None
+    nums = [finite_float(v) if not isinstance(v, str) else None for v in values]
+    if any(v is None for v in nums):
+        return None
+    x1, y1, x2, y2 = nums  # type: ignore[misc]
+    return [min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)]
+
+
+def _boxes_from_json(obj: Any, depth: int = 0) -> list[list[float]]:
+    """Boxes from a parsed JSON value: a 4-number list, a list of those, or dicts holding one under a box key."""
+    if depth > 3:
+        return []
+    if isinstance(obj, dict):
+        for key in _BOX_KEYS:
+            if key in obj:
+                return _boxes_from_json(obj[key], depth + 1)
+        return []
+    if not isinstance(obj, list):
+        return []
+    if len(obj) == 4 and all(is_number(v) for v in obj):
+        box = clean_box(obj)
+        return [box] if box else []
+    out: list[list[float]] = []
+    for item in obj[:MAX_BOXES]:
+        out.extend(_boxes_from_json(item, depth + 1))
+    return out
+
+
+def _boxes_from_matches(pattern: re.Pattern[str], text: str) -> list[list[float]]:
+    out = []
+    for m in pattern.finditer(text):
+        box = clean_box([float(g) if is_finite_token(g) else None for g in m.groups()])
+        if box:
+            out.append(box)
+        if len(out) >= MAX_BOXES:
+            break
+    return out
+
+
+def parse_boxes(text: str) -> list[list[float]]:
+    """Boxes [x1, y1, x2, y2] (floats, corners ordered) stated by `text`, at most MAX_BOXES of them.
+
+    Tried in order, the first form that yields a box wins: JSON (optionally in a ```json fence) -- `[x1,y1,x2,y2]`,
+    a list of those, `{"bbox_2d": [...]}` or a list of such dicts (Qwen2.5-VL; keys bbox_2d/bbox/box_2d/box);
+    Qwen2-VL pairs `(x1,y1),(x2,y2)` (with or without <|box_start|>); bracketed 4-tuples anywhere in prose
+    ("the box is [1, 2, 3, 4]."); four bare numbers "1, 2, 3, 4". Boxes with NaN/inf/huge values are dropped.
+    Returns [] both for an abstention ("none", "no object", "[]") and for text without boxes; use
+    `is_abstention` to tell them apart.
+    """
+    if not isinstance(text, str):
+        return []
+    body = strip_code_fence(text).strip()
+    if body.startswith(("[", "{")):
+        boxes = _boxes_from_json(loads_or_none(body))
+        if boxes:
+            return boxes[:MAX_BOXES]
+    for pattern in (_QWEN2_BOX_RE, _BRACKET_BOX_RE):
+        boxes = _boxes_from_matches(pattern, body)
+        if boxes:
+            return boxes
+    if len(body) <= 400 and _BARE_BOX_RE.fullmatch(body):
+        box = clean_box(_numbers_in(body))
+        return [box] if box else []
+    return []
+
+
+def _numbers_in(text: str) -> list[float | None]:
+    return [float(t) if is_finite_token(t) else None for t in (m.group(0) for m in NUMBER_RE.finditer(text))]
+
+
+def is_abstention(text: str) -> bool:
+    """True when the whole answer says there is nothing to box: "none", "No object found.", "[]", "null", ..."""
+    if not isinstance(text, str):
+        return False
+    body = strip_code_fence(text).strip().rstrip(".!").strip()
+    return len(body) <= 200 and _ABSTAIN_RE.fullmatch(body) is not None
+
+
 def predicted_boxes(completion: str, frame: tuple[float, float]) -> list[Box] | None:
     """The completion's boxes clipped to `frame`; [] for an explicit abstention; None when no answer/no boxes."""
     answer = extract_answer(completion)
@@ -200,18 +346,23 @@ def box_f1_score(
 
 
 def format_boxes(boxes: Sequence[Sequence[float]], family: str, label: str | None = None) -> str:
-    """Answer text for boxes already in the model's frame (e.g. an SFT target), rounded to integers.
+    """Answer text for boxes already in the model's frame (e.g. an SFT target), rounded to integers, in the family's
+    box format (relative_1000 coordinates clamped to 0..1000). No boxes -> "[]" (an abstention).
 
-    qwen2_5_vl -> `[{"bbox_2d": [x1, y1, x2, y2], "label": label}]` (label omitted when None);
-    qwen2_vl -> `(x1,y1),(x2,y2)` per box, joined by ", " and clamped to 0..1000. No boxes -> "[]" (an abstention).
+    json_bbox_2d -> `[{"bbox_2d": [x1, y1, x2, y2], "label": label}]` (label omitted when None);
+    point_pairs -> `(x1,y1),(x2,y2)` per box, joined by ", ";
+    ref_box -> `<ref>label</ref><box>[[x1, y1, x2, y2], ...]</box>` (the ref omitted when label is None).
     """
-    family = canonical_family(family)
+    fam = box_family(family)
     ints = [[int(round(v)) for v in b] for b in boxes]
     if not ints:
         return "[]"
-    if family == QWEN2_VL:
-        ints = [[min(max(v, 0), int(QWEN2_VL_SCALE)) for v in b] for b in ints]
+    if fam.box_convention == "relative_1000":
+        ints = [[min(max(v, 0), int(RELATIVE_SCALE)) for v in b] for b in ints]
+    if fam.box_format == "point_pairs":
         return ", ".join(f"({x1},{y1}),({x2},{y2})" for x1, y1, x2, y2 in ints)
+    if fam.box_format == "ref_box":
+        return (f"<ref>{label}</ref>" if label is not None else "") + f"<box>{json.dumps(ints)}</box>"
     items = [{"bbox_2d": b, **({"label": label} if label is not None else {})} for b in ints]
     return json.dumps(items, ensure_ascii=False)
 

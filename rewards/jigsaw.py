@@ -1,8 +1,10 @@
-"""Jigsaw rewards: is the predicted tile order right (`jigsaw_exact`), and how much of it (`jigsaw_fraction`).
+"""Jigsaw tile orders: the answer type's parser, ground-truth check and gold-answer formatter, and the rewards
+`jigsaw_exact` (is the predicted order right) and `jigsaw_fraction` (how much of it is).
 
 Column `solution`: the 1-based answer order, row-major: solution[i] is the ORIGINAL position (1-based) of the tile
 shown at position i of the shuffled image (`mmreason.processors.make_jigsaw` order + 1). It must be a permutation
-of 1..n (a grid of rows [[3, 1], [4, 2]] is flattened row-major).
+of 1..n (a grid of rows [[3, 1], [4, 2]] is flattened row-major), as `check_order` checks for reward columns and
+for the jigsaw task's records alike (there n is the grid's tile count).
 
 Answer text: "[3, 1, 4, 2]", "3 1 4 2", "3,1,4,2" or a grid of rows (see `parse_order`), 1-based.
 
@@ -18,23 +20,30 @@ scores 1.0.
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
 from mmreason.registry import register_reward
 
-from .parse import ColumnError, extract_answer, parse_order, score_each
+from .parse import bad_value, extract_answer, loads_or_none, score_each, strip_code_fence
 
 
-def check_order(value: Any, name: str = "solution") -> list[int]:
-    """A 1-based permutation of 1..n from a column value (flat list or grid of rows), else ColumnError."""
+def check_order(value: Any, name: str = "solution", n: int | None = None) -> list[int]:
+    """A 1-based permutation of 1..n from a value (flat list or grid of rows), else ColumnError.
+
+    With `n` (the tile count of a record's grid) the permutation must have exactly n entries.
+    """
     flat: list[Any] = []
     if isinstance(value, (list, tuple)):
         for item in value:
             flat.extend(item if isinstance(item, (list, tuple)) else [item])
     ints = [v for v in flat if isinstance(v, int) and not isinstance(v, bool)]
-    if not flat or len(ints) != len(flat) or sorted(ints) != list(range(1, len(ints) + 1)):
-        raise ColumnError(f"{name}: expected a permutation of 1..n (1-based tile order), got {value!r}")
+    size = len(ints) if n is None else n
+    if not flat or len(ints) != len(flat) or sorted(ints) != list(range(1, size + 1)):
+        shown = "n" if n is None else str(n)
+        raise bad_value(name, f"a permutation of 1..{shown} (1-based tile order, one entry per tile)", value)
     return ints
 
 
@@ -48,6 +57,40 @@ def order_fraction(pred: Sequence[int] | None, solution: Sequence[int]) -> float
 def order_exact(pred: Sequence[int] | None, solution: Sequence[int]) -> float:
     """1.0 when `pred` equals `solution` exactly, else 0.0."""
     return 1.0 if pred is not None and list(pred) == list(solution) else 0.0
+
+
+_ORDER_CHARS_RE = re.compile(r"[\d\s,;]*")
+_DIGITS_RE = re.compile(r"\d+")
+
+
+def parse_order(text: str) -> list[int] | None:
+    """A list of non-negative integers: "[3, 1, 4, 2]", "3 1 4 2", "3,1,4,2", "(3; 1; 4; 2)", or a JSON grid of
+    rows "[[3, 1], [4, 2]]" (flattened row-major). Anything else in the text (words, signs, decimals, a number with
+    more than 9 digits) -> None. Whether the list is a valid permutation is the caller's business.
+    """
+    if not isinstance(text, str):
+        return None
+    body = unicodedata.normalize("NFKC", strip_code_fence(text)).strip().rstrip(".").strip()
+    if body.startswith("["):
+        parsed = loads_or_none(body)
+        if isinstance(parsed, list):
+            return _flat_ints(parsed)
+    inner = body.strip("[](){} \t\r\n")
+    if not inner or _ORDER_CHARS_RE.fullmatch(inner) is None:
+        return None
+    runs = _DIGITS_RE.findall(inner)
+    if not runs or any(len(r) > 9 for r in runs):
+        return None
+    return [int(r) for r in runs]
+
+
+def _flat_ints(items: list[Any]) -> list[int] | None:
+    flat: list[Any] = []
+    for item in items:
+        flat.extend(item if isinstance(item, list) else [item])
+    if not flat or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 10**9 for v in flat):
+        return None
+    return flat
 
 
 def predicted_order(completion: str) -> list[int] | None:

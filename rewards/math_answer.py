@@ -1,6 +1,8 @@
-"""Math reward `math_verify`: is the answer mathematically equal to the solution, judged by the math-verify library.
+"""Math answers: the ground-truth check, gold-answer formatter and reward `math_verify` (is the answer
+mathematically equal to the solution, judged by the math-verify library, which also parses the answers).
 
-Column `solution`: the gold answer (str; ints/floats are turned into str), e.g. "\\frac{1}{2}", "0.5", "x^2+1".
+Column `solution`: the gold answer (`check_solution`, which the math task checks its records with too): a non-empty
+string, e.g. "\\frac{1}{2}", "0.5", "x^2+1", or a finite number (written as text: 3.0 -> "3", 0.5 -> "0.5").
 The answer-tag content and the solution are each parsed with `math_verify.parse` (as given when they contain LaTeX
 delimiters `$`, `\\boxed`, `\\(` or `\\[`; otherwise wrapped as `$...$`, falling back to the bare text) and
 compared with `math_verify.verify(gold, pred)`: numbers, fractions, LaTeX, sets, intervals and symbolic equality.
@@ -20,6 +22,8 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import math
+import numbers
 import os
 import select
 import signal
@@ -33,7 +37,7 @@ from typing import Any
 
 from mmreason.registry import register_reward
 
-from .parse import ColumnError, extract_answer, is_number, score_each
+from .parse import bad_value, extract_answer, is_number, score_each
 
 DEFAULT_TIMEOUT_S = 2  # per math-verify step (each parse, each comparison); SIGALRM takes whole seconds
 MAX_ANSWER_CHARS = 1000
@@ -173,13 +177,29 @@ def math_equal(answer: str, solution: str, timeout_s: int = DEFAULT_TIMEOUT_S) -
     return _HELPER.verify(answer, solution, timeout_s)
 
 
+SOLUTION_EXPECTED = "the final answer as a non-empty string (plain or LaTeX) or a finite number"
+
+
 def check_solution(value: Any, name: str = "solution") -> str:
-    """The gold answer as a non-empty string (numbers are formatted with str), else ColumnError."""
+    """The gold answer as a stripped non-empty string, else ColumnError.
+
+    A number is written as text: integers and integral floats without a decimal point (42, 3.0 -> "3"), other
+    floats by repr (0.5 -> "0.5"); NaN and infinities are errors.
+    """
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return str(int(value))
     if is_number(value):
-        value = str(value)
-    if isinstance(value, str) and value.strip():
-        return value
-    raise ColumnError(f"{name}: expected the gold answer as a non-empty string, got {value!r}")
+        number = float(value)
+        if math.isfinite(number):
+            return str(int(number)) if number.is_integer() else repr(number)
+    elif isinstance(value, str) and value.strip():
+        return value.strip()
+    raise bad_value(name, SOLUTION_EXPECTED, value)
+
+
+def format_math_answer(solution: Any) -> str:
+    """Answer text for a gold answer: the checked solution string (`check_solution`)."""
+    return check_solution(solution)
 
 
 def math_score(completion: str, solution: Any) -> float:

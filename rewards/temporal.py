@@ -1,31 +1,61 @@
-"""Temporal grounding reward `tiou`: overlap of the predicted and true time segments of a video.
+"""Temporal segments: the time-segment answer type's parser, ground-truth check, gold-answer formatter and reward
+`tiou` (overlap of the predicted and true time segments of a video).
 
-Column `solution`: [start, end] in seconds with 0 <= start <= end; optional column `duration` (seconds): when
-given, the predicted segment is clipped to [0, duration] first. The answer is read by `parse_segment` ("[12.5,
-30]", "12.5s - 30s", "00:12 - 00:30"; a reversed pair is swapped).
-tIoU = |pred ∩ truth| / |pred ∪ truth| (lengths of 1-D intervals), in [0, 1]; 0.0 when the union has zero
-length (e.g. both are the same instant: there is no overlap to measure) or the answer has no segment.
+Ground truth (`check_segment`, the one rule for reward columns and for the temporal_grounding task's records):
+[start, end] in seconds, two finite numbers with 0 <= start < end. A zero-length segment is invalid ground truth:
+it marks no stretch of time that an answer could overlap. A record is also checked against its video's duration:
+its segment must start before the video ends, and its end is clipped to the duration.
+
+Predictions (`parse_segment`): "[12.5, 30]", "12.5s - 30s", "00:12 - 00:30"; a reversed pair is swapped. A
+zero-length prediction ("15 - 15") is read as it is and scores 0.0 (it overlaps no length of time); it is not an
+error. With the optional `duration` column (seconds), the predicted segment is clipped to [0, duration] first.
+
+tIoU = |pred ∩ truth| / |pred ∪ truth| (lengths of 1-D intervals), in [0, 1]; 0.0 when the answer has no segment.
+Gold answers are written "start, end" in seconds (`format_segment`), as the task's prompt asks.
 """
 
 from __future__ import annotations
 
 import math
+import re
+import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
 from mmreason.registry import register_reward
 
-from .parse import ColumnError, extract_answer, is_number, parse_segment, score_each
+from .parse import bad_value, extract_answer, finite_float, format_number, is_finite_token, is_number, score_each
+
+SEGMENT_EXPECTED = "[start, end] in seconds with 0 <= start < end"
 
 
-def check_segment(value: Any, name: str = "solution") -> tuple[float, float]:
-    """(start, end) from a column value: two finite numbers with 0 <= start <= end, else ColumnError."""
-    if isinstance(value, (list, tuple)) and len(value) == 2:
-        if all(is_number(v) and math.isfinite(v) for v in value):
-            start, end = float(value[0]), float(value[1])
-            if 0.0 <= start <= end:
-                return (start, end)
-    raise ColumnError(f"{name}: expected [start, end] seconds with 0 <= start <= end, got {value!r}")
+def check_duration(value: Any, name: str = "duration") -> float | None:
+    """A video duration: a positive finite number of seconds, or None; else ColumnError."""
+    if value is None:
+        return None
+    seconds = finite_float(value) if is_number(value) else None
+    if seconds is None or seconds <= 0:
+        raise bad_value(name, "a positive number of seconds or None", value)
+    return seconds
+
+
+def check_segment(value: Any, name: str = "solution", duration: float | None = None) -> tuple[float, float]:
+    """(start, end) from a value: two finite numbers with 0 <= start < end, else ColumnError.
+
+    With `duration` (a record's video length) the segment must also start before the video ends; its end is
+    clipped to the duration.
+    """
+    items = list(value) if isinstance(value, (list, tuple)) else []
+    nums = [finite_float(v) if is_number(v) else None for v in items]
+    if len(nums) != 2 or None in nums or not 0.0 <= nums[0] < nums[1]:
+        raise bad_value(name, SEGMENT_EXPECTED, value)
+    start, end = nums
+    seconds = check_duration(duration)
+    if seconds is None:
+        return (start, end)
+    if start >= seconds:
+        raise bad_value(name, f"a segment starting before the video's end ({format_number(seconds)} s)", value)
+    return (start, min(end, seconds))
 
 
 def interval_iou(a: Sequence[float], b: Sequence[float]) -> float:
@@ -37,6 +67,42 @@ def interval_iou(a: Sequence[float], b: Sequence[float]) -> float:
     return min(1.0, max(0.0, inter / union))
 
 
+_TIME_RE = re.compile(
+    r"(?<![\w.:])(?:(?:(\d{1,4}):)?(\d{1,4}):(\d{1,2}(?:\.\d{1,9})?)(?![\d:])"
+    r"|(\d{1,40}(?:\.\d{0,40})?|\.\d{1,40})(?:[eE][-+]?\d{1,4})?(?!\d)(?![eE][-+]?\d)(?!\.\d))"
+)
+
+
+def _seconds(m: re.Match[str]) -> float | None:
+    hours, minutes, secs, plain = m.groups()
+    if plain is None:
+        if float(secs) >= 60 or (hours is not None and int(minutes) >= 60):
+            return None
+        return int(hours or 0) * 3600.0 + int(minutes) * 60.0 + float(secs)
+    return float(m.group(0)) if is_finite_token(m.group(0)) else None
+
+
+def parse_segment(text: str) -> tuple[float, float] | None:
+    """(start, end) seconds with start <= end (a reversed pair is swapped), else None.
+
+    The text must state exactly two times: plain seconds ("[12.5, 30]", "12.5s - 30s", "from 12.5 to 30 seconds")
+    or clock times ("00:12 - 01:05", "1:02:03.5"). Signs are not read (a dash is a range, not a minus); three or
+    more times, an impossible clock time (1:75) or a non-finite value (1e400) -> None.
+    """
+    if not isinstance(text, str):
+        return None
+    body = unicodedata.normalize("NFKC", text)
+    times = []
+    for m in _TIME_RE.finditer(body):
+        times.append(_seconds(m))
+        if len(times) > 2:
+            return None
+    if len(times) != 2 or any(t is None for t in times):
+        return None
+    a, b = times  # type: ignore[misc]
+    return (min(a, b), max(a, b))
+
+
 def predicted_segment(completion: str, duration: float | None = None) -> tuple[float, float] | None:
     """The completion's (start, end), clipped to [0, duration] when a duration is given; None when absent."""
     answer = extract_answer(completion)
@@ -46,24 +112,16 @@ def predicted_segment(completion: str, duration: float | None = None) -> tuple[f
     return (min(segment[0], duration), min(segment[1], duration))
 
 
-def _check_duration(value: Any) -> float | None:
-    if value is None:
-        return None
-    if is_number(value) and math.isfinite(value) and value > 0:
-        return float(value)
-    raise ColumnError(f"duration: expected a positive number of seconds or None, got {value!r}")
-
-
 def tiou_score(completion: str, solution: Any, duration: Any = None) -> float:
     """tIoU of the answered segment with the true one (module doc)."""
-    truth, dur = check_segment(solution), _check_duration(duration)
+    truth, dur = check_segment(solution), check_duration(duration)
     pred = predicted_segment(completion, dur)
     return 0.0 if pred is None else interval_iou(pred, truth)
 
 
-def format_segment(start: float, end: float, digits: int = 1) -> str:
-    """Answer text for a segment: "[12.5, 30.0]" (what `parse_segment` reads back)."""
-    return f"[{start:.{digits}f}, {end:.{digits}f}]"
+def format_segment(start: float, end: float, digits: int = 2) -> str:
+    """Answer text for a segment: "12.5, 30" (at most `digits` decimals; what `parse_segment` reads back)."""
+    return f"{format_number(start, digits)}, {format_number(end, digits)}"
 
 
 @register_reward("tiou")

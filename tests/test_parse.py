@@ -1,4 +1,7 @@
-"""Golden and adversarial cases for the answer parsers and the reward column plumbing (mmreason.rewards.parse)."""
+"""Golden and adversarial cases for the generic answer reading (tags, numbers, text) and the reward column plumbing
+(mmreason.rewards.parse), plus the linear-time and never-raise checks run over every answer parser, generic or
+answer-type specific (each type's own golden cases are in tests/test_rewards_<type>.py).
+"""
 
 from __future__ import annotations
 
@@ -7,22 +10,23 @@ import time
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from mmreason.rewards.choice import parse_choice
+from mmreason.rewards.geolocation import parse_latlon
+from mmreason.rewards.grounding import is_abstention, parse_boxes
+from mmreason.rewards.jigsaw import parse_order
 from mmreason.rewards.parse import (
     ColumnError,
+    bad_value,
     completion_text,
     extract_answer,
     extract_think,
-    is_abstention,
+    format_number,
     normalize_text,
-    parse_boxes,
-    parse_choice,
     parse_int,
-    parse_latlon,
     parse_number,
-    parse_order,
-    parse_segment,
     score_each,
 )
+from mmreason.rewards.temporal import parse_segment
 
 BIG = 100_000
 
@@ -58,69 +62,6 @@ def test_extract_answer(text, expected):
 )
 def test_extract_think(text, expected):
     assert extract_think(text) == expected
-
-
-@pytest.mark.parametrize(
-    "text, expected",
-    [
-        ("[10, 20, 30, 40]", [[10, 20, 30, 40]]),
-        ("[10.5, 20, 30, 40.25]", [[10.5, 20, 30, 40.25]]),
-        ("[[1, 2, 3, 4], [5, 6, 7, 8]]", [[1, 2, 3, 4], [5, 6, 7, 8]]),
-        ('[{"bbox_2d": [30, 40, 10, 20], "label": "dog"}]', [[10, 20, 30, 40]]),  # swapped corners ordered
-        ('{"bbox_2d": [1, 2, 3, 4]}', [[1, 2, 3, 4]]),
-        ('[{"bbox": [1, 2, 3, 4]}, {"box_2d": [5, 6, 7, 8]}]', [[1, 2, 3, 4], [5, 6, 7, 8]]),
-        ('```json\n[{"bbox_2d": [1, 2, 3, 4]}]\n```', [[1, 2, 3, 4]]),
-        ("(100,200),(300,400)", [[100, 200, 300, 400]]),
-        ("<|box_start|>(100, 200), (300, 400)<|box_end|>", [[100, 200, 300, 400]]),
-        ("(1,2),(3,4), (5,6),(7,8)", [[1, 2, 3, 4], [5, 6, 7, 8]]),
-        ("the box is [1, 2, 3, 4].", [[1, 2, 3, 4]]),
-        ("[{'bbox_2d': [1, 2, 3, 4]}]", [[1, 2, 3, 4]]),  # python-style quotes: not JSON, found by the fallback
-        ("1, 2, 3, 4", [[1, 2, 3, 4]]),
-        ("1 2 3 4", [[1, 2, 3, 4]]),
-        ("[-5, -5, 10, 10]", [[-5, -5, 10, 10]]),
-        ("[NaN, 1, 2, 3]", []),
-        ("[Infinity, 1, 2, 3]", []),
-        ("[1e400, 1, 2, 3]", []),
-        ("[1, 2, 3]", []),
-        ("[true, 1, 2, 3]", []),
-        ("[" + "9" * 5000 + ", 1, 2, 3]", []),  # an int json cannot read, and a digit run the regexes skip
-        ("[[1, 2, 3, 4], [NaN, 0, 1, 1]]", [[1, 2, 3, 4]]),
-        ("none", []),
-        ("[]", []),
-        ("", []),
-        ("the dog on the left", []),
-        ("[" * 50_000 + "]" * 50_000, []),
-        ("<script>[1,2,3,4]</script>", [[1, 2, 3, 4]]),
-    ],
-)
-def test_parse_boxes(text, expected):
-    assert parse_boxes(text) == expected
-
-
-def test_parse_boxes_caps_the_number_of_boxes():
-    assert len(parse_boxes(str([[1, 2, 3, 4]] * 1000))) == 100
-
-
-@pytest.mark.parametrize(
-    "text, expected",
-    [
-        ("none", True),
-        ("None.", True),
-        ("[]", True),
-        ("null", True),
-        ("No object found", True),
-        ("There is no such object in the image.", True),
-        ("The object is not present", True),
-        ("n/a", True),
-        ("[1, 2, 3, 4]", False),
-        ("the dog", False),
-        ("none of the boxes is the dog but [1,2,3,4]", False),
-        ("", False),
-        ("none " * 1000, False),
-    ],
-)
-def test_is_abstention(text, expected):
-    assert is_abstention(text) is expected
 
 
 @pytest.mark.parametrize(
@@ -160,136 +101,19 @@ def test_parse_number_and_int(text, number, integer):
 
 
 @pytest.mark.parametrize(
-    "text, expected",
-    [
-        ("B", "B"),
-        ("(B)", "B"),
-        ("[C]", "C"),
-        ("B.", "B"),
-        ("B. Paris", "B"),
-        ("B) Paris", "B"),
-        ("B: Paris", "B"),
-        ("(B) Paris", "B"),
-        ("Answer: B", "B"),
-        ("answer: (d)", "D"),
-        ("The answer is (C).", "C"),
-        ("The correct option is D", "D"),
-        ("**D**", "D"),
-        ("b", "B"),
-        ("(b)", "B"),
-        ("A dog", None),  # an article, not a choice
-        ("I think B", None),
-        ("a cat", None),
-        ("", None),
-        ("Paris", None),
-        ("1", None),
-        ("Ｂ", "B"),  # full-width letter
-        ("B" * BIG, None),
-    ],
+    "value, digits, expected",
+    [(14.0, 2, "14"), (1.25, 2, "1.25"), (2.5000001, 2, "2.5"), (-0.001, 2, "0"), (48.85661234, 6, "48.856612")],
 )
-def test_parse_choice(text, expected):
-    assert parse_choice(text) == expected
+def test_format_number(value, digits, expected):
+    assert format_number(value, digits) == expected
+    assert parse_number(expected) == pytest.approx(value, abs=10**-digits)
 
 
-@pytest.mark.parametrize(
-    "text, options, expected",
-    [
-        ("E", ["a", "b", "c"], None),  # past the last option
-        ("C", ["a", "b", "c"], "C"),
-        ("Paris", ["London", "Paris", "Rome"], "B"),
-        ("paris!", ["London", "Paris", "Rome"], "B"),
-        ("Paris", ["Paris", "Paris"], None),  # ambiguous option text
-        ("Berlin", ["London", "Paris"], None),
-    ],
-)
-def test_parse_choice_with_options(text, options, expected):
-    assert parse_choice(text, options) == expected
-
-
-@pytest.mark.parametrize(
-    "text, expected",
-    [
-        ("[3, 1, 4, 2]", [3, 1, 4, 2]),
-        ("3 1 4 2", [3, 1, 4, 2]),
-        ("3,1,4,2", [3, 1, 4, 2]),
-        ("(3; 1; 4; 2).", [3, 1, 4, 2]),
-        ("[[3, 1], [4, 2]]", [3, 1, 4, 2]),
-        ("[3, 1, 4, 2", [3, 1, 4, 2]),
-        ("12", [12]),
-        ("order: 3 1 4 2", None),
-        ("-1 2", None),
-        ("1.5 2", None),
-        ("[1.5, 2]", None),
-        ("[true, 2]", None),
-        ("1234567890 1", None),
-        ("", None),
-        ("[]", None),
-        ("three one", None),
-        ("1 " * 50_000, [1] * 50_000),
-    ],
-)
-def test_parse_order(text, expected):
-    assert parse_order(text) == expected
-
-
-@pytest.mark.parametrize(
-    "text, expected",
-    [
-        ("48.8566, 2.3522", (48.8566, 2.3522)),
-        ("(-33.8688, 151.2093)", (-33.8688, 151.2093)),
-        ("48.8566 2.3522", (48.8566, 2.3522)),
-        ('{"lat": 48.8, "lon": 2.3}', (48.8, 2.3)),
-        ('{"latitude": "48.8", "longitude": -2.3}', (48.8, -2.3)),
-        ('```json\n{"lat": 1, "lng": 2}\n```', (1.0, 2.0)),
-        ("48.8N 2.3E", (48.8, 2.3)),
-        ("2.35°E, 48.85°N", (48.85, 2.35)),
-        ("33.87° S, 151.21° W", (-33.87, -151.21)),
-        ("33°52'S 151°12'E", (-33 - 52 / 60, 151.2)),
-        ("48 North, 2 West", (48.0, -2.0)),
-        ("lat: 48.8, lon: 2.3", (48.8, 2.3)),
-        ("Longitude 2.3; latitude 48.8", (48.8, 2.3)),
-        ('roughly {"lat": 48.8, "lon": 2.3} I think', (48.8, 2.3)),  # JSON inside prose, read by its labels
-        ("Paris 2024, 48.85, 2.35", (48.85, 2.35)),  # the first in-range adjacent pair
-        ("Paris, France", None),
-        ("100, 200", None),
-        ("48.8", None),
-        ("91N 2E", None),
-        ("1e400, 2", None),
-        ('{"lat": NaN, "lon": 2}', None),
-        ("", None),
-        ("1 " * 50_000, (1.0, 1.0)),
-    ],
-)
-def test_parse_latlon(text, expected):
-    got = parse_latlon(text)
-    if expected is None:
-        assert got is None
-    else:
-        assert got == pytest.approx(expected)
-
-
-@pytest.mark.parametrize(
-    "text, expected",
-    [
-        ("[12.5, 30]", (12.5, 30.0)),
-        ("12.5s - 30s", (12.5, 30.0)),
-        ("12.5-30", (12.5, 30.0)),
-        ("from 12.5 to 30.0 seconds", (12.5, 30.0)),
-        ("00:12 - 01:05", (12.0, 65.0)),
-        ("1:02:03.5 to 1:02:10", (3723.5, 3730.0)),
-        ("from 30 to 12", (12.0, 30.0)),  # reversed pairs are swapped
-        ("0 0", (0.0, 0.0)),
-        ("1 2 3", None),
-        ("12.5", None),
-        ("1:75 - 2:00", None),
-        ("1e400 to 2", None),
-        ("", None),
-        ("soon", None),
-        ("1 " * 50_000, None),
-    ],
-)
-def test_parse_segment(text, expected):
-    assert parse_segment(text) == expected
+def test_bad_value_names_the_column_and_what_was_expected():
+    err = bad_value("solution", "a whole number >= 0", "x" * 1000)
+    assert isinstance(err, ValueError) and isinstance(err, ColumnError)
+    assert str(err).startswith("solution: expected a whole number >= 0, got 'xxx") and len(str(err)) < 300
+    assert (err.column, err.expected, err.value) == ("solution", "a whole number >= 0", "x" * 1000)
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from mmreason.rewards.classification import label_matches, normalize_label
+from mmreason.rewards.classification import (
+    check_label,
+    check_label_list,
+    format_label,
+    label_matches,
+    normalize_label,
+)
 from mmreason.rewards.parse import ColumnError
 
 from mmreason.registry import get_reward
@@ -53,3 +59,45 @@ def test_helpers():
     assert normalize_label("the") == "the"
     assert label_matches("Apple", "an apple")
     assert not label_matches("", "")
+
+
+@pytest.mark.parametrize(
+    "value, options, expected",
+    [
+        ("cat", (), "cat"),
+        ("  Golden retriever ", (), "Golden retriever"),
+        ("white square", ["white square", "blue circle"], "white square"),
+        ("The White-Square.", ["white square", "blue circle"], "The White-Square."),  # matched as an answer is
+        ("東京", ["東京", "大阪"], "東京"),
+    ],
+)
+def test_check_label(value, options, expected):
+    assert check_label(value, options=options) == expected
+    assert format_label(expected) == expected.strip()
+
+
+@pytest.mark.parametrize(
+    "value, options, message",
+    [
+        ("", (), "non-empty string"),
+        ("!!!", (), "non-empty string"),
+        (None, (), "non-empty string"),
+        (3, (), "non-empty string"),
+        ("green", ["white square", "blue circle"], "one of the options"),
+        ("white", ["white square", "blue circle"], "one of the options"),
+    ],
+)
+def test_check_label_rejects(value, options, message):
+    with pytest.raises(ColumnError, match=f"solution: expected .*{message}"):
+        check_label(value, options=options)
+
+
+@pytest.mark.parametrize("value, expected", [(None, []), ([], []), ([" kitty ", "cat"], ["kitty", "cat"])])
+def test_check_label_list(value, expected):
+    assert check_label_list(value) == expected
+
+
+@pytest.mark.parametrize("value", ["kitty", ["kitty", ""], ["kitty", " "], [1], {"a": 1}])
+def test_check_label_list_rejects(value):
+    with pytest.raises(ColumnError, match="synonyms: expected a list of non-empty strings"):
+        check_label_list(value)

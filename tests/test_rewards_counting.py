@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
-from mmreason.rewards.counting import check_count, predicted_count
+from mmreason.rewards.counting import check_count, format_count, predicted_count
 from mmreason.rewards.parse import ColumnError
 
 from mmreason.registry import get_reward
@@ -49,3 +50,20 @@ def test_helpers():
     assert check_count("12") == 12
     assert predicted_count("<answer>seven</answer>") == 7
     assert predicted_count("seven") is None
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [(0, 0), (3, 3), (3.0, 3), ("3", 3), (" 12 ", 12), ("３", 3), (np.int64(4), 4), (np.float32(2.0), 2)],
+)
+def test_check_count(value, expected):
+    assert check_count(value) == expected and format_count(expected) == str(expected)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [-1, 2.5, "three", "3 apples", "-3", "3.0", "1,024", "", "1e3", "9" * 5000, True, False, None, float("inf"), [3]],
+)
+def test_check_count_rejects(value):
+    with pytest.raises(ColumnError, match="solution: expected a whole number >= 0"):
+        check_count(value)

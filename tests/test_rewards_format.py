@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from mmreason.rewards.format import has_answer_only_format, has_think_answer_format
+from mmreason.rewards.format import format_completion, has_answer_only_format, has_think_answer_format
 
 from mmreason.registry import get_reward
 
@@ -49,3 +49,11 @@ def test_format_rewards_ignore_columns_and_score_each_completion():
     assert get_reward("format")(texts, solution=[1, 2], image_size=[None, None]) == [1.0, 0.0]
     assert get_reward("format_nothink")(texts, anything=["x", "y"]) == [0.0, 1.0]
     assert get_reward("format")([]) == []
+
+
+@pytest.mark.parametrize("answer, reasoning", [("B", ""), ("[1, 2, 3, 4]", "the box is left"), ("x", "a\nb")])
+def test_format_completion_is_what_the_format_rewards_accept(answer, reasoning):
+    think, nothink = format_completion(answer, True, reasoning), format_completion(answer, False)
+    assert think == f"<think>{reasoning}</think><answer>{answer}</answer>" and nothink == f"<answer>{answer}</answer>"
+    assert get_reward("format")([think, nothink]) == [1.0, 0.0]
+    assert get_reward("format_nothink")([think, nothink]) == [0.0, 1.0]

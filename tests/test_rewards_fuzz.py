@@ -25,11 +25,18 @@ def _maybe_none(solution: st.SearchStrategy) -> st.SearchStrategy:
     return st.one_of(solution, solution, solution, st.none())
 
 
+def _span(side: int) -> st.SearchStrategy:
+    """An ordered pair (low, high) of coordinates in [0, side]."""
+    return st.tuples(st.floats(0, side), st.floats(0, side)).map(sorted)
+
+
 @st.composite
 def _grounding_row(draw) -> dict:
     w, h = draw(SIDES), draw(SIDES)
-    coord = st.tuples(st.floats(0, w), st.floats(0, h))
-    boxes = draw(st.lists(st.tuples(coord, coord).map(lambda p: [*p[0], *p[1]]), max_size=3))
+    # ground truth has ordered corners (x1 <= x2, y1 <= y2), as check_boxes requires
+    boxes = draw(
+        st.lists(st.tuples(_span(w), _span(h)).map(lambda p: [p[0][0], p[1][0], p[0][1], p[1][1]]), max_size=3)
+    )
     return {
         "solution": draw(_maybe_none(st.just(boxes))),
         "image_size": [w, h],
@@ -47,8 +54,18 @@ _LOCATION = st.fixed_dictionaries(
         "city": st.sampled_from(["Paris", "New York City", "東京"]),
     },
 )
-_SEGMENT = st.tuples(st.floats(0, 1e4), st.floats(0, 1e4)).map(sorted)
-_OPTIONS = st.one_of(st.none(), st.lists(st.text(max_size=12), min_size=2, max_size=6))
+_SEGMENT = st.tuples(st.floats(0, 1e4), st.floats(0, 1e4)).filter(lambda p: p[0] != p[1]).map(sorted)
+
+
+@st.composite
+def _choice_row(draw) -> dict:
+    """Options (2 to 6 non-empty texts) or None, and a gold letter among them (A-F without options)."""
+    options = draw(
+        st.one_of(st.none(), st.lists(st.text(min_size=1, max_size=12).filter(str.strip), min_size=2, max_size=6))
+    )
+    letters = "ABCDEF"[: len(options)] if options else "ABCDEF"
+    return {"solution": draw(_maybe_none(st.sampled_from(letters))), "options": options}
+
 
 EXAMPLE_COLUMNS: dict[str, st.SearchStrategy[dict]] = {
     # trajectory columns (None rows, i.e. single-turn completions, are covered in tests/test_tools.py)
@@ -69,7 +86,7 @@ EXAMPLE_COLUMNS: dict[str, st.SearchStrategy[dict]] = {
         }
     ),
     "count_match": st.fixed_dictionaries({"solution": _maybe_none(st.integers(0, 10**6))}),
-    "choice_match": st.fixed_dictionaries({"solution": _maybe_none(st.sampled_from("ABCDEF")), "options": _OPTIONS}),
+    "choice_match": _choice_row(),
     "math_verify": st.fixed_dictionaries(
         {"solution": _maybe_none(st.sampled_from(["4", "\\frac{1}{2}", "x^2+1", "(1, 2)", "\\sqrt{2}", "-3.5"]))}
     ),

@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
 from mmreason.rewards.geolocation import (
     EARTH_RADIUS_KM,
     Place,
+    check_location,
     country_code,
     distance_score,
     format_latlon,
+    format_place,
     haversine_km,
     hierarchy_score,
+    parse_latlon,
     parse_place,
     predicted_distance_km,
     reverse_geocode_place,
 )
-from mmreason.rewards.parse import ColumnError, parse_latlon
+from mmreason.rewards.parse import ColumnError
 
 from mmreason.registry import get_reward
 
@@ -199,3 +203,77 @@ def test_numpy_scalars_in_the_solution_are_accepted():
     assert get_reward("geo_distance")(["<answer>48.8566, 2.3522</answer>"], solution=[solution]) == [
         pytest.approx(1.0, abs=1e-4)
     ]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("48.8566, 2.3522", (48.8566, 2.3522)),
+        ("(-33.8688, 151.2093)", (-33.8688, 151.2093)),
+        ("48.8566 2.3522", (48.8566, 2.3522)),
+        ('{"lat": 48.8, "lon": 2.3}', (48.8, 2.3)),
+        ('{"latitude": "48.8", "longitude": -2.3}', (48.8, -2.3)),
+        ('```json\n{"lat": 1, "lng": 2}\n```', (1.0, 2.0)),
+        ("48.8N 2.3E", (48.8, 2.3)),
+        ("2.35°E, 48.85°N", (48.85, 2.35)),
+        ("33.87° S, 151.21° W", (-33.87, -151.21)),
+        ("33°52'S 151°12'E", (-33 - 52 / 60, 151.2)),
+        ("48 North, 2 West", (48.0, -2.0)),
+        ("lat: 48.8, lon: 2.3", (48.8, 2.3)),
+        ("Longitude 2.3; latitude 48.8", (48.8, 2.3)),
+        ('roughly {"lat": 48.8, "lon": 2.3} I think', (48.8, 2.3)),  # JSON inside prose, read by its labels
+        ("Paris 2024, 48.85, 2.35", (48.85, 2.35)),  # the first in-range adjacent pair
+        ("Paris, France", None),
+        ("100, 200", None),
+        ("48.8", None),
+        ("91N 2E", None),
+        ("1e400, 2", None),
+        ('{"lat": NaN, "lon": 2}', None),
+        ("", None),
+        ("1 " * 50_000, (1.0, 1.0)),
+    ],
+)
+def test_parse_latlon(text, expected):
+    got = parse_latlon(text)
+    if expected is None:
+        assert got is None
+    else:
+        assert got == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ({"lat": 48.8566, "lon": 2.3522}, {"lat": 48.8566, "lon": 2.3522}),
+        (
+            {"lat": 1, "lon": 2, "country": " France ", "city": None, "extra": 1},
+            {"lat": 1.0, "lon": 2.0, "country": "France"},
+        ),
+        ({"lat": np.float32(-90), "lon": np.int64(180)}, {"lat": -90.0, "lon": 180.0}),
+    ],
+)
+def test_check_location(value, expected):
+    assert check_location(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value, column",
+    [
+        ({"lat": 1, "lon": 2, "region": ""}, "solution.region"),
+        ({"lat": 1, "lon": 2, "city": "  "}, "solution.city"),
+        ({"lat": 1, "lon": 2, "country": ["France"]}, "solution.country"),
+        ({"lat": True, "lon": 2}, "solution"),
+        ({"lat": 1, "lon": 180.5}, "solution"),
+        ("48.8, 2.3", "solution"),
+    ],
+)
+def test_check_location_rejects(value, column):
+    with pytest.raises(ColumnError, match=f"^{re.escape(column)}: expected"):
+        check_location(value)
+
+
+def test_format_latlon_and_place():
+    assert format_latlon(48.8566, 2.3522) == "48.8566, 2.3522"
+    assert format_latlon(1, -2.5) == "1, -2.5"
+    assert format_latlon(48.123456789, 2.0, digits=3) == "48.123, 2"
+    assert format_place({"lat": 0, "lon": 0, "city": "Paris", "country": "France"}) == "Paris, France"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -9,17 +11,20 @@ from hypothesis import strategies as st
 from mmreason.rewards.grounding import (
     box_iou,
     canonical_family,
+    check_boxes,
     clip_box,
     count_matches,
     f1_at_iou,
     format_boxes,
     gt_to_model_coords,
     iou_score,
+    is_abstention,
     model_frame,
     model_to_gt_coords,
+    parse_boxes,
     predicted_boxes,
 )
-from mmreason.rewards.parse import ColumnError, parse_boxes
+from mmreason.rewards.parse import ColumnError
 
 from mmreason.registry import get_reward
 
@@ -261,3 +266,112 @@ def test_numpy_columns_are_accepted():
         coord_family=np.array(["qwen2_5_vl"]),
     )
     assert got == [1.0]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("[10, 20, 30, 40]", [[10, 20, 30, 40]]),
+        ("[10.5, 20, 30, 40.25]", [[10.5, 20, 30, 40.25]]),
+        ("[[1, 2, 3, 4], [5, 6, 7, 8]]", [[1, 2, 3, 4], [5, 6, 7, 8]]),
+        ('[{"bbox_2d": [30, 40, 10, 20], "label": "dog"}]', [[10, 20, 30, 40]]),  # swapped corners ordered
+        ('{"bbox_2d": [1, 2, 3, 4]}', [[1, 2, 3, 4]]),
+        ('[{"bbox": [1, 2, 3, 4]}, {"box_2d": [5, 6, 7, 8]}]', [[1, 2, 3, 4], [5, 6, 7, 8]]),
+        ('```json\n[{"bbox_2d": [1, 2, 3, 4]}]\n```', [[1, 2, 3, 4]]),
+        ("(100,200),(300,400)", [[100, 200, 300, 400]]),
+        ("<|box_start|>(100, 200), (300, 400)<|box_end|>", [[100, 200, 300, 400]]),
+        ("(1,2),(3,4), (5,6),(7,8)", [[1, 2, 3, 4], [5, 6, 7, 8]]),
+        ("the box is [1, 2, 3, 4].", [[1, 2, 3, 4]]),
+        ("[{'bbox_2d': [1, 2, 3, 4]}]", [[1, 2, 3, 4]]),  # python-style quotes: not JSON, found by the fallback
+        ("1, 2, 3, 4", [[1, 2, 3, 4]]),
+        ("1 2 3 4", [[1, 2, 3, 4]]),
+        ("[-5, -5, 10, 10]", [[-5, -5, 10, 10]]),
+        ("[NaN, 1, 2, 3]", []),
+        ("[Infinity, 1, 2, 3]", []),
+        ("[1e400, 1, 2, 3]", []),
+        ("[1, 2, 3]", []),
+        ("[true, 1, 2, 3]", []),
+        ("[" + "9" * 5000 + ", 1, 2, 3]", []),  # an int json cannot read, and a digit run the regexes skip
+        ("[[1, 2, 3, 4], [NaN, 0, 1, 1]]", [[1, 2, 3, 4]]),
+        ("none", []),
+        ("[]", []),
+        ("", []),
+        ("the dog on the left", []),
+        ("[" * 50_000 + "]" * 50_000, []),
+        ("<script>[1,2,3,4]</script>", [[1, 2, 3, 4]]),
+    ],
+)
+def test_parse_boxes(text, expected):
+    assert parse_boxes(text) == expected
+
+
+def test_parse_boxes_caps_the_number_of_boxes():
+    assert len(parse_boxes(str([[1, 2, 3, 4]] * 1000))) == 100
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("none", True),
+        ("None.", True),
+        ("[]", True),
+        ("null", True),
+        ("No object found", True),
+        ("There is no such object in the image.", True),
+        ("The object is not present", True),
+        ("n/a", True),
+        ("[1, 2, 3, 4]", False),
+        ("the dog", False),
+        ("none of the boxes is the dog but [1,2,3,4]", False),
+        ("", False),
+        ("none " * 1000, False),
+    ],
+)
+def test_is_abstention(text, expected):
+    assert is_abstention(text) is expected
+
+
+# The ground-truth rule, for reward columns and grounding records alike: (value, image_size, boxes or error).
+BOXES_RULE = [
+    ([], None, []),
+    ([1, 2, 3, 4], None, [[1, 2, 3, 4]]),  # one flat box
+    ([[1, 2, 3, 4], [0, 0, 5, 5]], None, [[1, 2, 3, 4], [0, 0, 5, 5]]),
+    ([[1, 2, 1, 2]], None, [[1, 2, 1, 2]]),  # zero area is allowed without an image to check against
+    ([np.float32(1.5), 2, 3, np.int64(4)], None, [[1.5, 2, 3, 4]]),
+    ([[-5, -5, 8, 12]], [32, 48], [[0, 0, 8, 12]]),  # clipped to the image
+    ([[20, 40, 40, 60]], [32, 48], [[20, 40, 32, 48]]),
+    ([[3, 1, 1, 4]], None, "boxes with x1 <= x2 and y1 <= y2"),  # reversed corners: often [x, y, w, h] data
+    ([[1, 4, 3, 2]], None, "boxes with x1 <= x2 and y1 <= y2"),
+    ([[100, 100, 120, 130]], [32, 48], "boxes with some area inside the 32x48 image"),
+    ([[32, 0, 40, 10]], [32, 48], "boxes with some area inside the 32x48 image"),  # touches the edge only
+    ([[1, 2, 1, 2]], [32, 48], "boxes with some area inside the 32x48 image"),
+    ([[1, 2, 3]], None, "a list of [x1, y1, x2, y2] boxes"),
+    ([["1", 2, 3, 4]], None, "a list of [x1, y1, x2, y2] boxes"),  # numbers, not numeric strings
+    ([[True, 2, 3, 4]], None, "a list of [x1, y1, x2, y2] boxes"),
+    ([[float("nan"), 2, 3, 4]], None, "a list of [x1, y1, x2, y2] boxes"),
+    ([1, 2, 3, float("inf")], None, "a list of [x1, y1, x2, y2] boxes"),
+    ("1 2 3 4", None, "a list of [x1, y1, x2, y2] boxes"),
+    ({"bbox_2d": [1, 2, 3, 4]}, None, "a list of [x1, y1, x2, y2] boxes"),
+    (None, None, "a list of [x1, y1, x2, y2] boxes"),
+]
+
+
+@pytest.mark.parametrize("value, image_size, expected", BOXES_RULE)
+def test_check_boxes(value, image_size, expected):
+    if isinstance(expected, str):
+        with pytest.raises(ColumnError, match=f"solution: expected {re.escape(expected)}"):
+            check_boxes(value, image_size=image_size)
+    else:
+        assert check_boxes(value, image_size=image_size) == expected
+
+
+@pytest.mark.parametrize("value, image_size, expected", [r for r in BOXES_RULE if r[0] is not None and r[1] is None])
+def test_box_rewards_check_their_column_by_the_same_rule(value, image_size, expected):
+    columns = {"solution": [value], "image_size": [[200, 100]], "model_size": [[200, 100]]}
+    for name in ("iou", "box_f1"):
+        if isinstance(expected, str):
+            with pytest.raises(ColumnError, match=f"{name}.*solution: expected {re.escape(expected)}"):
+                get_reward(name)(["<answer>[]</answer>"], **columns)
+        else:
+            target = format_boxes(expected, "qwen2_5_vl")
+            assert get_reward(name)([f"<answer>{target}</answer>"], **columns)[0] >= 0.0

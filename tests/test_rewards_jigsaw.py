@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mmreason.rewards.jigsaw import check_order, format_order, order_exact, order_fraction
-from mmreason.rewards.parse import ColumnError, parse_order
+from mmreason.rewards.jigsaw import check_order, format_order, order_exact, order_fraction, parse_order
+from mmreason.rewards.parse import ColumnError
 
 from mmreason.registry import get_reward
 
@@ -89,3 +89,53 @@ def test_repeats_never_beat_a_permutation(solution, pred):
     completed = [solution[i] if i in hits else next(rest) for i in range(len(solution))]
     assert sorted(completed) == sorted(solution)
     assert order_fraction(pred, solution) <= (order_fraction(completed, solution) if same_length else 0.0)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("[3, 1, 4, 2]", [3, 1, 4, 2]),
+        ("3 1 4 2", [3, 1, 4, 2]),
+        ("3,1,4,2", [3, 1, 4, 2]),
+        ("(3; 1; 4; 2).", [3, 1, 4, 2]),
+        ("[[3, 1], [4, 2]]", [3, 1, 4, 2]),
+        ("[3, 1, 4, 2", [3, 1, 4, 2]),
+        ("12", [12]),
+        ("order: 3 1 4 2", None),
+        ("-1 2", None),
+        ("1.5 2", None),
+        ("[1.5, 2]", None),
+        ("[true, 2]", None),
+        ("1234567890 1", None),
+        ("", None),
+        ("[]", None),
+        ("three one", None),
+        ("1 " * 50_000, [1] * 50_000),
+    ],
+)
+def test_parse_order(text, expected):
+    assert parse_order(text) == expected
+
+
+@pytest.mark.parametrize(
+    "value, n, expected",
+    [
+        ([2, 1], None, [2, 1]),
+        ((3, 1, 4, 2), 4, [3, 1, 4, 2]),
+        ([[3, 1], [4, 2]], 4, [3, 1, 4, 2]),  # a grid of rows, row-major
+        ([1, 2, 3], 4, "a permutation of 1..4"),  # not the grid's tile count
+        ([1, 2, 3, 4, 5], 4, "a permutation of 1..4"),
+        ([0, 1, 2, 3], 4, "a permutation of 1..4"),  # 0-based
+        ([1, 1, 2, 3], None, "a permutation of 1..n"),
+        ([1, 2.0], None, "a permutation of 1..n"),
+        ([], None, "a permutation of 1..n"),
+        (None, None, "a permutation of 1..n"),
+    ],
+)
+def test_check_order(value, n, expected):
+    if isinstance(expected, str):
+        with pytest.raises(ColumnError, match=f"solution: expected {expected}"):
+            check_order(value, n=n)
+    else:
+        assert check_order(value, n=n) == expected
+        assert parse_order(format_order(expected)) == expected

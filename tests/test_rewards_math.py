@@ -10,7 +10,7 @@ import time
 
 import pytest
 from mmreason.rewards import math_answer
-from mmreason.rewards.math_answer import math_equal
+from mmreason.rewards.math_answer import check_solution, format_math_answer, math_equal
 from mmreason.rewards.parse import ColumnError
 
 from mmreason.registry import get_reward
@@ -109,3 +109,25 @@ def test_a_helper_that_cannot_run_scores_zero_and_backs_off(monkeypatch, executa
         assert time.perf_counter() - start < 0.1
     finally:
         helper.stop()
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("\\frac{1}{2}", "\\frac{1}{2}"),
+        ("  x^2+1 ", "x^2+1"),
+        (42, "42"),
+        (3.0, "3"),
+        (0.5, "0.5"),
+        (-2, "-2"),
+        (10**30, str(10**30)),
+    ],
+)
+def test_check_solution(value, expected):
+    assert check_solution(value) == expected == format_math_answer(value)
+
+
+@pytest.mark.parametrize("value", ["", " ", None, True, float("nan"), float("inf"), [1], {"a": 1}])
+def test_check_solution_rejects(value):
+    with pytest.raises(ColumnError, match="solution: expected the final answer"):
+        check_solution(value)

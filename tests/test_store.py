@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mmreason.runs.store import CORE_SCHEMA, RolloutStore, read, shard_name
+from mmreason.runs.store import position_of as store_position_of
 
 
 def _row(group: int, k: int, **over) -> dict:
@@ -156,6 +157,21 @@ def test_delete_after_drops_newer_shards_and_temp_files(tmp_path):
     ]  # fmt: skip
     # the grpo stage's index is free again after a delete that removed all of it
     assert store.append(_group(0), "grpo", 1).name == "s01-grpo-step00000001.parquet"
+
+
+def test_delete_after_with_kept_names_drops_a_shard_written_under_an_earlier_index(tmp_path):
+    store = RolloutStore(tmp_path)
+    for step in (1, 2):
+        store.append(_group(0), "grpo", step)
+    kept = [p.name for p in sorted((tmp_path / "rollouts").glob("*.parquet"))]
+    assert store.position() == (0, 2)
+    store.append(_group(0), "grpo", 3)
+    stray = store.append(_group(0), "sft", 9, stage_index=1).name  # a crash left it after the checkpoint
+    (tmp_path / "rollouts" / stray).rename(tmp_path / "rollouts" / "s00-sft-step00000009.parquet")
+    removed = store.delete_after(*store_position_of(kept), keep=set(kept))
+    assert sorted(p.name for p in removed) == ["s00-grpo-step00000003.parquet", "s00-sft-step00000009.parquet"]
+    assert store.steps() == [("grpo", 1), ("grpo", 2)]
+    assert RolloutStore(tmp_path / "empty").position() == (-1, 0) and store_position_of([]) == (-1, 0)
 
 
 def test_pyarrow_reads_a_shard_directly(tmp_path):

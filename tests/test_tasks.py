@@ -201,6 +201,15 @@ BAD_RECORDS = [
     ("math", {"solution": ["3/4"]}, "field 'solution'"),
     ("math", {"problem": "   "}, "field 'problem'"),
     ("temporal_grounding", {"solution": [2.0, 1.0]}, "start < end"),
+    ("temporal_grounding", {"solution": [1.0, 1.0]}, "start < end"),  # zero length
+    ("grounding", {"solution": [["8", 12, 24, 36]]}, "field 'solution' must be a list of [x1, y1, x2, y2] boxes"),
+    ("counting", {"solution": "three"}, "whole number"),
+    ("multiple_choice", {"solution": "Madrid"}, "option letter A-B or one option's text"),
+    ("multiple_choice", {"options": ["a", " "]}, "field 'options'"),
+    ("classification", {"solution": "!!!"}, "field 'solution'"),
+    ("classification", {"options": ["white square", ""]}, "field 'options'"),
+    ("geolocation", {"solution": {"lat": 1, "lon": 2, "city": " "}}, "field 'solution.city' must be a non-empty"),
+    ("math", {"solution": float("nan")}, "field 'solution'"),
     ("temporal_grounding", {"solution": [5.0, 6.0]}, "before the video's end"),
     ("temporal_grounding", {"solution": [1.0, float("nan")]}, "field 'solution'"),
     ("temporal_grounding", {"video": 3}, "field 'video'"),
@@ -335,3 +344,74 @@ def test_math_without_image_and_numeric_solution(data_dir):
     assert call_reward("math_verify", sample.target, sample.columns) == 1.0
     img = get_task("math").visualize(sample, sample.target)
     assert img.mode == "RGB" and img.width >= 200
+
+
+# ---------------------------------------------------------------- tasks and rewards agree on ground truth
+
+# multiple choice: (solution, options, gold letter or None when both the task and the reward reject it)
+CHOICE_GOLD = [
+    ("B", ["the first", "the second"], "B"),
+    ("(b)", ["the first", "the second"], "B"),
+    ("b.", ["the first", "the second"], "B"),
+    ("the second", ["the first", "the second"], "B"),  # one option's text
+    ("The Second!", ["the first", "the second"], "B"),  # compared after normalize_text
+    ("B. the second", ["the first", "the second"], "B"),
+    ("B. the first", ["the first", "the second"], "B"),  # the letter wins over contradicting text
+    ("Answer: A", ["the first", "the second"], "A"),
+    ("a", ["B", "a"], "A"),  # a letter is a letter even when it is also an option's text
+    ("2", [1, 2], "B"),  # numeric options are text
+    ("C", ["the first", "the second"], None),  # past the last option
+    ("the third", ["the first", "the second"], None),
+    ("same", ["same", "same"], None),  # ambiguous text
+    ("first", ["the first", "the second"], None),  # text must equal an option, not be part of one
+    ("", ["the first", "the second"], None),
+    (2, ["the first", "the second"], None),
+]
+
+
+@pytest.mark.parametrize(("solution", "options", "letter"), CHOICE_GOLD)
+def test_multiple_choice_task_and_reward_read_the_gold_alike(solution, options, letter, data_dir):
+    reward = get_reward("choice_match")
+    if letter is None:
+        with pytest.raises(RecordError, match="record 'm1': field 'solution'"):
+            build("multiple_choice", data_dir, solution=solution, options=options)
+        with pytest.raises(ValueError, match="choice_match.*solution"):
+            reward(["<answer>A</answer>"], solution=[solution], options=[[str(o) for o in options]])
+        return
+    sample = build("multiple_choice", data_dir, solution=solution, options=options)
+    assert sample.columns["solution"] == letter and sample.target.endswith(f"<answer>{letter}</answer>")
+    # the raw record value is accepted by the reward too, and names the same option
+    assert reward([sample.target], solution=[solution], options=[sample.columns["options"]]) == [1.0]
+    assert reward([sample.target], **{k: [v] for k, v in sample.columns.items()}) == [1.0]
+
+
+# temporal segments, in the 3-second test video: (solution, segment in the columns or None when both reject it)
+SEGMENT_GOLD = [
+    ([1.0, 2.0], [1.0, 2.0]),
+    ([0, 0.5], [0.0, 0.5]),
+    ([2.5, 9.0], [2.5, 3.0]),  # the end is clipped to the video
+    ([1.0, 1.0], None),  # zero length
+    ([0.0, 0.0], None),
+    ([2.0, 1.0], None),
+    ([-0.5, 1.0], None),
+    ([1.0, float("inf")], None),
+    ([True, 2.0], None),
+    (["1", "2"], None),
+    ([1.0, 2.0, 3.0], None),
+]
+
+
+@pytest.mark.parametrize(("solution", "segment"), SEGMENT_GOLD)
+def test_temporal_task_and_reward_check_segments_alike(solution, segment, data_dir):
+    reward = get_reward("tiou")
+    if segment is None:
+        with pytest.raises(RecordError, match="record 't1': field 'solution' must be .*start < end"):
+            build("temporal_grounding", data_dir, solution=solution)
+        with pytest.raises(ValueError, match="tiou.*solution: expected .*start < end"):
+            reward(["<answer>1, 2</answer>"], solution=[solution])
+        return
+    sample = build("temporal_grounding", data_dir, solution=solution)
+    assert sample.columns["solution"] == segment
+    assert reward([sample.target], **{k: [v] for k, v in sample.columns.items()}) == [pytest.approx(1.0)]
+    # the raw record value is valid reward ground truth too (the reward does not clip it to the video)
+    assert 0.0 < reward([sample.target], solution=[solution])[0] <= 1.0

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 # the supported families, one module each in mmreason/models/ (adding a family = one module + one entry here)
-FAMILY_MODULES = ("qwen2_5_vl", "qwen2_vl")
+FAMILY_MODULES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl")
 
 BoxConvention = Literal["absolute", "relative_1000"]
 
@@ -53,6 +53,9 @@ class ModelFamily:
     # what a prompt's cache holds per sequence, repeated G times for a shared prefix: kv (attention keys/values) or
     # hybrid (also linear-attention recurrent and convolution states)
     cache: Literal["kv", "hybrid"] = "kv"
+    # (old, new) replacements applied to a rendered chat template before the processor expands its placeholders:
+    # where a checkpoint's template and its processor disagree on how a placeholder is written
+    prompt_fixes: tuple[tuple[str, str], ...] = ()
 
     @property
     def image_factor(self) -> int:
@@ -68,6 +71,12 @@ class ModelFamily:
         tool's `text`, and opens the next assistant turn."""
         response = self.image_placeholder * n_images + f"<tool_response>{text}</tool_response>"
         return f"{self.turn_end}\n" + self.turn("user", response) + f"{self.turn_start}assistant\n"
+
+    def fix_prompt(self, text: str) -> str:
+        """The rendered chat template with `prompt_fixes` applied."""
+        for old, new in self.prompt_fixes:
+            text = text.replace(old, new)
+        return text
 
     def eos_token_ids(self, tokenizer: Any, generation_eos: int | list[int] | None) -> list[int]:
         """Tokens that end a completion: the checkpoint's generation EOS ids plus the family's end of turn."""

@@ -39,7 +39,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -121,15 +121,16 @@ class RolloutStore:
         shards = _list_shards(self.dir)
         return (shards[-1][0], shards[-1][2]) if shards else (-1, 0)
 
-    def delete_after(self, stage_index: int, step: int) -> list[Path]:
+    def delete_after(self, stage_index: int, step: int, keep: Collection[str] | None = None) -> list[Path]:
         """Remove shards written after (stage_index, step) and any temp files; returns the removed shards.
 
-        Used on resume (with the `position` a checkpoint recorded): a crash can leave shards newer than the
-        checkpoint being resumed. `delete_after(-1, 0)` clears the store.
+        Used on resume with the `position` (and the shard names, `keep`) a checkpoint recorded: a crash can leave
+        shards newer than the checkpoint being resumed. With `keep`, a shard not named in it goes too, whatever its
+        name's position. `delete_after(-1, 0)` clears the store.
         """
         removed = []
         for index, _, shard_step, path in _list_shards(self.dir):
-            if (index, shard_step) > (stage_index, step):
+            if (index, shard_step) > (stage_index, step) or (keep is not None and path.name not in keep):
                 path.unlink(missing_ok=True)
                 removed.append(path)
         if self.dir.is_dir():

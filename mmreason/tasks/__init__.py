@@ -2,7 +2,8 @@
 
 grounding, jigsaw, geolocation, classification, counting, multiple_choice, math, temporal_grounding -- one module
 each (a `Task` subclass with its prompt, answer format, rewards and weights, metrics and `visualize`), plus `viz`
-(shared drawing helpers) and `common` (record checks and media loading shared by the tasks).
+(shared drawing helpers) and `common` (record field helpers, media loading, and `checked`, which
+applies an answer type's ground-truth check from `mmreason.rewards` to a record field).
 """
 
 from mmreason.tasks import (  # noqa: F401  (imported for their @register_task side effect)

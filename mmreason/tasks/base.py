@@ -10,6 +10,7 @@ from typing import Any
 from PIL import Image
 
 from mmreason.data.sample import Sample, SampleContext
+from mmreason.rewards.format import format_completion
 
 THINK_SUFFIX = (
     " First think about the question inside <think> </think> tags, then give the final answer inside "
@@ -23,10 +24,8 @@ def answer_instruction(think: bool) -> str:
 
 
 def wrap_target(answer: str, think: bool, reasoning: str = "") -> str:
-    """The gold assistant text for SFT in the task's answer format."""
-    if think:
-        return f"<think>{reasoning}</think><answer>{answer}</answer>"
-    return f"<answer>{answer}</answer>"
+    """The gold assistant text for SFT in the task's answer format (`mmreason.rewards.format.format_completion`)."""
+    return format_completion(answer, think, reasoning)
 
 
 class Task:

@@ -2,6 +2,8 @@
 
 Every error raised here is a `RecordError` whose message starts with `record '<id>': field '<name>'`, so a bad line in
 a data file can be found and fixed without a traceback. Records without an "id" get a stable content-hash id.
+Ground-truth fields are checked by their answer type's `check_*` in `mmreason.rewards` (the rules the rewards apply
+to their columns), through `checked`, which restates a check's error as the record's error.
 """
 
 from __future__ import annotations
@@ -11,29 +13,26 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from PIL import Image
 
 from mmreason.data.sample import Sample, SampleContext
+from mmreason.models.family import FamilyError, ModelFamily, get_family
 from mmreason.processors import MediaError, fetch_image
 from mmreason.registry import get_reward
 from mmreason.rewards import extract_answer
+from mmreason.rewards.parse import format_number as fmt_num
+from mmreason.rewards.parse import short_repr
 from mmreason.tasks import viz
 from mmreason.tasks.base import NO_THINK_SUFFIX, THINK_SUFFIX
 
-MODEL_FAMILIES = ("qwen2_5_vl", "qwen2_vl")
 URI_PREFIXES = ("data:", "http://", "https://", "file://")
+T = TypeVar("T")
 
 
 class RecordError(ValueError):
     """A record that cannot become a sample; the message names the record id and the field."""
-
-
-def short_repr(value: Any, limit: int = 80) -> str:
-    """repr() cut to `limit` characters, so a huge bad field does not flood the error message."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def clip_text(text: str, limit: int = 120) -> str:
@@ -79,18 +78,18 @@ def optional_text(record: dict[str, Any], rid: str, name: str, default: str = ""
     return value.strip() or default
 
 
-def as_number(value: Any) -> float | None:
-    """A finite float from an int/float (bools are not numbers here), else None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
+def checked(rid: str, check: Callable[..., T], value: Any, *args: Any, name: str = "solution", **kwargs: Any) -> T:
+    """`check(value, *args, name=name, **kwargs)` (an answer type's ground-truth check) for a record's field.
 
-
-def fmt_num(value: float, digits: int = 2) -> str:
-    """Shortest decimal text of `value` at `digits` places: 14.0 -> "14", 1.25 -> "1.25", 2.5000001 -> "2.5"."""
-    text = f"{value:.{digits}f}".rstrip("0").rstrip(".")
-    return "0" if text in ("-0", "") else text
+    The check's ValueError becomes this record's RecordError: `record 'x': field 'name' must be <expected>, got ...`.
+    """
+    try:
+        return check(value, *args, name=name, **kwargs)
+    except ValueError as exc:
+        expected = getattr(exc, "expected", None)
+        if expected is None:
+            raise RecordError(f"record {rid!r}: field {name!r}: {exc}") from None
+        raise field_error(rid, getattr(exc, "column", None) or name, expected, getattr(exc, "value", None)) from None
 
 
 # ---------------------------------------------------------------- media
@@ -137,7 +136,7 @@ def load_images(record: dict[str, Any], rid: str, ctx: SampleContext, names: Seq
     for src in sources:
         resolved, ref = _resolve(src, ctx.base_dir)
         try:
-            loaded.append(fetch_image(resolved, ctx.min_pixels, ctx.max_pixels))
+            loaded.append(fetch_image(resolved, ctx.min_pixels, ctx.max_pixels, check_family(ctx).image_factor))
         except (MediaError, OSError, TypeError, ValueError) as exc:
             raise RecordError(f"record {rid!r}: field {name!r}: {exc}") from exc
         refs.append(ref)
@@ -162,11 +161,12 @@ def user_messages(text: str, n_images: int = 0, video: bool = False) -> list[dic
     return [{"role": "user", "content": content}]
 
 
-def check_family(ctx: SampleContext) -> str:
-    if ctx.model_family not in MODEL_FAMILIES:
-        raise ValueError(f"SampleContext.model_family must be one of {', '.join(MODEL_FAMILIES)}, "
-                         f"got {ctx.model_family!r}")
-    return ctx.model_family
+def check_family(ctx: SampleContext) -> ModelFamily:
+    """The context's model family (ValueError naming the supported ones for an unknown name)."""
+    try:
+        return get_family(ctx.model_family)
+    except FamilyError as exc:
+        raise ValueError(f"SampleContext.model_family: {exc}") from None
 
 
 def reasoning_of(record: dict[str, Any], rid: str) -> str:

@@ -1,7 +1,7 @@
 """The `counting` task: an image and a question ("How many ...?") -> a whole number.
 
 Record: {"image": str | [str], "problem": str, "solution": int >= 0 (an integral float or a digit string such as
-"3" is accepted), "id"?, "reasoning"?}.
+"3" is accepted: `mmreason.rewards.counting.check_count`), "id"?, "reasoning"?}.
 Rewards (weights): format 0.5, count_match 1.0 (exact integer match).
 """
 
@@ -13,10 +13,11 @@ from PIL import Image
 
 from mmreason.data.sample import Sample, SampleContext
 from mmreason.registry import register_task
+from mmreason.rewards.counting import check_count, format_count
 from mmreason.tasks.base import Task, answer_instruction, wrap_target
 from mmreason.tasks.common import (
     answer_card,
-    field_error,
+    checked,
     load_images,
     mean,
     reasoning_of,
@@ -26,16 +27,6 @@ from mmreason.tasks.common import (
     score,
     user_messages,
 )
-
-
-def parse_count(value: Any, rid: str) -> int:
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value < 0:
-        raise field_error(rid, "solution", "a whole number >= 0", value)
-    if isinstance(value, float) and not value.is_integer():
-        raise field_error(rid, "solution", "a whole number >= 0", value)
-    return int(value)
 
 
 @register_task("counting")
@@ -48,7 +39,7 @@ class CountingTask(Task):
     def to_sample(self, record: dict[str, Any], ctx: SampleContext) -> Sample:
         rid = record_id(record, self.name)
         problem = require_text(record, rid, "problem")
-        count = parse_count(require(record, rid, "solution"), rid)
+        count = checked(rid, check_count, require(record, rid, "solution"))
         images, refs, _ = load_images(record, rid, ctx)
         prompt = f"{problem} Answer with a single whole number." + answer_instruction(ctx.think)
         return Sample(
@@ -56,7 +47,7 @@ class CountingTask(Task):
             task=self.name,
             messages=user_messages(prompt, n_images=len(images)),
             images=[im.image for im in images],
-            target=wrap_target(str(count), ctx.think, reasoning_of(record, rid)),
+            target=wrap_target(format_count(count), ctx.think, reasoning_of(record, rid)),
             columns={"solution": count},
             media=refs,
         )
@@ -65,4 +56,4 @@ class CountingTask(Task):
         return {"accuracy": mean(score("count_match", completions, samples))}
 
     def visualize(self, sample: Sample, completion: str) -> Image.Image:
-        return answer_card(sample, completion, "count_match", str(sample.columns["solution"]))
+        return answer_card(sample, completion, "count_match", format_count(sample.columns["solution"]))

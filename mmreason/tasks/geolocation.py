@@ -1,7 +1,8 @@
 """The `geolocation` task: a photo -> where it was taken, answered as "latitude, longitude" in decimal degrees.
 
 Record: {"image": str, "solution": {"lat": float, "lon": float, "country": str?, "region": str?, "city": str?},
-"id"?, "reasoning"?}. Latitude in [-90, 90], longitude in [-180, 180], north/east positive.
+"id"?, "reasoning"?}. Latitude in [-90, 90], longitude in [-180, 180], north/east positive; names non-empty strings
+(`mmreason.rewards.geolocation.check_location`, the rule the geolocation rewards check their column with).
 Rewards (weights): format 0.5, geo_distance 1.0 (exp(-d / 1492.7 km), the GeoGuessr world-map curve), geo_hierarchy
 0.5 (country / region / city credit from offline reverse geocoding) -- distance is the dense main signal, the tiers
 reward getting the right country even when the distance is large.
@@ -20,13 +21,21 @@ from PIL import Image
 
 from mmreason.data.sample import Sample, SampleContext
 from mmreason.registry import register_task
-from mmreason.rewards import extract_answer, predicted_distance_km, predicted_latlon
+from mmreason.rewards import extract_answer
+from mmreason.rewards.geolocation import (
+    ACCURACY_THRESHOLDS_KM,
+    EARTH_RADIUS_KM,
+    check_location,
+    format_latlon,
+    format_place,
+    predicted_distance_km,
+    predicted_latlon,
+)
 from mmreason.tasks import viz
 from mmreason.tasks.base import Task, answer_instruction, wrap_target
 from mmreason.tasks.common import (
-    as_number,
+    checked,
     clip_text,
-    field_error,
     fmt_num,
     reasoning_of,
     record_id,
@@ -36,31 +45,14 @@ from mmreason.tasks.common import (
     user_messages,
 )
 
-THRESHOLDS_KM = (1, 25, 200, 750, 2500)
-MAX_KM = math.pi * 6371.0088
-PLACE_KEYS = ("country", "region", "city")
-SOLUTION_SHAPE = 'an object {"lat": -90..90, "lon": -180..180, "country"?, "region"?, "city"?}'
+THRESHOLDS_KM = tuple(int(t) for t in ACCURACY_THRESHOLDS_KM)
+MAX_KM = math.pi * EARTH_RADIUS_KM
 
 PROMPT = (
     "Where was this photo taken? Look at the landscape, vegetation, architecture, signs, vehicles and other clues, "
     "and give your best estimate of the location as latitude and longitude in decimal degrees, north and east "
     "positive, in the form: lat, lon"
 )
-
-
-def parse_geo_solution(value: Any, rid: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise field_error(rid, "solution", SOLUTION_SHAPE, value)
-    lat, lon = as_number(value.get("lat")), as_number(value.get("lon"))
-    if lat is None or lon is None or not -90 <= lat <= 90 or not -180 <= lon <= 180:
-        raise field_error(rid, "solution", SOLUTION_SHAPE, value)
-    out: dict[str, Any] = {"lat": lat, "lon": lon}
-    for key in PLACE_KEYS:
-        if value.get(key) is not None:
-            if not isinstance(value[key], str) or not value[key].strip():
-                raise field_error(rid, f"solution.{key}", "a non-empty string", value[key])
-            out[key] = value[key].strip()
-    return out
 
 
 def error_km(completion: str, solution: dict[str, Any]) -> float:
@@ -79,9 +71,9 @@ class GeolocationTask(Task):
 
     def to_sample(self, record: dict[str, Any], ctx: SampleContext) -> Sample:
         rid = record_id(record, self.name)
-        solution = parse_geo_solution(require(record, rid, "solution"), rid)
+        solution = checked(rid, check_location, require(record, rid, "solution"))
         img, ref = single_image(record, rid, ctx, self.name)
-        answer = f"{fmt_num(solution['lat'], 6)}, {fmt_num(solution['lon'], 6)}"
+        answer = format_latlon(solution["lat"], solution["lon"])
         return Sample(
             id=rid,
             task=self.name,
@@ -112,7 +104,7 @@ class GeolocationTask(Task):
         world = viz.world_plot((sol["lat"], sol["lon"]), point, title)
         photo, _ = viz.enlarge(sample.images[0], min_side=160)
         board = viz.side_by_side([photo, world], ["photo", "map (equirectangular)"], height=world.height)
-        place = ", ".join(sol[k] for k in reversed(PLACE_KEYS) if k in sol)
+        place = format_place(sol)
         dist_score = score("geo_distance", [completion], [sample])[0]
         tier_score = score("geo_hierarchy", [completion], [sample])[0]
         return viz.caption_bar(board, [

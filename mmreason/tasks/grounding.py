@@ -5,7 +5,9 @@ resized image it sees, Qwen2-VL in 0-1000 normalised coordinates. Records keep g
 it is converted to the model's convention for the prompt's gold answer (gt_to_model_coords), never the other way.
 
 Record: {"image": str, "problem": str, "solution": [[x1, y1, x2, y2], ...] | [x1, y1, x2, y2] | [], "id"?,
-"reasoning"?}. Boxes partly outside the image are clipped; a box with no area inside it is an error.
+"reasoning"?}. Boxes need x1 <= x2 and y1 <= y2; boxes partly outside the image are clipped, and a box with no
+area inside it is an error (`mmreason.rewards.grounding.check_boxes`, the rule the box rewards check their column
+with).
 Rewards (weights): format 0.5, iou 1.0, box_f1 0.5 -- IoU is the main signal as in VLM-R1/Visual-RFT, F1 at IoU 0.5
 adds credit for finding every instance, and the format reward is half the accuracy weight.
 """
@@ -17,9 +19,11 @@ from typing import Any
 from PIL import Image
 
 from mmreason.data.sample import Sample, SampleContext
+from mmreason.models.family import ModelFamily
 from mmreason.registry import register_task
 from mmreason.rewards import extract_answer
 from mmreason.rewards.grounding import (
+    check_boxes,
     format_boxes,
     gt_to_model_coords,
     model_frame,
@@ -29,10 +33,9 @@ from mmreason.rewards.grounding import (
 from mmreason.tasks import viz
 from mmreason.tasks.base import Task, answer_instruction, wrap_target
 from mmreason.tasks.common import (
-    as_number,
     check_family,
+    checked,
     clip_text,
-    field_error,
     fmt_num,
     mean,
     rate,
@@ -46,39 +49,22 @@ from mmreason.tasks.common import (
     user_messages,
 )
 
-BOX_SHAPE = "a list of [x1, y1, x2, y2] boxes in original image pixels ([] when the object is absent)"
+RELATIVE_FRAME = ("with coordinates normalised to 0-1000 (0,0 = top-left corner, 1000,1000 = bottom-right "
+                  "corner)")
+BOX_STYLES = {
+    "point_pairs": 'Write each matching box as (x1,y1),(x2,y2) {frame}, boxes separated by ", ".',
+    "json_bbox_2d": 'Output every matching box as JSON [{{"bbox_2d": [x1, y1, x2, y2]}}, ...] {frame}.',
+    "ref_box": "Write the matching boxes as <box>[[x1, y1, x2, y2], ...]</box> {frame}.",
+}
 
 
-def parse_solution_boxes(value: Any, rid: str, image_size: tuple[int, int]) -> list[list[float]]:
-    """Validate GT boxes (original pixels) and clip them to the image."""
-    if not isinstance(value, (list, tuple)):
-        raise field_error(rid, "solution", BOX_SHAPE, value)
-    if len(value) == 4 and all(as_number(v) is not None for v in value):
-        value = [value]  # one flat box is unambiguous
-    w, h = image_size
-    boxes = []
-    for box in value:
-        nums = [as_number(v) for v in box] if isinstance(box, (list, tuple)) else []
-        if len(nums) != 4 or any(v is None for v in nums):
-            raise field_error(rid, "solution", BOX_SHAPE, value)
-        x1, y1, x2, y2 = nums
-        if x2 < x1 or y2 < y1:
-            raise field_error(rid, "solution", "boxes with x1 <= x2 and y1 <= y2", box)
-        clipped = [min(max(x1, 0.0), w), min(max(y1, 0.0), h), min(max(x2, 0.0), w), min(max(y2, 0.0), h)]
-        if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
-            raise field_error(rid, "solution", f"boxes with some area inside the {w}x{h} image", box)
-        boxes.append(clipped)
-    return boxes
-
-
-def answer_phrase(family: str, model_size: tuple[int, int]) -> str:
-    """How to write boxes, in the family's own output style (the one its pretraining used)."""
-    if family == "qwen2_vl":
-        return ("Write each matching box as (x1,y1),(x2,y2) with coordinates normalised to 0-1000 (0,0 = top-left "
-                "corner, 1000,1000 = bottom-right corner), boxes separated by \", \".")
+def answer_phrase(family: ModelFamily, model_size: tuple[int, int]) -> str:
+    """How to write boxes, in the family's own output style and coordinate convention (those its pretraining
+    used: `ModelFamily.box_format` and `box_convention`)."""
     w, h = model_size
-    return ('Output every matching box as JSON [{"bbox_2d": [x1, y1, x2, y2]}, ...] in absolute pixel coordinates '
-            f"of the {w}x{h} image (x to the right, y down, from the top-left corner).")
+    frame = (RELATIVE_FRAME if family.box_convention == "relative_1000" else
+             f"in absolute pixel coordinates of the {w}x{h} image (x to the right, y down, from the top-left corner)")
+    return BOX_STYLES[family.box_format].format(frame=frame)
 
 
 def gold_answer(boxes: list[list[float]], image_size, model_size, family: str) -> str:
@@ -102,13 +88,13 @@ class GroundingTask(Task):
         solution = require(record, rid, "solution")
         img, ref = single_image(record, rid, ctx, self.name)
         image_size, model_size = tuple(img.original_size), tuple(img.model_size)
-        boxes = parse_solution_boxes(solution, rid, image_size)
+        boxes = checked(rid, check_boxes, solution, image_size=image_size)
         prompt = (
             f"Please provide the bounding box coordinates of the region this sentence describes: {problem}. "
             f"{answer_phrase(family, model_size)} If there is no such object in the image, answer []."
             + answer_instruction(ctx.think)
         )
-        answer = gold_answer(boxes, image_size, model_size, family)
+        answer = gold_answer(boxes, image_size, model_size, family.name)
         return Sample(
             id=rid,
             task=self.name,
@@ -116,7 +102,7 @@ class GroundingTask(Task):
             images=[img.image],
             target=wrap_target(answer, ctx.think, reasoning_of(record, rid)),
             columns={"solution": boxes, "image_size": list(image_size), "model_size": list(model_size),
-                     "coord_family": family},
+                     "coord_family": family.name},
             media=[ref],
         )
 

@@ -5,15 +5,15 @@ answer lists, for each of them in that order, its position 1..N (same reading or
 `make_jigsaw`'s `order` plus one, and `assemble_jigsaw(shuffled, rows, cols, [p - 1 for p in answer])` restores the
 original picture.
 
-Record: {"image": str (the shuffled image), "grid": [rows, cols], "solution": [1-based order], "original": str?,
-"id"?, "reasoning"?}. `generate_puzzles` writes such records from any image folder.
+Record: {"image": str (the shuffled image), "grid": [rows, cols], "solution": [1-based order] (a permutation of
+1..rows*cols: `mmreason.rewards.jigsaw.check_order`), "original": str?, "id"?, "reasoning"?}.
+`generate_puzzles` writes such records from any image folder.
 Rewards (weights): format 0.5, jigsaw_exact 1.0, jigsaw_fraction 0.5 -- exact match is Jigsaw-R1's accuracy reward;
 the fraction of tiles in place gives partial credit on large grids where exact solutions are rare at first.
 """
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Iterable
 from pathlib import Path
@@ -24,11 +24,13 @@ from PIL import Image, ImageDraw
 from mmreason.data.sample import Sample, SampleContext
 from mmreason.processors import MediaError, assemble_jigsaw, crop_to_grid, load_image, make_jigsaw
 from mmreason.registry import register_task
-from mmreason.rewards import extract_answer, parse_order
+from mmreason.rewards import extract_answer
+from mmreason.rewards.jigsaw import check_order, format_order, predicted_order
 from mmreason.tasks import viz
 from mmreason.tasks.base import Task, answer_instruction, wrap_target
 from mmreason.tasks.common import (
     RecordError,
+    checked,
     clip_text,
     field_error,
     fmt_num,
@@ -53,13 +55,6 @@ def parse_grid(value: Any, rid: str) -> tuple[int, int]:
     return int(value[0]), int(value[1])
 
 
-def parse_solution_order(value: Any, rid: str, n: int) -> list[int]:
-    if (not isinstance(value, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, int) for v in value)
-            or sorted(value) != list(range(1, n + 1))):
-        raise field_error(rid, "solution", f"a permutation of 1..{n} (the grid's tile count)", value)
-    return [int(v) for v in value]
-
-
 def jigsaw_prompt(rows: int, cols: int) -> str:
     n = rows * cols
     pattern = "[" + ", ".join(f"p{i}" for i in range(1, n + 1)) + "]"
@@ -81,7 +76,7 @@ class JigsawTask(Task):
     def to_sample(self, record: dict[str, Any], ctx: SampleContext) -> Sample:
         rid = record_id(record, self.name)
         rows, cols = parse_grid(require(record, rid, "grid"), rid)
-        order = parse_solution_order(require(record, rid, "solution"), rid, rows * cols)
+        order = checked(rid, check_order, require(record, rid, "solution"), n=rows * cols)
         img, ref = single_image(record, rid, ctx, self.name)
         meta: dict[str, Any] = {"grid": [rows, cols]}
         if record.get("original") is not None:
@@ -95,7 +90,7 @@ class JigsawTask(Task):
             task=self.name,
             messages=user_messages(jigsaw_prompt(rows, cols) + answer_instruction(ctx.think), n_images=1),
             images=[img.image],
-            target=wrap_target(json.dumps(order), ctx.think, reasoning_of(record, rid)),
+            target=wrap_target(format_order(order), ctx.think, reasoning_of(record, rid)),
             columns={"solution": order},
             media=[ref],
             meta=meta,
@@ -110,7 +105,7 @@ class JigsawTask(Task):
         truth = sample.columns["solution"]
         shuffled = crop_to_grid(sample.images[0], rows, cols)
         answer = extract_answer(completion)
-        pred = parse_order(answer) if answer is not None else None
+        pred = predicted_order(completion)
         valid = pred is not None and sorted(pred) == list(range(1, rows * cols + 1))
         if valid:
             rebuilt = _grid_lines(assemble_jigsaw(shuffled, rows, cols, [p - 1 for p in pred]), rows, cols)
@@ -124,8 +119,8 @@ class JigsawTask(Task):
         frac = score("jigsaw_fraction", [completion], [sample])[0]
         return viz.caption_bar(board, [
             f"exact {fmt_num(exact)} | tiles in place {fmt_num(frac)} | grid {rows}x{cols}",
-            (f"truth: {json.dumps(truth)}", viz.TRUE_COLOR),
-            (f"predicted: {json.dumps(pred) if pred is not None else clip_text(answer, 80)}" if answer is not None
+            (f"truth: {format_order(truth)}", viz.TRUE_COLOR),
+            (f"predicted: {format_order(pred) if pred is not None else clip_text(answer, 80)}" if answer is not None
              else "predicted: no <answer>...</answer> found (malformed completion)", viz.PRED_COLOR),
         ])
 

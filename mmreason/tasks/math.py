@@ -1,7 +1,8 @@
 """The `math` task: a (possibly illustrated) math problem -> the final answer, checked with math-verify.
 
-Record: {"problem": str, "solution": str | number (the final answer, plain or LaTeX), "image": str | [str]?,
-"id"?, "reasoning"?}. Rewards (weights): format 0.5, math_verify 1.0 (symbolic/numeric equivalence).
+Record: {"problem": str, "solution": str | number (the final answer, plain or LaTeX; checked by
+`mmreason.rewards.math_answer.check_solution`), "image": str | [str]?, "id"?, "reasoning"?}.
+Rewards (weights): format 0.5, math_verify 1.0 (symbolic/numeric equivalence).
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from PIL import Image
 
 from mmreason.data.sample import Sample, SampleContext
 from mmreason.registry import register_task
+from mmreason.rewards.math_answer import check_solution, format_math_answer
 from mmreason.tasks.base import Task, answer_instruction, wrap_target
 from mmreason.tasks.common import (
     answer_card,
-    as_number,
-    field_error,
+    checked,
     load_images,
     mean,
     reasoning_of,
@@ -26,15 +27,6 @@ from mmreason.tasks.common import (
     score,
     user_messages,
 )
-
-
-def parse_math_solution(value: Any, rid: str) -> str:
-    number = as_number(value)
-    if number is not None:
-        return str(int(number)) if number.is_integer() else repr(number)
-    if not isinstance(value, str) or not value.strip():
-        raise field_error(rid, "solution", "a non-empty answer string (plain or LaTeX) or a number", value)
-    return value.strip()
 
 
 @register_task("math")
@@ -47,7 +39,7 @@ class MathTask(Task):
     def to_sample(self, record: dict[str, Any], ctx: SampleContext) -> Sample:
         rid = record_id(record, self.name)
         problem = require_text(record, rid, "problem")
-        solution = parse_math_solution(require(record, rid, "solution"), rid)
+        solution = checked(rid, check_solution, require(record, rid, "solution"))
         images, refs = [], []
         if record.get("image") is not None:
             images, refs, _ = load_images(record, rid, ctx)
@@ -58,7 +50,7 @@ class MathTask(Task):
             task=self.name,
             messages=user_messages(prompt, n_images=len(images)),
             images=[im.image for im in images],
-            target=wrap_target(solution, ctx.think, reasoning_of(record, rid)),
+            target=wrap_target(format_math_answer(solution), ctx.think, reasoning_of(record, rid)),
             columns={"solution": solution},
             media=refs,
         )

@@ -1,24 +1,25 @@
 """The `multiple_choice` task: image(s), a question and lettered options -> the letter of the right option.
 
 Record: {"image": str | [str]} or {"images": [str]}, "problem": str, "options": [str, ...] (2 to 26),
-"solution": "B" (a letter; the text of one option is also accepted), "id"?, "reasoning"?}.
-Options are shown one per line as "A. ...". Rewards (weights): format 0.5, choice_match 1.0.
+"solution": "B" (a letter; the text of exactly one option is also accepted), "id"?, "reasoning"?}. The options and
+the solution are checked by `mmreason.rewards.choice` (`check_options`, `check_choice`): the gold is read by the
+same rule the `choice_match` reward reads answers with. Options are shown one per line as "A. ...".
+Rewards (weights): format 0.5, choice_match 1.0.
 """
 
 from __future__ import annotations
 
-import re
-import string
 from typing import Any
 
 from PIL import Image
 
 from mmreason.data.sample import Sample, SampleContext
 from mmreason.registry import register_task
+from mmreason.rewards.choice import LETTERS, check_choice, check_options, format_choice
 from mmreason.tasks.base import Task, answer_instruction, wrap_target
 from mmreason.tasks.common import (
     answer_card,
-    field_error,
+    checked,
     load_images,
     mean,
     reasoning_of,
@@ -28,29 +29,6 @@ from mmreason.tasks.common import (
     score,
     user_messages,
 )
-
-LETTERS = string.ascii_uppercase
-
-
-def parse_options(value: Any, rid: str) -> list[str]:
-    if (not isinstance(value, (list, tuple)) or not 2 <= len(value) <= len(LETTERS)
-            or not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) and str(v).strip()
-                       for v in value)):
-        raise field_error(rid, "options", f"a list of 2 to {len(LETTERS)} non-empty option texts", value)
-    return [str(v).strip() for v in value]
-
-
-def parse_letter(value: Any, rid: str, options: list[str]) -> str:
-    """The gold letter, from "B", "(B)", "b" or the text of exactly one option."""
-    if isinstance(value, str):
-        m = re.fullmatch(r"\(?([A-Za-z])\)?\.?", value.strip())
-        if m and LETTERS.index(m.group(1).upper()) < len(options):
-            return m.group(1).upper()
-        matches = [i for i, o in enumerate(options) if o.lower() == value.strip().lower()]
-        if len(matches) == 1:
-            return LETTERS[matches[0]]
-    raise field_error(rid, "solution", f"an option letter A-{LETTERS[len(options) - 1]} (or one option's text)",
-                      value)
 
 
 def render_options(options: list[str]) -> str:
@@ -67,8 +45,8 @@ class MultipleChoiceTask(Task):
     def to_sample(self, record: dict[str, Any], ctx: SampleContext) -> Sample:
         rid = record_id(record, self.name)
         problem = require_text(record, rid, "problem")
-        options = parse_options(require(record, rid, "options"), rid)
-        letter = parse_letter(require(record, rid, "solution"), rid, options)
+        options = checked(rid, check_options, require(record, rid, "options"), name="options")
+        letter = checked(rid, check_choice, require(record, rid, "solution"), options)
         images, refs, _ = load_images(record, rid, ctx, names=("image", "images"))
         prompt = (f"{problem}\nOptions:\n{render_options(options)}\nAnswer with the option's letter."
                   + answer_instruction(ctx.think))
@@ -77,7 +55,7 @@ class MultipleChoiceTask(Task):
             task=self.name,
             messages=user_messages(prompt, n_images=len(images)),
             images=[im.image for im in images],
-            target=wrap_target(letter, ctx.think, reasoning_of(record, rid)),
+            target=wrap_target(format_choice(letter), ctx.think, reasoning_of(record, rid)),
             columns={"solution": letter, "options": options},
             media=refs,
         )

@@ -3,7 +3,8 @@
 The prompt states the video's duration and the timestamps of the sampled frames the model sees, so answers in
 seconds are grounded in what it was shown (frames are sampled by the processors at ctx.video_fps / video_nframes).
 Record: {"video": str (a video file), "problem": str (the moment's description), "solution": [start_s, end_s],
-"id"?, "reasoning"?}; 0 <= start < end; an end past the video's duration is clipped to it.
+"id"?, "reasoning"?}; 0 <= start < end, starting before the video ends (an end past the video's duration is
+clipped to it): `mmreason.rewards.temporal.check_segment`, the rule the tiou reward checks its column with.
 Rewards (weights): format 0.5, tiou 1.0 (temporal IoU, as in Time-R1 style recipes).
 Metrics: mean_tiou and recall at tIoU 0.3 / 0.5 / 0.7 (r@0.3, r@0.5, r@0.7), the standard moment-retrieval numbers.
 """
@@ -18,12 +19,14 @@ from PIL import Image
 from mmreason.data.sample import Sample, SampleContext
 from mmreason.processors import MediaError, load_video
 from mmreason.registry import register_task
-from mmreason.rewards import extract_answer, predicted_segment
+from mmreason.rewards import extract_answer
+from mmreason.rewards.temporal import check_segment, format_segment, predicted_segment
 from mmreason.tasks import viz
 from mmreason.tasks.base import Task, answer_instruction, wrap_target
 from mmreason.tasks.common import (
     RecordError,
-    as_number,
+    check_family,
+    checked,
     clip_text,
     field_error,
     fmt_num,
@@ -37,19 +40,6 @@ from mmreason.tasks.common import (
     user_messages,
 )
 
-SEGMENT_SHAPE = "[start, end] in seconds with 0 <= start < end"
-
-
-def parse_solution_segment(value: Any, rid: str, duration: float) -> list[float]:
-    nums = [as_number(v) for v in value] if isinstance(value, (list, tuple)) else []
-    if len(nums) != 2 or any(v is None for v in nums) or not 0 <= nums[0] < nums[1]:
-        raise field_error(rid, "solution", SEGMENT_SHAPE, value)
-    start, end = nums
-    if start >= duration:
-        raise field_error(rid, "solution", f"a segment starting before the video's end ({fmt_num(duration)} s)",
-                          value)
-    return [start, min(end, duration)]
-
 
 def load_clip(record: dict[str, Any], rid: str, ctx: SampleContext):
     src = require(record, rid, "video")
@@ -59,7 +49,7 @@ def load_clip(record: dict[str, Any], rid: str, ctx: SampleContext):
     try:
         clip = load_video(path, fps=ctx.video_fps, nframes=ctx.video_nframes, min_frames=ctx.video_min_frames,
                           max_frames=ctx.video_max_frames, total_pixels=ctx.video_total_pixels,
-                          min_pixels=ctx.min_pixels)
+                          min_pixels=ctx.min_pixels, factor=check_family(ctx).image_factor)
     except (MediaError, OSError, ValueError) as exc:
         raise RecordError(f"record {rid!r}: field 'video': {exc}") from exc
     return clip, str(path)
@@ -87,9 +77,9 @@ class TemporalGroundingTask(Task):
         problem = require_text(record, rid, "problem")
         solution = require(record, rid, "solution")
         clip, ref = load_clip(record, rid, ctx)
-        segment = parse_solution_segment(solution, rid, clip.duration)
+        segment = list(checked(rid, check_segment, solution, duration=clip.duration))
         prompt = temporal_prompt(problem, clip.duration, clip.timestamps) + "." + answer_instruction(ctx.think)
-        answer = f"{fmt_num(segment[0])}, {fmt_num(segment[1])}"
+        answer = format_segment(*segment)
         return Sample(
             id=rid,
             task=self.name,

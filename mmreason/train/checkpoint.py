@@ -371,8 +371,9 @@ def _write_checkpoint(
         "streams": streams,  # one cursor per rank
         "history_len": len(run.history),
         "reward_errors": run.reward_errors.state_dict(),
-        # the latest rollout shard now; on resume every shard written after it is dropped
+        # the rollout shards now (and the latest's position); on resume every other shard is dropped
         "store_position": list(run.store.position()),
+        "store_shards": sorted(p.name for p in run.store.dir.glob("*.parquet")),
     }
     fsync_file(run.run_dir / METRICS_FILE)  # the lines this checkpoint counts are on disk before it is
     with _default_key_names(run.policy.model, run.dist is not None and run.dist.zero3):
@@ -439,8 +440,8 @@ def resume_from(run: Run, ckpt: Path) -> dict[str, Any]:
     run.reward_errors.load_state_dict(state.get("reward_errors", []))
     if run.is_main:
         truncate_metrics(run.run_dir, state["history_len"])
-        position = state.get("store_position") or position_of(state.get("store_shards", []))
-        run.store.delete_after(*position)
+        shards = state.get("store_shards", [])
+        run.store.delete_after(*(state.get("store_position") or position_of(shards)), keep=set(shards))
         console.print(f"resuming from {ckpt.name}")
     return state
 

@@ -61,7 +61,7 @@ def backward(run: Run, loss: torch.Tensor) -> bool:
     a backward the others run would hang them; under DeepSpeed the engine also steps inside its backward).
     Returns whether the backward ran."""
     if run.sum(float(not torch.isfinite(loss.detach()).all())) > 0:
-        log.warning("non-finite loss (%s): its backward is skipped", float(loss.detach().sum()))
+        log.warning("non-finite loss (%s): backward and update skipped", float(loss.detach().sum()))
         return False
     if run.dist is not None:
         run.dist.backward(loss)

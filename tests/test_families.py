@@ -1,0 +1,186 @@
+"""Every supported model family, end to end on its tiny offline model: SFT and GRPO steps (shared and repeated
+prompts), shared-prefix log-probs against the full forward and the sampler's own, LoRA, a tool rollout, a
+checkpoint that plain transformers reloads and generates with, and the grounding round trip in the family's own
+box convention. Parametrized over `family_names()`: a family added to the list is tested here."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from mmreason.processors import build_inputs, resize_image
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from mmreason.config import GRPOConfig, ModelConfig
+from mmreason.data.sample import Sample, SampleContext
+from mmreason.models.family import family_names, get_family
+from mmreason.models.policy import Policy, Reference, apply_lora
+from mmreason.models.tiny import build_tiny
+from mmreason.registry import get_reward, get_task
+from mmreason.rollout import multiturn
+from mmreason.rollout.engine import completion_logprobs, encode_prompts, generate, repeat_prompts
+from mmreason.rollout.prefix import shared_completion_logprobs
+from mmreason.rollout.types import SamplingParams
+from mmreason.runs.run import Run
+from mmreason.train.grpo import ScoringPlan, loss_mask_for, rollout_logprobs, update_policy
+from mmreason.train.sft import sft_batch, sft_token_loss
+
+FAMILIES = list(family_names())
+G = 3
+
+
+@functools.cache
+def _saved(arch: str, root: str) -> Path:
+    out = Path(root) / arch
+    build_tiny(out, arch=arch)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("families"))
+
+
+def _load(arch: str, root: str):
+    folder = _saved(arch, root)
+    return AutoModelForImageTextToText.from_pretrained(folder).eval(), AutoProcessor.from_pretrained(folder)
+
+
+def _image(arch: str, size: tuple[int, int], color: tuple[int, int, int]) -> Image.Image:
+    """An image resized as the family's processors expect (sides multiples of its image factor)."""
+    factor = get_family(arch).image_factor
+    return resize_image(Image.new("RGB", size, color), factor * factor, factor * factor * 16, factor).image
+
+
+def _samples(arch: str) -> list[Sample]:
+    def msg(n: int, text: str) -> list[dict]:
+        return [{"role": "user", "content": [{"type": "image"}] * n + [{"type": "text", "text": text}]}]
+
+    a, b = _image(arch, (64, 64), (200, 30, 30)), _image(arch, (96, 64), (30, 200, 30))
+    return [
+        Sample("a", "counting", msg(1, "How many shapes are in the image? Count them."), [a], target="3"),
+        Sample("b", "counting", msg(2, "How many?"), [b, a], target="4"),  # two images, most left padding
+    ]
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_sft_step_trains_on_the_assistant_tokens(arch, tiny_root):
+    model, processor = _load(arch, tiny_root)
+    batch = sft_batch(processor, _samples(arch), torch.device("cpu"))
+    loss_sum, n_tokens = sft_token_loss(model.train(), batch)
+    loss_sum.backward()
+    assert torch.isfinite(loss_sum) and int(n_tokens) > 0
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_shared_prefix_logprobs_equal_the_full_forward_and_the_samplers(arch, tiny_root):
+    model, processor = _load(arch, tiny_root)
+    batch = encode_prompts(processor, _samples(arch), torch.device("cpu"))
+    torch.manual_seed(0)
+    rollout = generate(model, processor, batch, SamplingParams(G, 8, temperature=0.9))
+    m = rollout.completion_mask.bool()
+    args = (rollout.completion_ids, rollout.completion_mask, 0.9)
+    banned = get_family(arch).suppressed_token_ids(processor.tokenizer)
+    with torch.no_grad():
+        shared, _ = shared_completion_logprobs(model, batch.inputs, G, *args, suppressed=banned)
+        full, _ = completion_logprobs(model, repeat_prompts(batch, G), *args, suppressed=banned)
+    torch.testing.assert_close(shared[m], full[m], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(rollout.sampler_logprobs[m], full[m], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_grpo_step_is_the_same_shared_and_repeated(arch, tiny_root):
+    model, processor = _load(arch, tiny_root)
+    batch = encode_prompts(processor, _samples(arch), torch.device("cpu"))
+    torch.manual_seed(0)
+    rollout = generate(model, processor, batch, SamplingParams(G, 6, temperature=0.9))
+    adv = torch.linspace(-1.0, 1.0, 2 * G)
+    mask = loss_mask_for(rollout, torch.ones(2 * G, dtype=torch.bool), mask_truncated=False)
+    cfg = GRPOConfig(num_iterations=2, beta=0.1, lr=0.1, max_new_tokens=6, temperature=0.9)
+    results = []
+    for path in ("shared_prefix", "repeated_prompt"):
+        policy = Policy.wrap(copy.deepcopy(model), processor)
+        optimizer = torch.optim.SGD(policy.trainable_parameters(), lr=cfg.lr)
+        plan = ScoringPlan(path, path)
+        upd, applied = update_policy(Run.local(policy), optimizer, Reference(policy, cfg.beta), rollout, adv, mask,
+                                     cfg, plan)
+        assert applied == [True, True]
+        results.append((upd, policy.model.state_dict()))
+    (a, wa), (b, wb) = results
+    for key in ("loss", "kl", "entropy"):
+        assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+    for name, value in wb.items():
+        torch.testing.assert_close(wa[name], value, atol=1e-6, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_lora_trains_adapters_only(arch, tiny_root):
+    model, processor = _load(arch, tiny_root)
+    cfg = ModelConfig()
+    cfg.lora.enabled = True
+    policy = Policy.wrap(apply_lora(model, cfg), processor)
+    trainable = [n for n, p in policy.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable) and not any("visual" in n for n in trainable)
+    batch = encode_prompts(processor, _samples(arch), torch.device("cpu"))
+    rollout = generate(policy.model, processor, batch, SamplingParams(G, 4))
+    logp, _ = rollout_logprobs(policy.model, rollout, "shared_prefix", 1.0, [])
+    (logp * rollout.completion_mask).sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.trainable_parameters())
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_a_tool_rollout_scores_only_the_policys_tokens(arch, tiny_root):
+    model, processor = _load(arch, tiny_root)
+    sample = _samples(arch)[0]
+    rollout = multiturn.tool_rollout(model, processor, [sample], ("zoom_in",), SamplingParams(2, 6, seed=1),
+                                     torch.device("cpu"), max_turns=1)
+    logp, _ = rollout_logprobs(model, rollout, "trajectory", 1.0, [])
+    mask = rollout.completion_mask.bool()
+    assert logp.shape == mask.shape and mask.any() and torch.isfinite(logp[mask]).all()
+    assert all(t.policy.index(1) == n for t, n in zip(rollout.trajectories, rollout.prompt_lengths, strict=True))
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_a_saved_checkpoint_reloads_in_plain_transformers_and_generates(arch, tiny_root, tmp_path):
+    model, processor = _load(arch, tiny_root)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    again = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()
+    inputs = build_inputs(processor, _samples(arch)[0].messages, images=_samples(arch)[0].images)
+    out = again.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 4 or out.shape[1] > inputs["input_ids"].shape[1]
+    assert type(AutoProcessor.from_pretrained(tmp_path)).__name__ in get_family(arch).processor_classes
+
+
+def _grounding_sample(arch: str, tmp_path: Path) -> Sample:
+    # 224 is a multiple of every family's image factor and the box maps to whole numbers in every convention, so the
+    # gold answer is exact (answers are written in integers)
+    path = tmp_path / "scene.png"
+    Image.new("RGB", (224, 224), (240, 240, 240)).save(path)
+    record = {"id": "g", "image": str(path), "problem": "the red square", "solution": [[56, 28, 168, 112]]}
+    return get_task("grounding").to_sample(record, SampleContext(think=False, model_family=arch, base_dir=tmp_path))
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_grounding_round_trip_in_the_familys_convention(arch, tmp_path):
+    sample = _grounding_sample(arch, tmp_path)
+    family = get_family(arch)
+    cols = {k: [v] for k, v in sample.columns.items()}
+    assert get_reward("iou")([sample.target], **cols) == [pytest.approx(1.0)]
+    assert sample.columns["coord_family"] == arch
+    # the same box written in the other convention is not the answer
+    other = "qwen2_vl" if family.box_convention == "absolute" else "qwen2_5_vl"
+    wrong = _grounding_sample(other, tmp_path).target
+    assert get_reward("iou")([wrong], **cols)[0] < 0.9
+    # the processor's resized size is the size the reward maps coordinates with
+    inputs = build_inputs(AutoProcessor.from_pretrained(_saved(arch, str(tmp_path))), sample.messages,
+                          images=sample.images)
+    _, h, w = inputs["image_grid_thw"][0].tolist()
+    assert [w * family.patch_size, h * family.patch_size] == sample.columns["model_size"]
+    assert json.dumps(sample.columns["model_size"]) == json.dumps(list(sample.images[0].size))
