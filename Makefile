@@ -11,6 +11,10 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 DEEPSPEED ?= deepspeed==0.19.8
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# the tiny model's family for `make quickstart`: the shipped config quickstart_<ARCH> where one exists (it holds what
+# differs for that family), else the Qwen2.5-VL quickstart with the tiny model's architecture overridden
+ARCH ?= qwen2_5_vl
+QUICKSTART := $(if $(wildcard mmreason/configs/quickstart_$(ARCH).yaml),quickstart_$(ARCH),quickstart model.tiny.arch=$(ARCH))
 
 .PHONY: install test test-all quickstart lint clean
 
@@ -30,7 +34,7 @@ test: $(STAMP)
 
 quickstart: $(STAMP)
 	$(BIN)/mmreason data make synthetic --task counting --out data/quickstart --n 1200 --seed 0
-	$(BIN)/mmreason train quickstart
+	$(BIN)/mmreason train $(QUICKSTART)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,9 +1,10 @@
 """One GRPO step, mmreason vs TRL's GRPOTrainer: time and peak memory, interleaved in one process.
 
-Both train the same random-init Qwen2.5-VL (same weights, processor, prompts, images, G, lengths and loss settings)
-for a few steps; a step is generation + rewards + loss forward/backward + gradient clip + optimizer step. The
-frameworks alternate step by step (a TRL step, then mmreason's steps, from a TrainerCallback), so load from other
-processes hits both alike; the first step of each is a warm-up and not counted. Medians over the repetitions.
+Both train the same random-init model of one family (Qwen2.5-VL by default, `--arch`; same weights, processor,
+prompts, images, G, lengths and loss settings) for a few steps; a step is generation + rewards + loss
+forward/backward + gradient clip + optimizer step. The frameworks alternate step by step (a TRL step, then
+mmreason's steps, from a TrainerCallback), so load from other processes hits both alike; the first step of each is a
+warm-up and not counted. Medians over the repetitions.
 
 Contenders: `mmreason` (grpo.share_prefix=true: each prompt and its images are encoded once per group, in the
 rollout and in the loss), `mmreason-unshared` (grpo.share_prefix=false: the prompt rows are repeated G times, as
@@ -17,6 +18,7 @@ off-policy old log-probs so that clipping is active) to TRL's own `_compute_loss
 `grpo_loss`, for the three matched loss aggregations.
 
     .venv/bin/python benchmarks/grpo_step.py                                   # CPU: the tiny preset
+    .venv/bin/python benchmarks/grpo_step.py --arch qwen3_vl                   # CPU: the tiny Qwen3-VL
     .venv/bin/python benchmarks/grpo_step.py --device cuda --preset 3b         # GPU: bf16, Qwen2.5-VL-3B shapes
 
 Needs TRL (`pip install -e '.[bench]'`); `--no-trl` times mmreason alone.
@@ -40,10 +42,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from mmreason.processors import resize_image
 from PIL import Image
 
 from mmreason.config import GRPOConfig
 from mmreason.data.sample import Sample
+from mmreason.models.family import family_names, get_family
 from mmreason.models.policy import Policy, Reference
 from mmreason.registry import get_task, resolve_reward
 from mmreason.rollout.engine import encode_prompts, generate, repeat_prompts, suppressed_token_ids
@@ -105,16 +109,16 @@ def qwen25vl_3b_config(tokenizer: Any) -> Any:
     )
 
 
-def build_model(preset: str, dtype: torch.dtype) -> tuple[Any, Any]:
+def build_model(preset: str, dtype: torch.dtype, arch: str = "qwen2_5_vl") -> tuple[Any, Any]:
     """The benchmark model (on the CPU; each contender trains its own copy) and processor. tiny:
-    mmreason.models.tiny.build_tiny(hidden 256, 4 layers, vision depth 4), where a step on a CPU is dominated by model
-    compute rather than Python overhead; 3b: Qwen2.5-VL-3B shapes."""
+    mmreason.models.tiny.build_tiny(hidden 256, 4 layers, vision depth 4) of the family `arch`, where a step on a
+    CPU is dominated by model compute rather than Python overhead; 3b: Qwen2.5-VL-3B shapes."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from mmreason.models.tiny import build_tiny
 
     if preset == "tiny":
-        model, processor = build_tiny(hidden_size=256, layers=4, vision_depth=4, seed=0)
+        model, processor = build_tiny(arch=arch, hidden_size=256, layers=4, vision_depth=4, seed=0)
     else:
         _, processor = build_tiny(hidden_size=64, layers=1, vision_depth=1, seed=0)
         torch.manual_seed(0)
@@ -127,13 +131,19 @@ def fresh(base: Any, device: torch.device) -> Any:
     return copy.deepcopy(base).to(device)
 
 
-def make_samples(n_prompts: int, n_images: int, seed: int = 0) -> list[Sample]:
-    """Prompts with random-pixel images (their content does not matter to a random-init model)."""
+def make_samples(n_prompts: int, n_images: int, seed: int = 0, factor: int = 28) -> list[Sample]:
+    """Prompts with random-pixel images (their content does not matter to a random-init model), resized to sides
+    that are multiples of the family's image `factor` (448 x 448 stays as it is for 28 and 32)."""
     gen = torch.Generator().manual_seed(seed)
     samples = []
     for i in range(n_prompts):
         images = [
-            Image.fromarray(torch.randint(0, 256, (h, w, 3), generator=gen, dtype=torch.uint8).numpy())
+            resize_image(
+                Image.fromarray(torch.randint(0, 256, (h, w, 3), generator=gen, dtype=torch.uint8).numpy()),
+                factor * factor,
+                448 * 448,
+                factor,
+            ).image
             for w, h in IMAGE_SIZES[n_images]
         ]
         content = [{"type": "image"}] * n_images + [{"type": "text", "text": PROMPT}]
@@ -433,7 +443,7 @@ def objective_check(trainer: Any, processor: Any, samples: list[Sample], g: int,
 # ------------------------------------------------------------------------------------------------ main
 def run_config(args: argparse.Namespace, base: Any, processor: Any, g: int, n_images: int) -> dict[str, Any]:
     device = torch.device(args.device)
-    samples = make_samples(args.prompts, n_images)
+    samples = make_samples(args.prompts, n_images, factor=get_family(args.arch).image_factor)
     steps = args.reps + 1
     contenders = {"mmreason": MMStep(fresh(base, device), processor, samples, mm_config(args, g, True), device)}
     if args.unshared:
@@ -478,6 +488,7 @@ def table(results: list[dict[str, Any]]) -> str:
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--preset", choices=("tiny", "3b"), default="tiny")
+    p.add_argument("--arch", choices=family_names(), default="qwen2_5_vl", help="model family of the tiny preset")
     p.add_argument("--device", default="cpu")
     p.add_argument("--groups", type=int, nargs="+", default=[4, 8, 16])
     p.add_argument("--multi-image-group", type=int, default=8, help="G of the 2-image case (0: skip it)")
@@ -508,13 +519,13 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    base, processor = build_model(args.preset, dtype)
+    base, processor = build_model(args.preset, dtype, args.arch)
     configs = [(g, 1) for g in args.groups] + ([(args.multi_image_group, 2)] if args.multi_image_group else [])
     results = []
     for g, n_images in configs:
         results.append(run_config(args, base, processor, g, n_images))
         print(json.dumps(results[-1]), flush=True)
-    print(f"\n{args.preset} preset, {device}, {args.threads} threads, torch {torch.__version__}")
+    print(f"\n{args.preset} preset ({args.arch}), {device}, {args.threads} threads, torch {torch.__version__}")
     print(table(results))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))

@@ -2,8 +2,10 @@
 
 `load_image` turns a path, raw bytes, a base64 data URI or a PIL image into an upright RGB PIL image (EXIF
 orientation applied, transparency flattened onto white as qwen-vl-utils does), or raises `MediaError` naming the
-source. `resize_image` resizes it with qwen-vl-utils' `smart_resize` (both sides multiples of 28, pixel count in
-[min_pixels, max_pixels]) and records the original and model sizes, which rewards need to map box coordinates.
+source. `resize_image` resizes it as a model family's processor takes it -- with qwen-vl-utils' `smart_resize` (both
+sides multiples of the family's image factor, 28 by default, pixel count in [min_pixels, max_pixels]), or to the
+family's fixed square (`ModelFamily.fixed_image_size`: InternVL, Gemma 3) -- and records the original and model
+sizes, which rewards need to map box coordinates.
 """
 
 from __future__ import annotations
@@ -13,11 +15,15 @@ import binascii
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image, ImageOps
 from qwen_vl_utils.vision_process import MAX_RATIO, smart_resize, to_rgb
 
 from .errors import MediaError
+
+if TYPE_CHECKING:
+    from mmreason.models.family import ModelFamily
 
 ImageSource = str | Path | bytes | Image.Image
 
@@ -143,13 +149,23 @@ def model_size_for(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     factor: int = FACTOR,
     source: str = PIL_SOURCE,
+    *,
+    family: ModelFamily | None = None,
 ) -> tuple[int, int]:
     """The (width, height) qwen-vl-utils' `smart_resize` gives an image of `size` = (width, height): both sides
-    multiples of `factor`, pixel count in [min_pixels, max_pixels], aspect ratio kept as closely as possible."""
+    multiples of `factor`, pixel count in [min_pixels, max_pixels], aspect ratio kept as closely as possible.
+
+    With `family`, the size its processor takes: its fixed square (the pixel budget does not apply), or smart_resize
+    to multiples of its image factor (`factor` is then ignored)."""
+    if family is not None:
+        factor = family.image_factor
     _check_budget(min_pixels, max_pixels, factor)
     width, height = size
     if width < 1 or height < 1:
         raise MediaError(source, f"zero-size image ({width}x{height})")
+    if family is not None and family.fixed_image_size:
+        # the family's processor squashes every image to this square; the aspect limit is smart_resize's
+        return family.fixed_image_size, family.fixed_image_size
     if max(width, height) / min(width, height) > MAX_RATIO:
         raise MediaError(source, f"aspect ratio {width}x{height} exceeds the model's limit of {MAX_RATIO}:1")
     new_height, new_width = smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
@@ -165,14 +181,16 @@ def resize_image(
     factor: int = FACTOR,
     *,
     source: str = PIL_SOURCE,
+    family: ModelFamily | None = None,
 ) -> ResizedImage:
-    """Resize to the model's budget with qwen-vl-utils' smart_resize (bicubic, as qwen-vl-utils resizes).
+    """Resize to the model's budget with qwen-vl-utils' smart_resize (bicubic, as qwen-vl-utils resizes), or, with
+    `family`, to the size that family's processor takes (`model_size_for`).
 
     `source` only names the image in error messages (e.g. an aspect ratio over 200:1).
     """
     if not isinstance(img, Image.Image):
         raise MediaError(f"<{type(img).__name__}>", "resize_image expects a PIL image; load it with load_image")
-    model_size = model_size_for(img.size, min_pixels, max_pixels, factor, source)
+    model_size = model_size_for(img.size, min_pixels, max_pixels, factor, source, family=family)
     img = img if img.mode == "RGB" else _to_rgb(img)
     resized = img if img.size == model_size else img.resize(model_size, Image.Resampling.BICUBIC)
     return ResizedImage(image=resized, original_size=img.size, model_size=model_size)
@@ -183,7 +201,10 @@ def fetch_image(
     min_pixels: int = DEFAULT_MIN_PIXELS,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     factor: int = FACTOR,
+    *,
+    family: ModelFamily | None = None,
 ) -> ResizedImage:
-    """load_image + resize_image: `src` as the model will see it, with its original and model sizes."""
+    """load_image + resize_image: `src` as the model (of `family`, when given) will see it, with its original and
+    model sizes."""
     img, source = _load(src)
-    return resize_image(img, min_pixels, max_pixels, factor, source=source)
+    return resize_image(img, min_pixels, max_pixels, factor, source=source, family=family)

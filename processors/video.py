@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -30,6 +31,9 @@ from torchvision.transforms import functional as tvf
 from .decode import read_frames
 from .errors import MediaError
 from .images import FACTOR, _to_rgb, model_size_for
+
+if TYPE_CHECKING:
+    from mmreason.models.family import ModelFamily
 
 FRAMES_SOURCE = "<frames>"
 DEFAULT_TOTAL_PIXELS = FACTOR * FACTOR * 1024
@@ -180,12 +184,14 @@ def load_video(
     max_pixels: int | None = None,
     source_fps: float | None = None,
     factor: int = FACTOR,
+    family: ModelFamily | None = None,
 ) -> VideoClip:
     """Sample and resize the frames of a video file (decoded by `.decode.read_frames`) or of a list of PIL frames.
 
     A frame list is treated as a video at `source_fps` (default: `fps`, i.e. frames already sampled at the target
     rate), and sampled by the same rules as a file. For a file, `source_fps` overrides the container's rate.
-    Frame sides are multiples of `factor` (the model family's patch size x merge size).
+    Frame sides are multiples of `factor` (the model family's patch size x merge size); with `family`, frames have
+    the size its processor takes (`images.model_size_for`: its fixed square, or multiples of its image factor).
     Raises MediaError for a missing/empty/unreadable file, an empty or inconsistent frame list, a video with fewer
     than 2 frames, or `nframes` larger than the video.
     """
@@ -209,8 +215,10 @@ def load_video(
             "expected a path (str or Path) or a list of PIL frames",
         )
     original_size = (int(frames.shape[2]), int(frames.shape[1]))
+    if family is not None:
+        factor = family.image_factor
     budget = frame_pixel_budget(len(indices), total_pixels, min_pixels, max_pixels, factor)
-    model_size = model_size_for(original_size, min_pixels, budget, factor, source)
+    model_size = model_size_for(original_size, min_pixels, budget, factor, source, family=family)
     return VideoClip(
         frames=_resize_frames(frames, model_size),
         timestamps=[i / rate for i in indices],

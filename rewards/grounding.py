@@ -122,24 +122,25 @@ def model_frame(model_size: Sequence[float], family: str) -> tuple[float, float]
     return check_size(model_size, "model_size")
 
 
+def _rescale(box: Sequence[float], src: tuple[float, float], dst: tuple[float, float]) -> Box:
+    """A box from a src (width, height) frame into a dst frame, scaled per axis."""
+    (sw, sh), (dw, dh) = src, dst
+    x1, y1, x2, y2 = box
+    return [x1 * dw / sw, y1 * dh / sh, x2 * dw / sw, y2 * dh / sh]
+
+
 def gt_to_model_coords(
     box: Sequence[float], image_size: Sequence[float], model_size: Sequence[float], family: str
 ) -> Box:
     """An original-pixel box in the model's convention (see the module doc for both formulas)."""
-    iw, ih = check_size(image_size, "image_size")
-    fw, fh = model_frame(model_size, family)
-    x1, y1, x2, y2 = box
-    return [x1 * fw / iw, y1 * fh / ih, x2 * fw / iw, y2 * fh / ih]
+    return _rescale(box, check_size(image_size, "image_size"), model_frame(model_size, family))
 
 
 def model_to_gt_coords(
     box: Sequence[float], image_size: Sequence[float], model_size: Sequence[float], family: str
 ) -> Box:
     """The inverse of `gt_to_model_coords`: a predicted box back in original pixels (for drawing)."""
-    iw, ih = check_size(image_size, "image_size")
-    fw, fh = model_frame(model_size, family)
-    x1, y1, x2, y2 = box
-    return [x1 * iw / fw, y1 * ih / fh, x2 * iw / fw, y2 * ih / fh]
+    return _rescale(box, model_frame(model_size, family), check_size(image_size, "image_size"))
 
 
 def clip_box(box: Sequence[float], width: float, height: float) -> Box:

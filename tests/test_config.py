@@ -137,12 +137,15 @@ def test_range_checks_stay_in_validate(tmp_path):
         load_config(_write(tmp_path, {"data": [{"task": "counting", "tain": "x"}]}))
 
 
+SUPPORTED = "qwen2_5_vl, qwen2_vl, qwen3_vl, qwen3_5, internvl, gemma3"
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("model.family=qwen3_vl", "model.family must be auto or one of qwen2_5_vl, qwen2_vl, got 'qwen3_vl'"),
-        ("model.family=", "model.family must be auto or one of qwen2_5_vl, qwen2_vl, got ''"),
-        ("model.tiny.arch=llava", "model.tiny.arch must be one of qwen2_5_vl, qwen2_vl, got 'llava'"),
+        ("model.family=llava", f"model.family must be auto or one of {SUPPORTED}, got 'llava'"),
+        ("model.family=", f"model.family must be auto or one of {SUPPORTED}, got ''"),
+        ("model.tiny.arch=llava", f"model.tiny.arch must be one of {SUPPORTED}, got 'llava'"),
     ],
 )
 def test_unknown_model_family_is_refused_with_the_supported_ones(tmp_path, override, message):
@@ -151,6 +154,10 @@ def test_unknown_model_family_is_refused_with_the_supported_ones(tmp_path, overr
     assert str(info.value) == message
 
 
-@pytest.mark.parametrize("override", ["model.family=auto", "model.family=qwen2_vl", "model.tiny.arch=qwen2_vl"])
+@pytest.mark.parametrize(
+    "override",
+    ["model.family=auto", "model.family=qwen2_vl", "model.tiny.arch=qwen2_vl", "model.family=internvl",
+     "model.tiny.arch=gemma3"],
+)
 def test_supported_model_families_load(tmp_path, override):
     load_config(_write(tmp_path, BASE), [override])

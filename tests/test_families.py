@@ -1,7 +1,8 @@
 """Every supported model family, end to end on its tiny offline model: SFT and GRPO steps (shared and repeated
-prompts), shared-prefix log-probs against the full forward and the sampler's own, LoRA, a tool rollout, a
-checkpoint that plain transformers reloads and generates with, and the grounding round trip in the family's own
-box convention. Parametrized over `family_names()`: a family added to the list is tested here."""
+prompts), shared-prefix log-probs against the full forward and the sampler's own, LoRA, a tool rollout and a tool
+image in the family's own turns, a checkpoint that plain transformers reloads and generates with, and the grounding
+round trip in the family's own box convention. Parametrized over `family_names()`: a family added to the list is
+tested here."""
 
 from __future__ import annotations
 
@@ -52,9 +53,10 @@ def _load(arch: str, root: str):
 
 
 def _image(arch: str, size: tuple[int, int], color: tuple[int, int, int]) -> Image.Image:
-    """An image resized as the family's processors expect (sides multiples of its image factor)."""
-    factor = get_family(arch).image_factor
-    return resize_image(Image.new("RGB", size, color), factor * factor, factor * factor * 16, factor).image
+    """An image resized as the family's processors expect (sides multiples of its image factor, or its square)."""
+    family = get_family(arch)
+    factor = family.image_factor
+    return resize_image(Image.new("RGB", size, color), factor * factor, factor * factor * 16, family=family).image
 
 
 def _samples(arch: str) -> list[Sample]:
@@ -126,7 +128,10 @@ def test_lora_trains_adapters_only(arch, tiny_root):
     cfg.lora.enabled = True
     policy = Policy.wrap(apply_lora(model, cfg), processor)
     trainable = [n for n, p in policy.model.named_parameters() if p.requires_grad]
-    assert trainable and all("lora_" in n for n in trainable) and not any("visual" in n for n in trainable)
+    vision = get_family(arch).vision_modules
+    assert trainable and all("lora_" in n for n in trainable)
+    assert not any(v in n for n in trainable for v in vision)
+    assert any(v in n for n, _ in policy.model.named_parameters() for v in vision)  # the names are the model's
     batch = encode_prompts(processor, _samples(arch), torch.device("cpu"))
     rollout = generate(policy.model, processor, batch, SamplingParams(G, 4))
     logp, _ = rollout_logprobs(policy.model, rollout, "shared_prefix", 1.0, [])
@@ -144,6 +149,38 @@ def test_a_tool_rollout_scores_only_the_policys_tokens(arch, tiny_root):
     mask = rollout.completion_mask.bool()
     assert logp.shape == mask.shape and mask.any() and torch.isfinite(logp[mask]).all()
     assert all(t.policy.index(1) == n for t, n in zip(rollout.trajectories, rollout.prompt_lengths, strict=True))
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_a_tool_image_reaches_the_model_in_the_familys_turns(arch, tiny_root, monkeypatch):
+    model, processor = _load(arch, tiny_root)
+    family, tok = get_family(arch), processor.tokenizer
+    call = '<tool_call>{"name": "zoom_in", "arguments": {"bbox": [0, 0, 40, 40]}}</tool_call>'
+    script = iter([call, "<answer>3</answer>" + family.turn_end])
+
+    def scripted_turn(model, processor, trajs, **_):  # the tiny model would not call the tool by itself
+        ids = tok.encode(next(script), add_special_tokens=False)
+        return [(ids, True) for _ in trajs]
+
+    monkeypatch.setattr(multiturn, "generate_turn", scripted_turn)
+    sample = _samples(arch)[0]
+    (t,) = multiturn.sample_trajectories(model, processor, [sample], ("zoom_in",), SamplingParams(1, 64))
+    assert t.tool_calls == 1 and t.tool_errors == 0 and t.done
+    assert (t.tool_images[0].size == (family.fixed_image_size,) * 2) == (family.fixed_image_size is not None)
+    header = tok.encode(f"{family.turn_start}{family.assistant_role}\n", add_special_tokens=False)
+    first_answer = t.policy.index(1, t.policy.index(0, t.policy.index(1)))
+    assert t.ids[first_answer - len(header) : first_answer] == header  # the tool turn reopens the assistant's
+    if tok.bos_token_id is not None:
+        assert t.ids.count(tok.bos_token_id) <= 1  # no BOS in the middle of the conversation
+    batch = multiturn.scoring_batch([t], tok.pad_token_id, torch.device("cpu"))
+    n_prompt_rows = len(build_inputs(processor, sample.messages, images=sample.images)["pixel_values"])
+    assert len(batch["pixel_values"]) > n_prompt_rows  # the zoomed crop is fed to the model too
+    if family.token_type_key is not None:
+        assert batch[family.token_type_key].sum() > build_inputs(processor, sample.messages, images=sample.images)[
+            family.token_type_key].sum()  # and its tokens are typed as image tokens
+    logp, _ = multiturn.trajectory_logprobs(model, batch)
+    mask = batch["policy_mask"][:, 1:].bool()
+    assert torch.isfinite(logp[mask]).all() and int(mask.sum()) == sum(t.policy)
 
 
 @pytest.mark.parametrize("arch", FAMILIES)
@@ -181,6 +218,9 @@ def test_grounding_round_trip_in_the_familys_convention(arch, tmp_path):
     # the processor's resized size is the size the reward maps coordinates with
     inputs = build_inputs(AutoProcessor.from_pretrained(_saved(arch, str(tmp_path))), sample.messages,
                           images=sample.images)
-    _, h, w = inputs["image_grid_thw"][0].tolist()
-    assert [w * family.patch_size, h * family.patch_size] == sample.columns["model_size"]
+    if "image_grid_thw" in inputs:  # patches of the resized image
+        _, h, w = inputs["image_grid_thw"][0].tolist()
+        assert [w * family.patch_size, h * family.patch_size] == sample.columns["model_size"]
+    else:  # one fixed-size tile per image: its pixels as the processor took them
+        assert list(inputs["pixel_values"].shape[-2:])[::-1] == sample.columns["model_size"]
     assert json.dumps(sample.columns["model_size"]) == json.dumps(list(sample.images[0].size))

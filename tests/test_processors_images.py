@@ -237,3 +237,19 @@ def test_resize_does_not_mutate_the_input():
     before = np.asarray(img).copy()
     resize_image(img)
     assert img.size == (64, 64) and np.array_equal(np.asarray(img), before)
+
+
+@pytest.mark.parametrize(("name", "side"), [("internvl", 448), ("gemma3", 896)])
+def test_fixed_size_families_resize_to_their_square(name, side, tmp_path):
+    from mmreason.models.family import get_family
+
+    family = get_family(name)
+    path = tmp_path / "wide.png"
+    Image.new("RGB", (300, 20), (10, 20, 30)).save(path)  # any aspect ratio: the processor squashes it too
+    resized = fetch_image(path, family=family)
+    assert resized.image.size == resized.model_size == (side, side) and resized.original_size == (300, 20)
+    assert model_size_for((5000, 4000), 100, 200, family=family) == (side, side)  # the pixel budget does not apply
+    with pytest.raises(MediaError, match="zero-size"):
+        model_size_for((0, 10), family=family)
+    # a smart-resized family's factor comes from the family, not the default 28
+    assert model_size_for((64, 64), 32 * 32 * 4, 32 * 32 * 16, family=get_family("qwen3_vl")) == (64, 64)

@@ -1,5 +1,6 @@
 """build_inputs / collate on the tiny Qwen2.5-VL processor: vision-token counts, grids, mm_token_type_ids,
-the SFT assistant mask, video timing, padding, and that the tiny model accepts the result."""
+the SFT assistant mask, video timing, padding, and that the tiny model accepts the result; and on the fixed-size
+families' processors (InternVL, Gemma 3): one square tile per image, one BOS, their token types."""
 
 from __future__ import annotations
 
@@ -264,3 +265,40 @@ def test_a_qwen2_vl_processor_works_too(tiny_processor, clip):
     assert "second_per_grid_ts" not in out  # Qwen2-VL has no absolute-time positions
     assert (out["mm_token_type_ids"][0] == 2).sum().item() == int(out["video_grid_thw"].prod()) // 4
     assert out["assistant_mask"].shape == out["input_ids"].shape
+
+
+@pytest.fixture(scope="module")
+def square_processors():
+    from mmreason.models.tiny import build_processor, build_tokenizer
+
+    return {arch: build_processor(build_tokenizer(arch), arch=arch) for arch in ("internvl", "gemma3")}
+
+
+@pytest.mark.parametrize("arch", ["internvl", "gemma3"])
+def test_fixed_size_families_take_one_square_tile_per_image(square_processors, arch):
+    from mmreason.models.family import get_family
+
+    processor, family = square_processors[arch], get_family(arch)
+    side = family.fixed_image_size
+    square = resize_image(Image.new("RGB", (64, 40)), family=family)
+    a = build_inputs(processor, _messages(1), [square], assistant_text="<answer>1</answer>")
+    b = build_inputs(processor, _messages(2), [square, square], assistant_text="<answer>2</answer>")
+    assert a["pixel_values"].shape == (1, 3, side, side) and b["pixel_values"].shape == (2, 3, side, side)
+    with pytest.raises(ValueError, match=f"images\\[0\\] is 56x56; this model family takes {side}x{side}"):
+        build_inputs(processor, _messages(1), [Image.new("RGB", (56, 56))])  # not re-tiled: refused
+    tok = processor.tokenizer
+    if tok.bos_token_id is not None:  # the chat template writes the BOS; the tokenizer must not add a second
+        assert a["input_ids"][0].tolist().count(tok.bos_token_id) == 1
+    key = family.token_type_key
+    assert [k for k in ("mm_token_type_ids", "token_type_ids") if k in a] == ([key] if key else [])
+    if key is not None:  # image tokens typed 1, the appended answer 0, and collate pads with 0
+        assert a[key].shape == a["input_ids"].shape and int(a[key].sum()) > 0
+        assert a[key][0, a["assistant_mask"][0].bool()].sum() == 0
+        batch = collate([a, b], pad_id=tok.pad_token_id, side="left")
+        assert batch[key].shape == batch["input_ids"].shape
+        assert int(batch[key].sum()) == int(a[key].sum() + b[key].sum())
+
+
+def test_a_family_without_video_refuses_one(square_processors, clip):
+    with pytest.raises(ValueError, match="Gemma 3 models take no video"):
+        build_inputs(square_processors["gemma3"], _messages(0, 1), video=clip)

@@ -113,6 +113,8 @@ def test_model_frame_and_clip():
         ([[1, 2, 3, 4], [5, 6, 7, 8]], "qwen2_vl", "(1,2),(3,4), (5,6),(7,8)"),
         ([[-3, 0, 1003, 10]], "qwen2_vl", "(0,0),(1000,10)"),
         ([], "qwen2_5_vl", "[]"),
+        ([[1, 2, 3, 4], [5, 6, 7, 8]], "internvl", "<box>[[1, 2, 3, 4], [5, 6, 7, 8]]</box>"),
+        ([[1, 2, 3, 4]], "gemma3", '[{"bbox_2d": [1, 2, 3, 4]}]'),
     ],
 )
 def test_format_boxes_round_trips_through_parse_boxes(boxes, family, expected):
@@ -280,6 +282,8 @@ def test_numpy_columns_are_accepted():
         ('```json\n[{"bbox_2d": [1, 2, 3, 4]}]\n```', [[1, 2, 3, 4]]),
         ("(100,200),(300,400)", [[100, 200, 300, 400]]),
         ("<|box_start|>(100, 200), (300, 400)<|box_end|>", [[100, 200, 300, 400]]),
+        ("<ref>the dog</ref><box>[[1, 2, 3, 4], [5, 6, 7, 8]]</box>", [[1, 2, 3, 4], [5, 6, 7, 8]]),  # InternVL
+        ("the dog[[1, 2, 3, 4]]", [[1, 2, 3, 4]]),  # InternVL's, decoded without its special-token tags
         ("(1,2),(3,4), (5,6),(7,8)", [[1, 2, 3, 4], [5, 6, 7, 8]]),
         ("the box is [1, 2, 3, 4].", [[1, 2, 3, 4]]),
         ("[{'bbox_2d': [1, 2, 3, 4]}]", [[1, 2, 3, 4]]),  # python-style quotes: not JSON, found by the fallback

@@ -21,7 +21,6 @@ import mmreason.tasks  # noqa: F401  (registers the tasks)
 from mmreason.data.sample import SampleContext
 from mmreason.registry import REWARDS, TASKS, get_reward, get_task
 from mmreason.tasks import RecordError, Task
-from mmreason.tasks.jigsaw import generate_puzzles
 
 TASK_NAMES = ("grounding", "jigsaw", "geolocation", "classification", "counting", "multiple_choice", "math",
               "temporal_grounding")
@@ -299,17 +298,30 @@ def test_jigsaw_gold_order_reassembles_the_original(data_dir):
 
 
 @pytest.mark.parametrize("grid", [(2, 2), (2, 3)])
-def test_generate_puzzles_round_trip(grid, data_dir, tmp_path):
-    sources = [data_dir / "pic.png", data_dir / "wide.png"]
-    records = generate_puzzles(sources, tmp_path, grid=grid, seed=5)
-    assert records == generate_puzzles(sources, tmp_path, grid, seed=5)
+def test_jigsaw_dataset_round_trip(grid, data_dir, tmp_path):
+    """Puzzles made from an image folder (`make_jigsaw_dataset`, the one maker) load as jigsaw samples whose gold
+    answer scores 1 and whose shuffled tiles, put back in the solution's order, give the saved original."""
+    import shutil
+
+    from mmreason.data.records import load_records
+    from mmreason.data.synthetic import make_jigsaw_dataset
+
+    images = tmp_path / "images-in"
+    images.mkdir()
+    for name in ("pic.png", "wide.png"):
+        shutil.copy(data_dir / name, images / name)
+    make_jigsaw_dataset(images, tmp_path / "a", grid=grid, seed=5, val_fraction=0.0, max_side=None)
+    make_jigsaw_dataset(images, tmp_path / "b", grid=grid, seed=5, val_fraction=0.0, max_side=None)
+    records = load_records(tmp_path / "a" / "train.jsonl")
+    assert len(records) == 2
+    assert (tmp_path / "a" / "train.jsonl").read_text() == (tmp_path / "b" / "train.jsonl").read_text()
     task, rows, cols = get_task("jigsaw"), *grid
     for record in records:
-        sample = task.to_sample(record, ctx_for(tmp_path))
+        sample = task.to_sample(record, ctx_for(tmp_path / "a"))
         assert call_reward("jigsaw_exact", sample.target, sample.columns) == 1.0
         order = [p - 1 for p in record["solution"]]
-        restored = assemble_jigsaw(load_image(tmp_path / record["image"]), rows, cols, order)
-        original = load_image(record["original"])  # cropped to the grid by make_jigsaw (32 / 3 columns)
+        restored = assemble_jigsaw(load_image(tmp_path / "a" / record["image"]), rows, cols, order)
+        original = load_image(tmp_path / "a" / record["original"])  # cropped to the grid (32 / 3 columns)
         assert np.array_equal(np.asarray(restored), np.asarray(original)[: restored.height, : restored.width])
         assert task.visualize(sample, sample.target).mode == "RGB"  # model image does not divide: cropped
 
@@ -322,6 +334,19 @@ def test_temporal_prompt_gives_duration_and_frame_times(data_dir):
     assert ", ".join(f"{t:.1f}".rstrip("0").rstrip(".") for t in clip.timestamps) in sample.prompt_text
     clipped = build("temporal_grounding", data_dir, solution=[2.5, 9.0])
     assert clipped.columns["solution"] == [2.5, 3.0]
+
+
+def test_fixed_size_families_see_square_images_and_frames(data_dir):
+    grounding = get_task("grounding").to_sample(CASES["grounding"][0], ctx_for(data_dir, think=False,
+                                                                               family="internvl"))
+    assert grounding.images[0].size == (448, 448) and grounding.columns["model_size"] == [448, 448]
+    assert grounding.target == "<answer><box>[[250, 250, 750, 750]]</box></answer>"
+    assert call_reward("iou", grounding.target, grounding.columns) == pytest.approx(1.0)
+    clip = get_task("temporal_grounding").to_sample(CASES["temporal_grounding"][0], ctx_for(data_dir,
+                                                                                           family="internvl")).video
+    assert {frame.size for frame in clip.frames} == {(448, 448)}
+    with pytest.raises(ValueError, match="Gemma 3 model family .* takes no video"):
+        get_task("temporal_grounding").to_sample(CASES["temporal_grounding"][0], ctx_for(data_dir, family="gemma3"))
 
 
 def test_multiple_choice_renders_lettered_options(data_dir):

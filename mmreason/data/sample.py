@@ -18,7 +18,7 @@ class SampleContext:
     """What a task needs to turn a record into a Sample.
 
     think: ask for `<think>...</think><answer>...</answer>` (True) or the answer alone (False, CLS-RL no-thinking).
-    model_family: "qwen2_5_vl" (boxes in absolute pixels of the resized image) or "qwen2_vl" (boxes in 0-1000).
+    model_family: a model family's name (`mmreason.models.family`): how images are resized and boxes written.
     base_dir: folder that relative media paths in records are resolved against (the data file's folder).
     """
 

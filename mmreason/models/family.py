@@ -1,10 +1,11 @@
 """Model families: the one home of every fact that differs between vision-language model families.
 
 A `ModelFamily` says how a family's checkpoints are recognised (config `model_type`, processor class), how its
-images are cut (patch size x merge size = the side multiple images are resized to), how its chat and tool turns are
-written, which tokens end a turn and which vision placeholders must never be sampled, how the rotary positions of a
-prompt are computed (3-D multimodal or 1-D), and in which convention it writes boxes. Processors, rollout, shared
-prefix, multi-turn tools, the grounding task and its reward ask this object; nothing re-derives these facts.
+images are cut (patch size x merge size = the side multiple images are resized to, or one fixed square), how its chat
+and tool turns are written, which tokens end a turn and which vision placeholders must never be sampled, which
+per-token vision types its processor returns and its model takes, how the rotary positions of a prompt are computed
+(3-D multimodal or 1-D), and in which convention it writes boxes. Processors, rollout, shared prefix, multi-turn
+tools, the tasks and the grounding reward ask this object; nothing re-derives these facts.
 
 Each family is one module of this package defining `FAMILY`; `FAMILY_MODULES` is the list of them. An unknown family
 is refused with the supported names, never treated as another. This module imports no torch: rewards use it.
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 # the supported families, one module each in mmreason/models/ (adding a family = one module + one entry here)
-FAMILY_MODULES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl")
+FAMILY_MODULES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl", "qwen3_5", "internvl", "gemma3")
 
 BoxConvention = Literal["absolute", "relative_1000"]
 
@@ -49,6 +50,15 @@ class ModelFamily:
     # for families whose processor cuts fixed tiles, to this square side
     fixed_image_size: int | None = None
     video: bool = True  # video prompts supported
+    assistant_role: str = "assistant"  # the role the chat template writes assistant turns with (Gemma 3: model)
+    # the per-token vision types the processor returns and the model takes (Qwen: mm_token_type_ids, for the 3-D
+    # positions; Gemma 3: token_type_ids, for the bidirectional attention among image tokens); None: neither
+    token_type_key: Literal["mm_token_type_ids", "token_type_ids"] | None = "mm_token_type_ids"
+    # (option, value) pairs passed to the image processor on every call: a processor that would re-cut an image
+    # (InternVL's tiles, Gemma 3's pan-and-scan crops) is held to the one image mmreason already resized
+    images_kwargs: tuple[tuple[str, Any], ...] = ()
+    # names of the modules holding the vision tower and its projector: LoRA adapts the language model only
+    vision_modules: tuple[str, ...] = ("visual",)
     video_timestamps: bool = False  # frames are introduced by their timestamps in the prompt text (Qwen3-VL)
     # what a prompt's cache holds per sequence, repeated G times for a shared prefix: kv (attention keys/values) or
     # hybrid (also linear-attention recurrent and convolution states)
@@ -56,10 +66,14 @@ class ModelFamily:
     # (old, new) replacements applied to a rendered chat template before the processor expands its placeholders:
     # where a checkpoint's template and its processor disagree on how a placeholder is written
     prompt_fixes: tuple[tuple[str, str], ...] = ()
+    # keyword arguments of the chat template (Qwen3.5 and Qwen3-VL: enable_thinking=False, so the generation prompt
+    # does not open a <think> block of its own: the tasks ask for their <think>/<answer> format themselves)
+    chat_template_kwargs: tuple[tuple[str, Any], ...] = ()
 
     @property
     def image_factor(self) -> int:
-        """Image sides are resized to multiples of this (qwen-vl-utils' smart_resize factor)."""
+        """Pixels per side of one vision token: image sides are resized to multiples of it (qwen-vl-utils'
+        smart_resize factor), a fixed square is a whole number of them."""
         return self.patch_size * self.merge_size
 
     def turn(self, role: str, content: str) -> str:
@@ -70,7 +84,7 @@ class ModelFamily:
         """Text that closes the assistant's tool call, answers it as a user turn holding `n_images` images and the
         tool's `text`, and opens the next assistant turn."""
         response = self.image_placeholder * n_images + f"<tool_response>{text}</tool_response>"
-        return f"{self.turn_end}\n" + self.turn("user", response) + f"{self.turn_start}assistant\n"
+        return f"{self.turn_end}\n" + self.turn("user", response) + f"{self.turn_start}{self.assistant_role}\n"
 
     def fix_prompt(self, text: str) -> str:
         """The rendered chat template with `prompt_fixes` applied."""
@@ -91,6 +105,14 @@ class ModelFamily:
         that do not exist), so sampling excludes them and scoring renormalises without them."""
         vocab = tokenizer.get_vocab()
         return sorted(vocab[t] for t in self.vision_tokens if t in vocab)
+
+
+# the facts callers read from a processor's family (families sharing a processor class must agree on them)
+PROCESSOR_FACTS = (
+    "turn_start", "turn_end", "assistant_role", "image_placeholder", "vision_tokens", "patch_size", "merge_size",
+    "fixed_image_size", "token_type_key", "images_kwargs", "prompt_fixes", "chat_template_kwargs", "video",
+    "video_timestamps",
+)
 
 
 def family_names() -> tuple[str, ...]:
@@ -125,12 +147,20 @@ def family_for_model_type(model_type: str) -> ModelFamily:
 
 
 def family_for_processor(processor: Any) -> ModelFamily:
-    """The family whose processor class `processor` is (FamilyError for any other processor)."""
+    """The family whose processor class `processor` is (FamilyError for any other processor).
+
+    Several families may share a processor class (Qwen3-VL and Qwen3.5): they must then agree on every fact asked
+    through the processor (`PROCESSOR_FACTS`), so the answer does not depend on which of them is returned."""
     cls = type(processor).__name__
-    for family in families():
-        if cls in family.processor_classes:
-            return family
-    raise FamilyError(f"processor {cls} belongs to no supported model family; supported: {', '.join(FAMILY_MODULES)}")
+    found = [f for f in families() if cls in f.processor_classes]
+    if not found:
+        raise FamilyError(
+            f"processor {cls} belongs to no supported model family; supported: {', '.join(FAMILY_MODULES)}"
+        )
+    facts = {tuple(getattr(f, k) for k in PROCESSOR_FACTS) for f in found}
+    if len(facts) > 1:
+        raise FamilyError(f"families {[f.name for f in found]} share {cls} but disagree on its facts")
+    return found[0]
 
 
 def resolve_family(config: Any, processor: Any = None, requested: str = "auto") -> ModelFamily:

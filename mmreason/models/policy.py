@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,13 +117,15 @@ def load_processor(source: str | Path, cfg: ModelConfig) -> Any:
 def apply_lora(model: Any, cfg: ModelConfig) -> Any:
     from peft import LoraConfig, get_peft_model
 
+    vision = "|".join(re.escape(name) for name in family_of(model).vision_modules)
     lora = LoraConfig(
         r=cfg.lora.r,
         lora_alpha=cfg.lora.alpha,
         lora_dropout=cfg.lora.dropout,
         target_modules=cfg.lora.target_modules,
-        # Keep the vision tower frozen and un-adapted: adapters go on the language model's linear layers.
-        exclude_modules=r".*visual.*",
+        # Keep the vision tower (and its projector) frozen and un-adapted: adapters go on the language model's
+        # linear layers.
+        exclude_modules=rf".*(?:{vision}).*",
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora)

@@ -33,6 +33,8 @@ FAMILY = ModelFamily(
     # Qwen3VLProcessor expands the bare <|video_pad|> into `<t seconds><|vision_start|>...<|vision_end|>` per frame:
     # without the fix every frame would sit inside a second pair of vision tokens
     prompt_fixes=(("<|vision_start|><|video_pad|><|vision_end|>", "<|video_pad|>"),),
+    # Qwen3.5 shares this processor: the same flag (ignored by templates without a thinking switch)
+    chat_template_kwargs=(("enable_thinking", False),),
 )
 
 # the checkpoints' tokenizers carry Qwen2-VL's special tokens; the first is the pad token, `turn_end` the EOS

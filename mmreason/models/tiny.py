@@ -38,7 +38,8 @@ def _corpus() -> list[str]:
 
 def build_tokenizer(arch: str = "qwen2_5_vl", vocab_size: int = 1024):
     """Train a byte-level BPE tokenizer locally with the family's special tokens (the first is the pad token, the
-    family's end of turn the EOS) and wrap it as a transformers fast tokenizer."""
+    family's end of turn the EOS) and wrap it as a transformers fast tokenizer; the task tags and the family's
+    `TINY_ADDED_TOKENS` (if any) are added as ordinary single tokens."""
     from transformers import PreTrainedTokenizerFast
 
     module = family_module(arch)
@@ -65,7 +66,7 @@ def build_tokenizer(arch: str = "qwen2_5_vl", vocab_size: int = 1024):
         additional_special_tokens=special[1:],
         model_max_length=32768,
     )
-    fast.add_tokens(ADDED_TOKENS)
+    fast.add_tokens(ADDED_TOKENS + list(getattr(module, "TINY_ADDED_TOKENS", ())))
     return fast
 
 

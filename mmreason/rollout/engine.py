@@ -6,7 +6,8 @@ scoring forward (prompt rows repeated G times), the reference `prefix.shared_com
 
 Shapes: P prompts, G completions each, B = P * G rows (row b belongs to prompt b // G), Lp prompt length
 (left-padded), T completion length (right-padded). Vision inputs are concatenated per image in row order,
-exactly as the HF processor lays them out.
+exactly as the HF processor lays them out; `PromptBatch.media_rows` records how many rows of each media key every
+prompt has (its patches and grids for Qwen, one row per image or video frame for the fixed-size families).
 """
 
 from __future__ import annotations
@@ -17,12 +18,10 @@ import torch
 
 from mmreason.data.sample import Sample
 from mmreason.models.family import family_for_processor
-from mmreason.processors import build_inputs, collate
+from mmreason.processors import MEDIA_KEYS, TOKEN_TYPE_KEYS, build_inputs, collate
 from mmreason.rollout.prefix import sample_shared
 from mmreason.rollout.types import PromptBatch, Rollout, SamplingParams, single_turn_rollout
 from mmreason.train.rl import sampling_logits, token_entropy, token_logprobs
-
-VISION_KEYS = (("pixel_values", "image_grid_thw"), ("pixel_values_videos", "video_grid_thw"))
 
 
 def sample_media(sample: Sample) -> tuple[list[Any], list[Any]]:
@@ -35,7 +34,9 @@ def encode_prompts(processor: Any, samples: list[Sample], device: torch.device) 
     rows = [build_inputs(processor, s.messages, images=s.images or None, video=s.video) for s in samples]
     batch = collate(rows, pad_id=processor.tokenizer.pad_token_id, side="left")
     batch = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
-    return PromptBatch(batch, [len(s.images) for s in samples], [int(s.video is not None) for s in samples], samples)
+    media_rows = {k: [len(r[k]) if k in r else 0 for r in rows] for k in MEDIA_KEYS if k in batch}
+    n_images, n_videos = [len(s.images) for s in samples], [int(s.video is not None) for s in samples]
+    return PromptBatch(batch, n_images, n_videos, samples, media_rows)
 
 
 def prompt_seed(seed: int, sample: Sample) -> int:
@@ -55,33 +56,16 @@ def prompt_generators(seed: int, samples: list[Sample], device: torch.device) ->
     return gens
 
 
-def _split_vision(
-    values: torch.Tensor, grid: torch.Tensor, counts: list[int]
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Cut concatenated patches [N, D] + grids [n, 3] into per-sample chunks, given items per sample."""
-    patches = grid.prod(-1).tolist()
-    out, p0, g0 = [], 0, 0
-    for c in counts:
-        n = int(sum(patches[g0 : g0 + c]))
-        out.append((values[p0 : p0 + n], grid[g0 : g0 + c]))
-        p0, g0 = p0 + n, g0 + c
-    return out
-
-
 def repeat_prompts(batch: PromptBatch, g: int) -> dict[str, torch.Tensor]:
-    """Each prompt's rows and vision patches repeated g times in place (prompt i -> rows i*g .. i*g+g-1)."""
-    out = {k: v.repeat_interleave(g, dim=0) for k, v in batch.inputs.items() if k in ("input_ids", "attention_mask")}
-    if "mm_token_type_ids" in batch.inputs:
-        out["mm_token_type_ids"] = batch.inputs["mm_token_type_ids"].repeat_interleave(g, dim=0)
-    for (vals_key, grid_key), counts in zip(VISION_KEYS, (batch.n_images, batch.n_videos), strict=True):
-        if vals_key not in batch.inputs:
-            continue
-        chunks = _split_vision(batch.inputs[vals_key], batch.inputs[grid_key], counts)
-        out[vals_key] = torch.cat([c[0] for c in chunks for _ in range(g)])
-        out[grid_key] = torch.cat([c[1] for c in chunks for _ in range(g)])
-    if "second_per_grid_ts" in batch.inputs:  # one value per video
-        per_video = batch.inputs["second_per_grid_ts"].split(batch.n_videos)
-        out["second_per_grid_ts"] = torch.cat([t for t in per_video for _ in range(g)])
+    """Each prompt's rows and vision inputs repeated g times in place (prompt i -> rows i*g .. i*g+g-1)."""
+    per_token = ("input_ids", "attention_mask", *TOKEN_TYPE_KEYS)
+    out = {k: v.repeat_interleave(g, dim=0) for k, v in batch.inputs.items() if k in per_token}
+    for key, counts in batch.media_rows.items():
+        chunks = batch.inputs[key].split(counts)
+        out[key] = torch.cat([chunk for chunk in chunks for _ in range(g)])
+    missing = [k for k in MEDIA_KEYS if k in batch.inputs and k not in out]
+    if missing:
+        raise ValueError(f"the prompt batch has {missing} but no media_rows for them (encode it with encode_prompts)")
     return out
 
 
@@ -158,17 +142,19 @@ def _hf_generate(model: Any, processor: Any, batch: PromptBatch, params: Samplin
 def score_inputs(prompt_rows: dict[str, torch.Tensor], completion_ids: torch.Tensor, completion_mask: torch.Tensor):
     """Prompt rows (already repeated to B) + completions -> model inputs for the scoring forward.
 
-    mm_token_type_ids must cover the completion too (zeros): without it Qwen2.5-VL silently falls back to 1-D
-    positions and the scored log-probs no longer match generation's.
+    The token types (mm_token_type_ids, token_type_ids) must cover the completion too (zeros): without them
+    Qwen2.5-VL silently falls back to 1-D positions (and Gemma 3 to a causal mask over its image tokens), and the
+    scored log-probs no longer match generation's.
     """
     inputs = dict(prompt_rows)
     inputs["input_ids"] = torch.cat([prompt_rows["input_ids"], completion_ids], dim=1)
     inputs["attention_mask"] = torch.cat(
         [prompt_rows["attention_mask"], completion_mask.to(prompt_rows["attention_mask"])], 1
     )
-    if "mm_token_type_ids" in prompt_rows:
-        zeros = torch.zeros_like(completion_ids, dtype=prompt_rows["mm_token_type_ids"].dtype)
-        inputs["mm_token_type_ids"] = torch.cat([prompt_rows["mm_token_type_ids"], zeros], dim=1)
+    for key in TOKEN_TYPE_KEYS:
+        if key in prompt_rows:
+            zeros = torch.zeros_like(completion_ids, dtype=prompt_rows[key].dtype)
+            inputs[key] = torch.cat([prompt_rows[key], zeros], dim=1)
     return inputs
 
 

@@ -22,7 +22,7 @@ from transformers import LogitsProcessor
 
 from mmreason.data.sample import Sample
 from mmreason.models.family import family_for_processor
-from mmreason.processors import build_inputs, collate
+from mmreason.processors import MEDIA_KEYS, build_inputs, collate, processor_inputs
 from mmreason.rollout.engine import eos_token_ids, prompt_generators, suppressed_token_ids
 from mmreason.rollout.prefix import next_tokens
 from mmreason.rollout.tools import ToolBudget, ToolError, ToolResult, parse_tool_call, run_tool
@@ -69,9 +69,10 @@ class Trajectory:
 
     sample: Sample
     ids: list[int]
-    mm: list[int]
+    mm: list[int]  # per-token vision types (0 on text), fed to the model under `token_type_key`
     policy: list[int]
     vision: list[dict[str, torch.Tensor]]  # processor outputs whose media keys feed the model, in order
+    token_type_key: str | None = "mm_token_type_ids"  # the model family's (None: the model takes no token types)
     segments: list[str] = field(default_factory=list)
     turns: list[dict[str, Any]] = field(default_factory=list)
     tool_images: list[Image.Image] = field(default_factory=list)
@@ -87,38 +88,38 @@ class Trajectory:
         return self.segments[-1] if self.segments else ""
 
 
+def _token_types(inputs: dict[str, torch.Tensor], key: str | None) -> list[int]:
+    """The per-token vision types of one processed row under the family's `key` (zeros when it has none)."""
+    ids = inputs["input_ids"][0]
+    return inputs[key][0].tolist() if key is not None and key in inputs else [0] * len(ids)
+
+
 def start(processor: Any, sample: Sample, allowed: tuple[str, ...] = ()) -> Trajectory:
     messages = with_tools(sample.messages, allowed) if allowed else sample.messages
     prompt = build_inputs(processor, messages, images=sample.images or None, video=sample.video)
     ids = prompt["input_ids"][0].tolist()
-    mm = prompt["mm_token_type_ids"][0].tolist() if "mm_token_type_ids" in prompt else [0] * len(ids)
-    media = {k: v for k, v in prompt.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
-    return Trajectory(sample, ids, mm, [0] * len(ids), [media])
+    key = family_for_processor(processor).token_type_key
+    media = {k: v for k, v in prompt.items() if k in MEDIA_KEYS}
+    return Trajectory(sample, ids, _token_types(prompt, key), [0] * len(ids), [media], token_type_key=key)
 
 
-def tool_turn(processor: Any, result: ToolResult) -> dict[str, torch.Tensor]:
-    """Tokens (and vision inputs) of the end of the assistant turn + a user turn holding the tool's answer + the next
-    assistant header, as the processor's model family writes them; the processor expands the images' placeholders."""
-    text = family_for_processor(processor).tool_turn(result.text, len(result.images))
-    call: dict[str, Any] = {"text": [text], "return_tensors": "pt"}
-    if result.images:
-        call.update(images=result.images, images_kwargs={"do_resize": False})
-    out = processor(**call)
-    turn = {k: out[k] for k in ("input_ids", "mm_token_type_ids", "pixel_values", "image_grid_thw") if k in out}
-    if "mm_token_type_ids" not in turn:
-        turn["mm_token_type_ids"] = torch.zeros_like(turn["input_ids"])
-    return turn
+def tool_turn(processor: Any, result: ToolResult) -> dict[str, Any]:
+    """Tokens, per-token vision types ("token_types") and vision inputs ("media") of the end of the assistant turn +
+    a user turn holding the tool's answer + the next assistant header, as the processor's model family writes them;
+    the processor expands the images' placeholders (and adds no BOS: this is the middle of a conversation)."""
+    family = family_for_processor(processor)
+    out = processor_inputs(processor, family.tool_turn(result.text, len(result.images)), result.images)
+    media = {k: v for k, v in out.items() if k in MEDIA_KEYS}
+    return {"input_ids": out["input_ids"], "token_types": _token_types(out, family.token_type_key), "media": media}
 
 
 def batch_inputs(trajs: list[Trajectory], pad_id: int, side: str) -> dict[str, torch.Tensor]:
     """Collate trajectories (their current tokens and every image so far) for generation or scoring."""
     rows = []
     for t in trajs:
-        row = {
-            "input_ids": torch.tensor([t.ids]),
-            "attention_mask": torch.ones(1, len(t.ids), dtype=torch.long),
-            "mm_token_type_ids": torch.tensor([t.mm]),
-        }
+        row = {"input_ids": torch.tensor([t.ids]), "attention_mask": torch.ones(1, len(t.ids), dtype=torch.long)}
+        if t.token_type_key is not None:
+            row[t.token_type_key] = torch.tensor([t.mm])
         for chunk in t.vision:
             for key, value in chunk.items():
                 row[key] = torch.cat([row[key], value]) if key in row else value
@@ -251,10 +252,10 @@ def advance(
     traj.turns.append({"role": "tool", "text": result.text, "n_images": len(result.images)})
     turn = tool_turn(processor, result)
     traj.ids += turn["input_ids"][0].tolist()
-    traj.mm += turn["mm_token_type_ids"][0].tolist()
+    traj.mm += turn["token_types"]
     traj.policy += [0] * turn["input_ids"].shape[1]
-    if "pixel_values" in turn:
-        traj.vision.append({"pixel_values": turn["pixel_values"], "image_grid_thw": turn["image_grid_thw"]})
+    if turn["media"]:
+        traj.vision.append(turn["media"])
 
 
 def sample_trajectories(
@@ -281,7 +282,8 @@ def sample_trajectories(
     model.eval()
     trajs = [start(processor, s, a) for s, a in zip(samples, per_sample, strict=True) for _ in range(group_size)]
     row_allowed = [a for a in per_sample for _ in range(group_size)]
-    budgets = [ToolBudget(max_turns, max_pixels, min_pixels) for _ in trajs]
+    family = family_for_processor(processor)
+    budgets = [ToolBudget(max_turns, max_pixels, min_pixels, family=family) for _ in trajs]
     for _ in range(max_turns + 1):
         active = [i for i, t in enumerate(trajs) if not t.done]
         if not active:

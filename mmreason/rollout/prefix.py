@@ -6,9 +6,10 @@ forward used by both the rollout sampler and the loss:
 
 1. `prompt_positions`: the prompts' rotary positions (Qwen2-VL / Qwen2.5-VL 3-D multimodal positions from the
    model's own `get_rope_index`) and the position where each prompt's text continues;
-2. `prefill`: one forward over the P prompts (vision encoder included) whose KV cache is then repeated G times
-   along the batch (`repeat_interleave`, differentiable: the backward sums the G copies' gradients, so the
-   gradients are exactly those of G separate prompt forwards);
+2. `prefill`: one forward over the P prompts (vision encoder included) whose cache is then repeated G times
+   along the batch (`repeat_cache`, differentiable: the backward sums the G copies' gradients, so the gradients
+   are those of G separate prompt forwards): attention keys/values, and for hybrid models (Qwen3.5's Gated
+   DeltaNet layers) each linear-attention layer's convolution and recurrent states;
 3. `extend`: completion tokens on top of that cache with explicit positions (never the model's `rope_deltas`
    state) and the attention mask prompt-padding + completion mask.
 
@@ -20,15 +21,19 @@ Shapes: P prompts, G completions each, B = P * G rows (row b belongs to prompt b
 
 What this does not cover: gradient checkpointing (transformers drops the KV cache of checkpointed layers, so the
 caller must use the unshared path; `extend` raises rather than silently attending to nothing), and prompts that are
-themselves different per completion (multi-turn tool outputs).
+themselves different per completion (multi-turn tool outputs). Hybrid caches give the unshared log-probs (left
+padding too: the linear-attention layers zero padded positions, so a padded prompt's states are its unpadded ones),
+but the GRPO loss of a hybrid-cache family repeats the prompts (`train.grpo.scoring_plan` says why).
 """
 
 from __future__ import annotations
 
+from types import MethodType
 from typing import Any
 
 import torch
 from torch import Tensor
+from transformers.cache_utils import LinearAttentionCacheLayerMixin
 
 from mmreason.models.policy import family_of, unwrap_model
 from mmreason.train.rl import sampling_logits, token_entropy, token_logprobs
@@ -78,10 +83,10 @@ def completion_positions(next_pos: Tensor, group_size: int, start: int, length: 
 
 
 def prefill(model: Any, inputs: dict[str, Tensor], position_ids: Tensor, group_size: int) -> tuple[Tensor, Any]:
-    """One forward over the P prompts -> (logits at each prompt's last position [P, V], KV cache with B rows).
+    """One forward over the P prompts -> (logits at each prompt's last position [P, V], cache with B rows).
 
-    The cache's keys/values are repeated G times along the batch (prompt p -> rows p*G .. p*G+G-1); under grad
-    the repeat is part of the graph, so gradients flow back to the single prompt forward.
+    The cache's per-sequence state is repeated G times along the batch (`repeat_cache`); under grad the repeat is
+    part of the graph, so gradients flow back to the single prompt forward.
     """
     out = model(**inputs, position_ids=position_ids, use_cache=True, logits_to_keep=1)
     cache = out.cache
@@ -89,8 +94,33 @@ def prefill(model: Any, inputs: dict[str, Tensor], position_ids: Tensor, group_s
         raise RuntimeError(
             "the prompt forward filled no KV cache (gradient checkpointing drops it): use the unshared path"
         )
-    cache.batch_repeat_interleave(group_size)
+    ids = inputs["input_ids"]
+    repeat_cache(cache, torch.arange(ids.shape[0], device=ids.device).repeat_interleave(group_size))
     return out.logits[:, -1], cache
+
+
+def repeat_cache(cache: Any, rows: Tensor) -> None:
+    """Make row b of the cache a copy of its row rows[b], in every layer (the shared prefix: rows [B] = prompt of
+    each completion row, p -> rows p*G .. p*G+G-1).
+
+    Attention layers hold keys/values; linear-attention layers (hybrid models such as Qwen3.5) hold a convolution
+    and a recurrent state per sequence. `reorder_cache` (an index_select per state: differentiable, its backward
+    sums the G copies' gradients) is the one row operation every transformers cache layer implements;
+    `batch_repeat_interleave` is missing from linear-attention layers. The repeated linear-attention layers then
+    replace their recurrent state instead of writing it in place (`_replace_recurrent_state`).
+    """
+    cache.reorder_cache(rows)
+    for layer in cache.layers:
+        if isinstance(layer, LinearAttentionCacheLayerMixin):
+            layer.update_recurrent_state = MethodType(_replace_recurrent_state, layer)
+
+
+def _replace_recurrent_state(layer: Any, recurrent_states: Tensor, state_idx: int = 0, **kwargs: Any) -> Tensor:
+    """A linear-attention layer's recurrent-state update that stores the new state instead of copying it into the
+    old one: under grad the old state (the repeated prompt state) is saved by the Gated DeltaNet kernel for its
+    backward, and an in-place write would invalidate it."""
+    layer.recurrent_states[state_idx] = recurrent_states
+    return recurrent_states
 
 
 def extend(model: Any, cache: Any, ids: Tensor, attention_mask: Tensor, position_ids: Tensor) -> Tensor:
@@ -103,7 +133,7 @@ def extend(model: Any, cache: Any, ids: Tensor, attention_mask: Tensor, position
     if cache.get_seq_length() != expected:
         # the model ignored the cache (another transformers API, or a checkpointed layer dropped it): the tokens
         # would have attended to nothing but themselves
-        raise RuntimeError(f"the shared KV cache was not extended (length {cache.get_seq_length()}, {expected=})")
+        raise RuntimeError(f"the shared cache was not extended (length {cache.get_seq_length()}, {expected=})")
     return out.logits
 
 
@@ -201,7 +231,7 @@ def sample_shared(
     """Sample G completions per prompt with one prefill per prompt -> (token ids [B, T], log-probs [B, T]).
 
     Rows stop at their first EOS and are padded with pad_id after it (log-prob 0 there); the loop ends when every
-    row has stopped or after max_new_tokens. The KV cache of each prompt is prefilled once and repeated G times.
+    row has stopped or after max_new_tokens. The cache of each prompt is prefilled once and repeated G times.
     """
     position_ids, next_pos = prompt_positions(model, inputs)
     logits, cache = prefill(model, inputs, position_ids, group_size)

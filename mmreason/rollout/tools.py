@@ -10,7 +10,7 @@ crops and windows past the video's end all come back to the model as an error me
 
 Built-in tools:
 - `zoom_in(image=1, bbox=[x1, y1, x2, y2])`: crop a region of input image `image` (1-based), in the coordinates the
-  model sees (pixels of the resized image), and resize the crop to the pixel budget.
+  model sees (pixels of the resized image), and resize the crop to the pixel budget (or the family's fixed square).
 - `crop_video(start, end)`: re-sample the window [start, end] seconds of the input video at a higher frame rate.
 - `select_frames(frames=[i, ...])`: return sampled video frames (1-based indices into the prompt's frames) as images.
 """
@@ -26,6 +26,7 @@ from typing import Any
 from PIL import Image
 
 from mmreason.data.sample import Sample
+from mmreason.models.family import ModelFamily
 from mmreason.registry import TOOLS, register_tool
 
 TOOL_CALL_RE = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
@@ -38,13 +39,23 @@ class ToolError(ValueError):
 
 @dataclass
 class ToolBudget:
-    """Limits of one trajectory: tool turns, and pixels of tool images added to the context."""
+    """Limits of one trajectory: tool turns, and pixels of tool images added to the context; and the model family
+    tool images are resized for (None: smart_resize to multiples of 28, as Qwen2-VL / Qwen2.5-VL take them)."""
 
     max_turns: int = 3
     max_pixels: int = 28 * 28 * 256
     min_pixels: int = 28 * 28 * 4
     used_turns: int = 0
     used_pixels: int = 0
+    family: ModelFamily | None = None
+
+    def cost(self, image: Image.Image) -> int:
+        """Pixels an image takes from the budget. A fixed-size family's image costs one full image (max_pixels)
+        whatever its square's side: the budget is in the smart-resized families' pixels, and such an image is
+        always the same number of tokens."""
+        if self.family is not None and self.family.fixed_image_size:
+            return self.max_pixels
+        return image.width * image.height
 
 
 @dataclass
@@ -87,7 +98,7 @@ def run_tool(call: ToolCall, sample: Sample, allowed: tuple[str, ...], budget: T
         return ToolResult(f"error: {exc}", ok=False)
     except Exception as exc:  # a tool bug must not end the rollout; the model sees a generic error
         return ToolResult(f"error: tool {call.name!r} failed ({type(exc).__name__})", ok=False)
-    pixels = sum(im.width * im.height for im in result.images)
+    pixels = sum(budget.cost(im) for im in result.images)
     if budget.used_pixels + pixels > budget.max_pixels * budget.max_turns:
         return ToolResult("error: image budget of this conversation exhausted", ok=False)
     budget.used_pixels += pixels
@@ -102,9 +113,10 @@ def _number(args: dict[str, Any], key: str, default: float | None = None) -> flo
 
 
 def _resize(image: Image.Image, budget: ToolBudget) -> Image.Image:
+    """A tool image as the budget's model family takes it, within the budget's pixels."""
     from mmreason.processors import resize_image
 
-    return resize_image(image, min_pixels=budget.min_pixels, max_pixels=budget.max_pixels).image
+    return resize_image(image, min_pixels=budget.min_pixels, max_pixels=budget.max_pixels, family=budget.family).image
 
 
 def _box(args: dict[str, Any], width: int, height: int) -> tuple[int, int, int, int]:

@@ -43,6 +43,8 @@ class PromptBatch:
     n_images: list[int]
     n_videos: list[int]
     samples: list[Sample] = field(default_factory=list)  # the samples encoded (their stream positions seed sampling)
+    # rows of each media key (pixel_values, image_grid_thw, ...) per prompt, to repeat each prompt's media with it
+    media_rows: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def size(self) -> int:

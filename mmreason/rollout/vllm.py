@@ -14,7 +14,8 @@ run's pixel budget), so both see the same prompt tokens. Sampling is seeded per 
 the sampled tokens' log-probs after temperature (`logprobs_mode="processed_logprobs"`): the loss corrects the remaining
 sampler/trainer mismatch with truncated importance weights (`mmreason.train.rl.truncated_is_weights`).
 
-Not covered: video prompts and multi-turn tool rollouts (clear errors; use `grpo.rollout: hf`).
+Not covered: video prompts, multi-turn tool rollouts and the fixed-size-image families (InternVL, Gemma 3) (clear
+errors; use `grpo.rollout: hf`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 
 from mmreason.config import RunConfig
 from mmreason.data.sample import Sample
+from mmreason.models.family import family_for_processor
 from mmreason.processors import render_prompt
 from mmreason.rollout.engine import prompt_seed
 from mmreason.rollout.types import PromptBatch, Rollout, SamplingParams, single_turn_rollout
@@ -47,6 +49,11 @@ def completion_seeds(seed: int, samples: list[Sample], group_size: int) -> list[
 def vllm_prompts(processor: Any, samples: list[Sample], min_pixels: int, max_pixels: int) -> list[dict[str, Any]]:
     """One vLLM prompt per sample: the chat-template text (media as single placeholders, expanded by vLLM) and the
     sample's images, already resized to the run's budget (the same pixel budget is passed so vLLM keeps their size)."""
+    family = family_for_processor(processor)
+    if family.fixed_image_size:
+        # vLLM's own processing of these families (InternVL's dynamic tiling, Gemma 3's pan-and-scan) is not held to
+        # the one tile per image the trainer scores: the sampled tokens would see other vision inputs
+        raise ValueError(f"grpo.rollout: vllm does not take {family.label} models yet; use grpo.rollout: hf")
     prompts = []
     for s in samples:
         if s.video is not None:

@@ -130,13 +130,14 @@ def _resolve(src: Any, base_dir: Path) -> tuple[Any, str]:
 
 
 def load_images(record: dict[str, Any], rid: str, ctx: SampleContext, names: Sequence[str] = ("image",)) -> tuple:
-    """Load and resize the record's image(s) -> (list of ResizedImage, media references, field name)."""
+    """Load the record's image(s) and resize them as the context's model family takes them -> (list of ResizedImage,
+    media references, field name)."""
     name, sources = media_sources(record, rid, names)
     loaded, refs = [], []
     for src in sources:
         resolved, ref = _resolve(src, ctx.base_dir)
         try:
-            loaded.append(fetch_image(resolved, ctx.min_pixels, ctx.max_pixels, check_family(ctx).image_factor))
+            loaded.append(fetch_image(resolved, ctx.min_pixels, ctx.max_pixels, family=check_family(ctx)))
         except (MediaError, OSError, TypeError, ValueError) as exc:
             raise RecordError(f"record {rid!r}: field {name!r}: {exc}") from exc
         refs.append(ref)

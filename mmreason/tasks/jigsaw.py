@@ -7,22 +7,20 @@ original picture.
 
 Record: {"image": str (the shuffled image), "grid": [rows, cols], "solution": [1-based order] (a permutation of
 1..rows*cols: `mmreason.rewards.jigsaw.check_order`), "original": str?, "id"?, "reasoning"?}.
-`generate_puzzles` writes such records from any image folder.
+`mmreason data make jigsaw` (`mmreason.data.synthetic.make_jigsaw_dataset`) writes such records from any image folder.
 Rewards (weights): format 0.5, jigsaw_exact 1.0, jigsaw_fraction 0.5 -- exact match is Jigsaw-R1's accuracy reward;
 the fraction of tiles in place gives partial credit on large grids where exact solutions are rare at first.
 """
 
 from __future__ import annotations
 
-import random
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw
 
 from mmreason.data.sample import Sample, SampleContext
-from mmreason.processors import MediaError, assemble_jigsaw, crop_to_grid, load_image, make_jigsaw
+from mmreason.processors import MediaError, assemble_jigsaw, crop_to_grid, load_image
 from mmreason.registry import register_task
 from mmreason.rewards import extract_answer
 from mmreason.rewards.jigsaw import check_order, format_order, predicted_order
@@ -168,24 +166,3 @@ def _placeholder(size: tuple[int, int], text: str) -> Image.Image:
     for i, line in enumerate(viz.wrap(text, img.width - 12, viz.font(14))):
         draw.text((6, 6 + 18 * i), line, fill=viz.PRED_COLOR, font=viz.font(14))
     return img
-
-
-def generate_puzzles(images: Iterable[str | Path], out_dir: str | Path, grid: tuple[int, int] = (2, 2),
-                     seed: int = 0) -> list[dict[str, Any]]:
-    """Make one jigsaw record per image: the shuffled PNG goes to `out_dir`, paths are relative to `out_dir`.
-
-    Write the records to `out_dir/<name>.jsonl` so that relative paths resolve. The same seed gives the same puzzles.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    rows, cols = parse_grid(list(grid), "generate_puzzles")
-    rng = random.Random(seed)
-    records = []
-    for i, src in enumerate(images):
-        src = Path(src)
-        shuffled, order = make_jigsaw(load_image(src), rows, cols, rng.randrange(2**31))
-        name = f"{i:06d}_{src.stem}_shuffled.png"
-        shuffled.save(out / name)
-        records.append({"id": f"jigsaw-{i:06d}", "image": name, "grid": [rows, cols],
-                        "solution": [o + 1 for o in order], "original": str(src.resolve())})
-    return records

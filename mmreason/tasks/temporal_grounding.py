@@ -46,10 +46,13 @@ def load_clip(record: dict[str, Any], rid: str, ctx: SampleContext):
     if not isinstance(src, (str, Path)) or not str(src).strip():
         raise field_error(rid, "video", "a video file path", src)
     path = Path(ctx.base_dir) / Path(src).expanduser()
+    family = check_family(ctx)
+    if not family.video:
+        raise ValueError(f"the {family.label} model family ({family.name}) takes no video: video tasks need another")
     try:
         clip = load_video(path, fps=ctx.video_fps, nframes=ctx.video_nframes, min_frames=ctx.video_min_frames,
                           max_frames=ctx.video_max_frames, total_pixels=ctx.video_total_pixels,
-                          min_pixels=ctx.min_pixels, factor=check_family(ctx).image_factor)
+                          min_pixels=ctx.min_pixels, family=family)
     except (MediaError, OSError, ValueError) as exc:
         raise RecordError(f"record {rid!r}: field 'video': {exc}") from exc
     return clip, str(path)

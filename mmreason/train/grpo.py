@@ -69,13 +69,24 @@ def scoring_plan(run: Run, cfg: GRPOConfig) -> ScoringPlan:
 
     Multi-turn rollouts score whole trajectories. Otherwise with grpo.share_prefix the no-grad passes share each
     group's prompt prefix; the loss does too, except under gradient checkpointing (transformers drops the KV cache
-    of checkpointed layers) and with several processes (DDP registers a backward hook per forward: the shared
-    loss's two forwards, prefill + extend, before one backward would trip it); those repeat the prompt rows (same
-    values up to rounding)."""
+    of checkpointed layers), with several processes (DDP registers a backward hook per forward: the shared
+    loss's two forwards, prefill + extend, before one backward would trip it) and for hybrid-cache families (with
+    transformers' reference kernels the shared loss equals the repeated one up to float32 rounding, see
+    tests/test_hybrid_cache.py, but the fast kernels that continue a linear-attention cache are decoding kernels:
+    causal-conv1d's single-token state update writes in place and has no backward); those repeat the prompt rows
+    (same values up to rounding)."""
     if uses_tools(run, cfg):
         plan = ScoringPlan("trajectory", "trajectory")
     elif not cfg.share_prefix:
         plan = ScoringPlan("repeated_prompt", "repeated_prompt")
+    elif run.policy.family.cache == "hybrid":
+        if run.is_main:
+            log.info(
+                "grpo.share_prefix: %s caches linear-attention states, so the loss repeats the prompts "
+                "(sampling and the no-grad passes share them)",
+                run.policy.family.label,
+            )
+        plan = ScoringPlan("repeated_prompt", "shared_prefix")
     elif _checkpointing(run.policy.model):
         log.warning("grpo.share_prefix: gradient checkpointing drops the KV cache, so the loss repeats the prompts")
         plan = ScoringPlan("repeated_prompt", "shared_prefix")
