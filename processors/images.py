@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from PIL import Image, ImageOps
 from qwen_vl_utils.vision_process import MAX_RATIO, smart_resize, to_rgb
 
-from .errors import MediaError
+from .errors import MediaError, check_media_file
 
 if TYPE_CHECKING:
     from mmreason.models.family import ModelFamily
@@ -77,14 +77,7 @@ def _decode_data_uri(uri: str) -> Image.Image:
 
 
 def _decode_path(path: Path) -> Image.Image:
-    source = str(path)
-    if not path.exists():
-        raise MediaError(source, "file not found")
-    if not path.is_file():
-        raise MediaError(source, "not a file (expected an image file)")
-    if path.stat().st_size == 0:
-        raise MediaError(source, "empty file (0 bytes)")
-    return _decode(path, source)
+    return _decode(path, check_media_file(path, "image"))
 
 
 def _open_any(src: ImageSource) -> tuple[Image.Image, str]:

@@ -29,7 +29,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as tvf
 
 from .decode import read_frames
-from .errors import MediaError
+from .errors import MediaError, check_media_file
 from .images import FACTOR, _to_rgb, model_size_for
 
 if TYPE_CHECKING:
@@ -132,13 +132,7 @@ def frame_pixel_budget(
 
 def _read_file(path: Path, source_fps: float | None, sampling: dict) -> tuple[np.ndarray, list[int], int, float]:
     """Decode the sampled frames of a video file: (frames NHWC uint8, indices, total frames, source fps)."""
-    source = str(path)
-    if not path.exists():
-        raise MediaError(source, "file not found")
-    if not path.is_file():
-        raise MediaError(source, "not a file (expected a video file)")
-    if path.stat().st_size == 0:
-        raise MediaError(source, "empty file (0 bytes)")
+    source = check_media_file(path, "video")
     return read_frames(path, source_fps, lambda total, rate: sample_indices(total, rate, source=source, **sampling))
 
 

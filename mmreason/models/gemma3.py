@@ -91,14 +91,11 @@ TINY_PATCH_SIZE = 56
 TINY_IMAGE_TOKENS = (FAMILY.fixed_image_size // TINY_PATCH_SIZE // FAMILY.merge_size) ** 2
 
 
-def _with_named_tokens(tokenizer: Any, named: dict[str, str]) -> Any:
-    """The same tokenizer with `named` tokens as attributes (save_pretrained writes them to its config) and a BOS
-    that tokenizing adds, as Gemma's tokenizer does."""
-    from tokenizers import Tokenizer
+def _named(tokenizer: Any) -> Any:
+    """The tokenizer with Gemma 3's named image tokens and a BOS that tokenizing adds, as Gemma's tokenizer does."""
+    from mmreason.models.tiny import with_named_tokens
 
-    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
-    kwargs = {**tokenizer.init_kwargs, **named, "bos_token": "<bos>", "add_bos_token": True}
-    return type(tokenizer)(tokenizer_object=backend, **kwargs)
+    return with_named_tokens(tokenizer, **NAMED_TOKENS, bos_token="<bos>", add_bos_token=True)
 
 
 def tiny_processor(tokenizer: Any, min_pixels: int, max_pixels: int) -> Any:
@@ -111,7 +108,7 @@ def tiny_processor(tokenizer: Any, min_pixels: int, max_pixels: int) -> Any:
     )
     return Gemma3Processor(
         image_processor=image_processor,
-        tokenizer=_with_named_tokens(tokenizer, NAMED_TOKENS),
+        tokenizer=_named(tokenizer),
         chat_template=TINY_CHAT_TEMPLATE,
         image_seq_length=TINY_IMAGE_TOKENS,
     )

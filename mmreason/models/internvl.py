@@ -85,23 +85,17 @@ IMAGE_MEAN = [0.485, 0.456, 0.406]
 IMAGE_STD = [0.229, 0.224, 0.225]
 
 
-def _with_named_tokens(tokenizer: Any, named: dict[str, str]) -> Any:
-    """The same tokenizer carrying `named` tokens as attributes, which save_pretrained writes to its config."""
-    from tokenizers import Tokenizer
-
-    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
-    return type(tokenizer)(tokenizer_object=backend, **{**tokenizer.init_kwargs, **named})
-
-
 def tiny_processor(tokenizer: Any, min_pixels: int, max_pixels: int) -> Any:
     """A real InternVL processor around `tokenizer` (the pixel budget is unused: tiles have a fixed size)."""
     from transformers import GotOcr2ImageProcessor, InternVLProcessor, InternVLVideoProcessor
+
+    from mmreason.models.tiny import with_named_tokens
 
     size = {"height": FAMILY.fixed_image_size, "width": FAMILY.fixed_image_size}
     norm = dict(size=size, image_mean=IMAGE_MEAN, image_std=IMAGE_STD)
     return InternVLProcessor(
         image_processor=GotOcr2ImageProcessor(**norm),
-        tokenizer=_with_named_tokens(tokenizer, NAMED_TOKENS),
+        tokenizer=with_named_tokens(tokenizer, **NAMED_TOKENS),
         video_processor=InternVLVideoProcessor(**norm),
         image_seq_length=TINY_IMAGE_TOKENS,
         chat_template=TINY_CHAT_TEMPLATE,

@@ -70,6 +70,15 @@ def build_tokenizer(arch: str = "qwen2_5_vl", vocab_size: int = 1024):
     return fast
 
 
+def with_named_tokens(tokenizer, **attributes):
+    """The same tokenizer rebuilt with extra constructor `attributes` (named tokens such as `boi_token`, which
+    processors look up and save_pretrained writes to the tokenizer's config; BOS settings)."""
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    return type(tokenizer)(tokenizer_object=backend, **{**tokenizer.init_kwargs, **attributes})
+
+
 def build_processor(
     tokenizer, min_pixels: int = 28 * 28 * 4, max_pixels: int = 28 * 28 * 256, arch: str = "qwen2_5_vl"
 ):
