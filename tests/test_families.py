@@ -224,3 +224,18 @@ def test_grounding_round_trip_in_the_familys_convention(arch, tmp_path):
     else:  # one fixed-size tile per image: its pixels as the processor took them
         assert list(inputs["pixel_values"].shape[-2:])[::-1] == sample.columns["model_size"]
     assert json.dumps(sample.columns["model_size"]) == json.dumps(list(sample.images[0].size))
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_tiny_model_command_builds_a_family_that_from_pretrained_loads(arch, tmp_path):
+    from typer.testing import CliRunner
+
+    from mmreason.cli import app
+
+    result = CliRunner().invoke(app, ["tiny-model", str(tmp_path / arch), "--arch", arch])
+    assert result.exit_code == 0, result.output
+    assert f"{arch} model" in result.output
+    processor = AutoProcessor.from_pretrained(tmp_path / arch)
+    assert type(processor).__name__ in get_family(arch).processor_classes
+    config = json.loads((tmp_path / arch / "config.json").read_text())
+    assert config["model_type"] in get_family(arch).model_types
