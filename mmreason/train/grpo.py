@@ -202,6 +202,7 @@ def run_grpo(
         raise ConfigError("grpo.beta > 0 under ZeRO-3 / FSDP needs model.lora.enabled (the KL reference is the base)")
     reference = Reference(policy, cfg.beta)
     plan, params = scoring_plan(run, cfg), sampling_params(run, cfg)
+    banned = suppressed_token_ids(policy.processor)
     bad_updates = 0
     bar = step_bar(run, "grpo", stage_index, start_step, cfg.steps)
     for step in bar:
@@ -214,7 +215,7 @@ def run_grpo(
         adv = group_advantages(rewards, g, scale_std=cfg.scale_std)
         keep_groups = ~zero_variance_groups(rewards, g) if cfg.dynamic_sampling else torch.ones_like(adv[::g]).bool()
         mask = loss_mask_for(rollout, keep_groups.repeat_interleave(g), cfg.mask_truncated)
-        upd, applied = update_policy(run, optimizer, reference, rollout, adv, mask, cfg, plan)
+        upd, applied = update_policy(run, optimizer, reference, rollout, adv, mask, cfg, plan, banned)
         for ok in applied:
             bad_updates = 0 if ok else bad_updates + 1
         stop_if_diverging(bad_updates, cfg.max_bad_updates, "grpo", step + 1)
@@ -284,6 +285,7 @@ def update_policy(
     mask: torch.Tensor,
     cfg: GRPOConfig,
     plan: ScoringPlan,
+    suppressed: list[int] | None = None,
 ) -> tuple[dict[str, float], list[bool]]:
     """The policy updates on one rollout -> (metrics, whether each update was applied).
 
@@ -296,7 +298,8 @@ def update_policy(
     gradient all-reduce does not hang. The reported loss and stats are reduced over ranks.
     """
     world, total = run.world_size, run.sum
-    banned = suppressed_token_ids(run.policy.processor)
+    # the vision tokens sampling excluded (looked up here unless the stage passes them once for all its steps)
+    banned = suppressed if suppressed is not None else suppressed_token_ids(run.policy.processor)
     global_tokens = total(mask.sum())
     count = global_tokens if cfg.loss_agg == "token_mean" else total(mask.shape[0])
     old_logp, ref_logp = _frozen_logprobs(run.policy, reference, rollout, cfg, banned, plan.frozen)
