@@ -13,6 +13,7 @@ is refused with the supported names, never treated as another. This module impor
 
 from __future__ import annotations
 
+import functools
 import importlib
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -151,12 +152,15 @@ def family_for_processor(processor: Any) -> ModelFamily:
 
     Several families may share a processor class (Qwen3-VL and Qwen3.5): they must then agree on every fact asked
     through the processor (`PROCESSOR_FACTS`), so the answer does not depend on which of them is returned."""
-    cls = type(processor).__name__
-    found = [f for f in families() if cls in f.processor_classes]
+    return _family_for_processor_class(type(processor).__name__, FAMILY_MODULES)
+
+
+@functools.cache
+def _family_for_processor_class(cls: str, modules: tuple[str, ...]) -> ModelFamily:
+    # asked for every prompt encoded: resolved once per processor class (and family list)
+    found = [f for f in (get_family(name) for name in modules) if cls in f.processor_classes]
     if not found:
-        raise FamilyError(
-            f"processor {cls} belongs to no supported model family; supported: {', '.join(FAMILY_MODULES)}"
-        )
+        raise FamilyError(f"processor {cls} belongs to no supported model family; supported: {', '.join(modules)}")
     facts = {tuple(getattr(f, k) for k in PROCESSOR_FACTS) for f in found}
     if len(facts) > 1:
         raise FamilyError(f"families {[f.name for f in found]} share {cls} but disagree on its facts")

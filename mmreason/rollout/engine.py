@@ -24,11 +24,6 @@ from mmreason.rollout.types import PromptBatch, Rollout, SamplingParams, single_
 from mmreason.train.rl import sampling_logits, token_entropy, token_logprobs
 
 
-def sample_media(sample: Sample) -> tuple[list[Any], list[Any]]:
-    videos = [sample.video] if sample.video is not None else []
-    return sample.images, videos
-
-
 def encode_prompts(processor: Any, samples: list[Sample], device: torch.device) -> PromptBatch:
     """Chat template + processor for each sample, collated with left padding for generation."""
     rows = [build_inputs(processor, s.messages, images=s.images or None, video=s.video) for s in samples]
