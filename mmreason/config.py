@@ -87,11 +87,24 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """One task of the mixture: its train file, optional held-out file and mixture weight."""
+    """One task of the mixture: its training data, optional held-out data, how rows map onto the task's fields, the
+    stages it feeds and its mixture weight (README: "Bring your own data")."""
 
     task: str = "counting"  # a registered task name (`mmreason tasks` lists them)
-    train: str = ""  # training file: JSONL, JSON, parquet, CSV or a folder of them (relative to the current folder)
-    val: str | None = None  # held-out file for the evaluations (None: the task is not evaluated)
+    # training data: a JSONL/JSON/CSV/parquet/arrow file, a folder (split files or the hub layout data/train-*), a
+    # `datasets` save_to_disk folder or a hub id; `path@split` picks a split (relative to the current folder)
+    train: str = ""
+    split: str | None = None  # split of `train` (default: train); the same as `train: path@split`
+    val: str | None = None  # held-out data, as `train` (None: the task is not evaluated)
+    val_split: str | None = None  # split of `val` (default: the first of validation, val, test that exists)
+    format: str | None = None  # a peer layout to adapt rows from: vlm_r1, easyr1, trl, messages, swift_grounding
+    columns: dict[str, str] = field(default_factory=dict)  # task field -> your column, e.g. {solution: answer}
+    media_dir: str | None = None  # folder relative media paths resolve against (default: the data's folder)
+    stages: list[Stage] | None = None  # stage kinds this entry feeds, e.g. [sft] (None: every stage)
+    system_prompt: str | None = None  # a system turn before every prompt of this entry
+    # replaces the task's user text: a format string over {prompt} (the task's text), {instruction} (the answer
+    # format instruction) and the record's fields, e.g. "{problem} {instruction}"
+    prompt_template: str | None = None
     weight: float = 1.0  # share of the task in the mixture, relative to the other tasks' weights (> 0)
     rewards: dict[str, float] | None = None  # override the task's default reward weights (reward name -> weight)
     max_val: int = 64  # held-out records evaluated per evaluation (the first ones of the file)
@@ -371,15 +384,34 @@ def validate(cfg: RunConfig) -> None:
     if not cfg.data:
         raise ConfigError("config has no `data`: give at least one {task, train} entry")
     for i, d in enumerate(cfg.data):
-        if not d.train:
-            raise ConfigError(f"data[{i}].train is empty: give the path of the task's training file")
-        if d.weight <= 0:
-            raise ConfigError(f"data[{i}].weight must be > 0, got {d.weight}")
+        _validate_entry(d, f"data[{i}]")
+    for stage in dict.fromkeys(cfg.stages):
+        if not any(d.stages is None or stage in d.stages for d in cfg.data):
+            raise ConfigError(f"no data entry feeds the {stage} stage: leave `stages` out of one entry or add {stage}")
     for stage in STAGES:
         if getattr(cfg, stage).max_bad_updates < 1:
             raise ConfigError(f"{stage}.max_bad_updates must be >= 1, got {getattr(cfg, stage).max_bad_updates}")
     _validate_rollout(cfg.grpo)
     _validate_family(cfg.model)
+
+
+def _validate_entry(d: DataConfig, where: str) -> None:
+    """One data entry's own fields (whether its files exist is checked when the data is read)."""
+    if not d.train:
+        raise ConfigError(f"{where}.train is empty: give the path of the task's training file")
+    if d.weight <= 0:
+        raise ConfigError(f"{where}.weight must be > 0, got {d.weight}")
+    if d.format is not None:
+        from mmreason.data.formats import FORMATS
+
+        if d.format not in FORMATS:
+            raise _not_allowed(d.format, tuple(FORMATS), f"{where}.format")
+    bad = {k: v for k, v in d.columns.items() if not (isinstance(k, str) and isinstance(v, str) and k and v)}
+    if bad:
+        raise ConfigError(f"{where}.columns maps task fields to your column names (both strings), got {bad!r}")
+    for key in ("system_prompt", "prompt_template"):
+        if getattr(d, key) is not None and not getattr(d, key).strip():
+            raise ConfigError(f"{where}.{key} is empty: leave it out instead")
 
 
 def _validate_family(cfg: ModelConfig) -> None:

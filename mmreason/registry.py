@@ -76,12 +76,26 @@ TASKS: Registry[Any] = Registry("task")
 TOOLS: Registry[Callable[..., Any]] = Registry("tool")
 
 
-def register_reward(name: str, *, replace: bool = False) -> Callable[[Callable], Callable]:
-    """Decorator: register `fn(completions, **columns) -> list[float | None]` under `name`."""
+# How a reward is called (mmreason.rollout.scoring): "text" is `fn(completions: list[str], **columns)`; the TRL
+# shapes are GRPOTrainer's keyword call (`prompts=`, `completions=`, `completion_ids=`, `trainer_state=`, ...) with
+# plain strings ("trl_text") or conversational message lists `[[{"role": "assistant", "content": ...}], ...]`.
+REWARD_SHAPES = ("text", "trl_text", "trl_messages")
+
+
+def register_reward(name: str, *, replace: bool = False, shape: str | None = None) -> Callable[[Callable], Callable]:
+    """Decorator: register `fn(completions, **columns) -> list[float | None]` under `name`.
+
+    shape: one of REWARD_SHAPES to fix how the reward is called; None detects it on the first call (plain strings
+    first, TRL-style message lists if indexing a string failed).
+    """
+    if shape is not None and shape not in REWARD_SHAPES:
+        raise RegistryError(f"reward {name!r}: shape must be one of {', '.join(REWARD_SHAPES)}, got {shape!r}")
 
     def deco(fn: Callable) -> Callable:
         REWARDS.add(name, fn, replace=replace)
         fn.reward_name = name  # type: ignore[attr-defined]
+        if shape is not None:
+            fn.reward_shape = shape  # type: ignore[attr-defined]
         return fn
 
     return deco

@@ -44,6 +44,7 @@ from .parse import (
     format_number,
     is_finite_token,
     is_number,
+    list_from_text,
     loads_or_none,
     score_each,
     strip_code_fence,
@@ -90,6 +91,7 @@ def check_boxes(value: Any, name: str = "solution", image_size: Sequence[float] 
     With `image_size` ([w, h] of a record's image), each box is clipped to the image and one left with no area
     inside it is an error. Raises ColumnError (a ValueError) saying what was expected.
     """
+    value = list_from_text(value)
     if not isinstance(value, (list, tuple)):
         raise bad_value(name, BOXES_EXPECTED, value)
     items = [value] if len(value) == 4 and all(is_number(v) for v in value) else value

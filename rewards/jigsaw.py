@@ -27,7 +27,7 @@ from typing import Any
 
 from mmreason.registry import register_reward
 
-from .parse import bad_value, extract_answer, loads_or_none, score_each, strip_code_fence
+from .parse import bad_value, extract_answer, list_from_text, loads_or_none, score_each, strip_code_fence
 
 
 def check_order(value: Any, name: str = "solution", n: int | None = None) -> list[int]:
@@ -35,6 +35,7 @@ def check_order(value: Any, name: str = "solution", n: int | None = None) -> lis
 
     With `n` (the tile count of a record's grid) the permutation must have exactly n entries.
     """
+    value = list_from_text(value)
     flat: list[Any] = []
     if isinstance(value, (list, tuple)):
         for item in value:

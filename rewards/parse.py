@@ -96,6 +96,16 @@ def loads_or_none(text: str) -> Any:
         return None
 
 
+def list_from_text(value: Any) -> Any:
+    """A gold value written as JSON list text ("[10, 20, 30, 40]", as some datasets store boxes, orders and
+    segments) -> the list; any other value (or text that is not a JSON list) unchanged, for the check to judge."""
+    if isinstance(value, str) and value.strip().startswith("[") and len(value) <= 100_000:
+        parsed = loads_or_none(value.strip())
+        if isinstance(parsed, list):
+            return parsed
+    return value
+
+
 def is_number(value: Any) -> bool:
     """A real number (python or numpy scalar), and not a bool."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)

@@ -24,7 +24,16 @@ from typing import Any
 
 from mmreason.registry import register_reward
 
-from .parse import bad_value, extract_answer, finite_float, format_number, is_finite_token, is_number, score_each
+from .parse import (
+    bad_value,
+    extract_answer,
+    finite_float,
+    format_number,
+    is_finite_token,
+    is_number,
+    list_from_text,
+    score_each,
+)
 
 SEGMENT_EXPECTED = "[start, end] in seconds with 0 <= start < end"
 
@@ -45,6 +54,7 @@ def check_segment(value: Any, name: str = "solution", duration: float | None = N
     With `duration` (a record's video length) the segment must also start before the video ends; its end is
     clipped to the duration.
     """
+    value = list_from_text(value)
     items = list(value) if isinstance(value, (list, tuple)) else []
     nums = [finite_float(v) if is_number(v) else None for v in items]
     if len(nums) != 2 or None in nums or not 0.0 <= nums[0] < nums[1]:

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from mmreason import cli
 from mmreason.config import load_config
-from mmreason.runs.run import build_stream, sample_context
+from mmreason.runs.run import build_streams, sample_context
 
 pytest.importorskip("av")  # writes the test videos
 
@@ -61,7 +61,7 @@ def _at(name: str, line: int, text: str) -> bool:
 def _drawn_ids(config: Path, run_dir: Path) -> list[str]:
     """Ids of every record the run's stream drew, replayed from the final checkpoint's data cursor."""
     cfg = load_config(config)
-    stream = build_stream(cfg, sample_context(cfg, "qwen2_5_vl", Path.cwd()))
+    stream = build_streams(cfg, sample_context(cfg, "qwen2_5_vl", Path.cwd()))["grpo"]
     final = sorted((run_dir / "checkpoints").iterdir())[-1]
     cursor = json.loads((final / "state.json").read_text())["stream"]
     drawn = []

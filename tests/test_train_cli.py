@@ -222,7 +222,7 @@ def test_data_commands(tmp_path, counting_data):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"image": "missing.png", "problem": "How many?", "solution": 2}\nnot json\n')
     result = runner.invoke(app, ["data", "check", str(bad), "--task", "counting"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "missing.png" in result.output and ":2" in result.output
     imgs = tmp_path / "imgs"
     imgs.mkdir()

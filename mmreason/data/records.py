@@ -1,36 +1,38 @@
-"""Datasets: reading records (JSONL, JSON, Parquet, CSV), and checking them against a task.
+"""Datasets: reading records (JSONL, JSON, Parquet, CSV, Arrow, `save_to_disk` folders, hub datasets), and
+checking them against a task.
 
 A record is one JSON object (a JSONL line or a table row). Reading never stops at the first bad line: every line
-that is not UTF-8, not JSON or not an object is collected as a `Problem` with its line number. Relative media paths
-in records are resolved by the tasks against `Dataset.base_dir` (the data file's folder), which `Dataset.context`
-puts into the `SampleContext`.
+that is not UTF-8, not JSON or not an object is collected as a `Problem` with its line number, and so is every row
+that a data entry's adapter or column mapping rejects. Where the records live is `mmreason.data.locate`'s job; how
+a row becomes a record of the task's fields is `mmreason.data.prepare`'s. Relative media paths in records are
+resolved by the tasks against `Dataset.base_dir` (the data file's folder, or the entry's media_dir), which
+`Dataset.context` puts into the `SampleContext`.
 
 The training mixture lives in `mmreason.data.stream`, the synthetic data makers in `mmreason.data.synthetic`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mmreason.data.locate import TRAIN_SPLITS, DataError, Location, locate
+from mmreason.data.prepare import make_sample, unread_media
 from mmreason.data.sample import Sample, SampleContext
 from mmreason.registry import get_task
+from mmreason.rewards.parse import short_repr
 
 logger = logging.getLogger(__name__)
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
-TABLE_SUFFIXES = {".parquet": "parquet", ".csv": "csv"}
-SPLIT_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
-
-
-class DataError(ValueError):
-    """A data file or record that cannot be used; the message names the file and the lines."""
-
+TABLE_SUFFIXES = {".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
+__all__ = ["DataError", "Dataset", "Problem", "read_dataset", "check_records", "build_samples", "write_jsonl"]
 
 @dataclass(frozen=True)
 class Problem:
@@ -49,16 +51,17 @@ class Problem:
 
 @dataclass
 class Dataset:
-    """Records read from one file, the folder their media paths are relative to, and the lines that failed.
+    """Records read from one data reference, the folder their media paths are relative to, and the lines that failed.
 
-    Every record carries "_line" (1-based line of a JSONL file, row of a table), "_source" (the file) and an "id"
-    (the record's own, as a string, or f"{file stem}-{line}").
+    Every record carries "_line" (1-based line of a JSONL file, row of a table), "_source" (the file, or
+    `ref@split`) and an "id" (the record's own, as a string, or f"{file stem}-{line}").
     """
 
     records: list[dict[str, Any]]
     base_dir: Path
     source: str
     problems: list[Problem] = field(default_factory=list)
+    location: Location | None = None  # where the records were read from (None for records built in memory)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -77,32 +80,41 @@ class Dataset:
 # ----------------------------------------------------------------------------------------------------- reading
 
 
-def read_dataset(path: str | Path, split: str | None = None, *, strict: bool = True) -> Dataset:
-    """Read a data file, or the `split` file of a data folder.
+def read_dataset(
+    path: str | Path,
+    split: str | None = None,
+    *,
+    strict: bool = True,
+    default_splits: tuple[str, ...] = TRAIN_SPLITS,
+    prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    media_dir: str | Path | None = None,
+) -> Dataset:
+    """Read the records of a data reference (see `mmreason.data.locate`: a file, a folder's split, a `save_to_disk`
+    folder, an `.arrow` file or a hub id; `path@split` or `split` picks the split, `default_splits` are tried
+    when neither does).
 
-    path: a .jsonl/.ndjson, .json (an array of objects, {"data": [...]}, or JSON lines), .parquet or .csv file; or a
-        folder holding `<split>.jsonl` (or .json/.parquet/.csv) or the hub layout `data/<split>-*.parquet`.
-        `split` (default "train") only selects a file inside a folder; a file is read as it is.
+    prepare: applied to every row (a peer format's adapter, the column mapping, gold-answer normalisation: see
+        `mmreason.data.prepare`); a row it rejects with a ValueError becomes a Problem like an unreadable line.
+    media_dir: the folder relative media paths resolve against (default: the data file's folder).
     strict: raise a DataError listing every unreadable line; with False they are returned in `Dataset.problems`
         (what `mmreason data check` wants, to show them beside the record problems).
     """
-    file = _resolve_file(Path(path), split)
-    if file.suffix in JSONL_SUFFIXES:
-        rows, problems = _read_jsonl(file)
-    elif file.suffix == ".json":
-        rows, problems = _read_json(file)
-    elif file.suffix in TABLE_SUFFIXES or file.is_dir():
-        rows, problems = _read_table(file), []
-    else:
-        raise DataError(f"{file}: unsupported data file type {file.suffix!r}; expected .jsonl, .json, .parquet, .csv")
-    dataset = Dataset(
-        records=[_finish_record(obj, line, file) for line, obj in rows],
-        base_dir=(file if file.is_dir() else file.parent).resolve(),
-        source=str(file),
-        problems=problems,
-    )
+    where = locate(str(path), split, default_splits=default_splits)
+    rows, problems = _read_location(where)
+    records = []
+    for source, line, obj in rows:
+        try:
+            obj = prepare(obj) if prepare is not None else obj
+        except ValueError as exc:  # a row the adapter or the column mapping cannot use: reported, never fatal
+            problems.append(Problem(source, line, _row_id(obj), str(exc)))
+            continue
+        records.append(_finish_record(obj, line, source))
+    base_dir = Path(media_dir).expanduser().resolve() if media_dir else where.root
+    if media_dir and not base_dir.is_dir():
+        raise DataError(f"{where.name}: media_dir {media_dir} is not a folder")
+    dataset = Dataset(records=records, base_dir=base_dir, source=where.name, problems=problems, location=where)
     if strict and problems:
-        raise DataError(f"{file}: {len(problems)} unreadable line(s):\n" + "\n".join(map(str, problems)))
+        raise DataError(f"{where.name}: {len(problems)} unreadable line(s):\n" + "\n".join(map(str, problems)))
     return dataset
 
 
@@ -122,19 +134,38 @@ def write_jsonl(records: Sequence[dict[str, Any]], path: str | Path) -> Path:
     return path
 
 
-def _resolve_file(path: Path, split: str | None) -> Path:
-    if path.is_file():
-        return path
-    if not path.exists():
-        raise DataError(f"{path}: data file or folder does not exist")
-    name = split or "train"
-    for suffix in SPLIT_SUFFIXES:
-        if (path / f"{name}{suffix}").is_file():
-            return path / f"{name}{suffix}"
-    if sorted((path / "data").glob(f"{name}-*.parquet")):
-        return path / "data"
-    tried = ", ".join(f"{name}{s}" for s in SPLIT_SUFFIXES)
-    raise DataError(f"{path}: no {name!r} split found (looked for {tried} and data/{name}-*.parquet)")
+Row = tuple[str, int, dict[str, Any]]  # (source file or name, 1-based line/row, the row)
+
+
+def _read_location(where: Location) -> tuple[list[Row], list[Problem]]:
+    """Every row of the location with its source and line, and the lines that could not be read."""
+    if where.kind != "files":
+        return [(where.name, n, row) for n, row in _numbered(_datasets_rows(where))], []
+    rows: list[Row] = []
+    problems: list[Problem] = []
+    tables = [f for f in where.files if f.suffix in TABLE_SUFFIXES]
+    for file in where.files:
+        if file.suffix in JSONL_SUFFIXES:
+            found, bad = _read_jsonl(file)
+        elif file.suffix == ".json":
+            found, bad = _read_json(file)
+        else:
+            continue
+        rows += [(str(file), n, obj) for n, obj in found]
+        problems += bad
+    if tables:  # one table read for all shards, numbered across them as `datasets` concatenates them
+        name = str(tables[0]) if len(tables) == 1 else where.name
+        rows += [(name, n, row) for n, row in _numbered(_table_rows(tables))]
+    return rows, problems
+
+
+def _numbered(rows: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
+    return [(number, _plain_row(row)) for number, row in enumerate(rows, start=1)]
+
+
+def _row_id(row: Any) -> str | None:
+    rid = row.get("id") if isinstance(row, dict) else None
+    return None if rid is None or rid == "" else str(rid)
 
 
 def _read_jsonl(file: Path) -> tuple[list[tuple[int, Any]], list[Problem]]:
@@ -191,28 +222,68 @@ def _read_json(file: Path) -> tuple[list[tuple[int, Any]], list[Problem]]:
     return rows, problems
 
 
-def _read_table(file: Path) -> list[tuple[int, Any]]:
-    """Rows of a Parquet/CSV file (or a folder of Parquet shards), numbered from 1, as plain Python values."""
+def _table_rows(files: Sequence[Path]) -> list[dict[str, Any]]:
+    """Rows of Parquet/CSV/Arrow files (shards of one split), read with `datasets`, media left undecoded."""
+    import datasets
+
+    builder = TABLE_SUFFIXES[files[0].suffix]
+    if any(TABLE_SUFFIXES[f.suffix] != builder for f in files):
+        raise DataError(f"{files[0].parent}: a split's files must share one type, got "
+                        f"{', '.join(sorted({f.suffix for f in files}))}")
     try:
-        rows = _table_rows_datasets(file)
-    except ImportError:
-        rows = _table_rows_arrow(file)
-    except Exception as exc:
-        raise DataError(f"{file}: cannot read table: {exc}") from exc
-    return [(number, _plain_row(row)) for number, row in enumerate(rows, start=1)]
+        with _quiet_datasets():
+            ds = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
+    except Exception as exc:  # a corrupt or unreadable table: one line naming the file
+        raise DataError(f"{files[0]}: cannot read table: {_first_line(exc)}") from exc
+    return _rows_of(ds)
 
 
-def _table_rows_datasets(file: Path) -> list[dict[str, Any]]:
-    """Read with the `datasets` library when it is installed (raises ImportError when it is not)."""
-    import datasets  # optional dependency: ImportError selects the pyarrow reader
+def _datasets_rows(where: Location) -> list[dict[str, Any]]:
+    """Rows of a `save_to_disk` folder or a hub dataset's split."""
+    import datasets
 
-    if file.is_dir():
-        builder, data_files = "parquet", sorted(str(p) for p in file.glob("*.parquet"))
-    else:
-        builder, data_files = TABLE_SUFFIXES[file.suffix], [str(file)]
-    ds = datasets.load_dataset(builder, data_files=data_files, split="train")
+    if where.kind == "disk":
+        try:
+            ds = datasets.load_from_disk(str(where.root))
+        except Exception as exc:
+            raise DataError(f"{where.ref}: cannot read the saved dataset: {_first_line(exc)}") from exc
+        if isinstance(ds, datasets.DatasetDict):  # `locate` chose a split that the index lists
+            ds = ds[where.split]
+        return _rows_of(ds)
+    try:
+        with _quiet_datasets():
+            ds = datasets.load_dataset(where.ref, split=where.split)
+    except Exception as exc:  # offline, unknown id, unknown split: say what was tried and how to go on
+        raise DataError(
+            f"{where.ref}: not a local file or folder, and loading it as a Hugging Face hub dataset (split "
+            f"{where.split!r}) failed: {_first_line(exc)}. Without network, download it elsewhere and give the "
+            "local folder."
+        ) from exc
+    return _rows_of(ds)
+
+
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """No "Generating train split" bars: reading a few files is not long work, and the console stays readable."""
+    from datasets.utils import logging as ds_logging
+
+    was_enabled = ds_logging.is_progress_bar_enabled()
+    ds_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            ds_logging.enable_progress_bar()
+
+
+def _rows_of(ds: Any) -> list[dict[str, Any]]:
     # media columns stay as stored ({"bytes", "path"}) instead of being decoded to PIL images here
     return ds.cast(_undecoded(ds.features)).to_list()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return short_repr(text[0] if text else type(exc).__name__, 300).strip("'\"")
 
 
 def _undecoded(features: Any) -> Any:
@@ -221,25 +292,13 @@ def _undecoded(features: Any) -> Any:
     for name, feat in features.items():
         if dataclasses.is_dataclass(feat) and getattr(feat, "decode", False):
             out[name] = dataclasses.replace(feat, decode=False)
+        elif isinstance(feat, list) and feat and dataclasses.is_dataclass(feat[0]) and getattr(feat[0], "decode",
+                                                                                                 False):
+            out[name] = [dataclasses.replace(feat[0], decode=False)]  # a list of images (`images: list[Image]`)
+        elif type(feat).__name__ in ("Sequence", "List") and getattr(getattr(feat, "feature", None), "decode",
+                                                                     False):
+            out[name] = type(feat)(dataclasses.replace(feat.feature, decode=False))
     return out
-
-
-def _table_rows_arrow(file: Path) -> list[dict[str, Any]]:
-    try:
-        import pyarrow.csv as pa_csv
-        import pyarrow.parquet as pq
-    except ImportError as exc:  # pragma: no cover - pyarrow is a dependency
-        raise DataError(f"{file}: reading tables needs pyarrow (or datasets): {exc}") from exc
-    try:
-        if file.is_dir():
-            table = pq.read_table(sorted(str(p) for p in file.glob("*.parquet")))
-        elif file.suffix == ".parquet":
-            table = pq.read_table(file)
-        else:
-            table = pa_csv.read_csv(file)
-    except Exception as exc:
-        raise DataError(f"{file}: cannot read table: {exc}") from exc
-    return table.to_pylist()
 
 
 def _plain_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -260,12 +319,13 @@ def _plain_value(value: Any) -> Any:
     return value
 
 
-def _finish_record(obj: dict[str, Any], line: int, file: Path) -> dict[str, Any]:
+def _finish_record(obj: dict[str, Any], line: int, source: str) -> dict[str, Any]:
     record = dict(obj)
     rid = record.get("id")
-    record["id"] = f"{file.stem}-{line}" if rid is None or rid == "" else str(rid)
+    stem = Path(source.split("@")[0]).stem + ("-" + source.split("@")[1] if "@" in source else "")
+    record["id"] = f"{stem}-{line}" if rid is None or rid == "" else str(rid)
     record["_line"] = line
-    record["_source"] = str(file)
+    record["_source"] = source
     return record
 
 
@@ -289,7 +349,8 @@ def check_records(dataset: Dataset, task: Any, ctx: SampleContext | None = None)
             problems.append(Problem(dataset.source, line, rid, f"duplicate id (first on line {first_line[rid]})"))
         first_line.setdefault(rid, line)
         try:
-            messages = task.check_record(record, ctx)
+            unread = unread_media(record, task)
+            messages = [unread] if unread else task.check_record(record, ctx)
         except Exception as exc:  # a task's checker failing is itself a finding, not a crash of the whole check
             messages = [f"check_record raised {type(exc).__name__}: {exc}"]
         problems.extend(Problem(dataset.source, line, rid, str(m)) for m in messages)
@@ -323,7 +384,7 @@ def build_samples(
     problems: list[Problem] = []
     for record in dataset.records[:limit]:
         try:
-            samples.append(task.to_sample(record, ctx))
+            samples.append(make_sample(task, record, ctx))
         except Exception as exc:  # evaluation reports skipped records instead of stopping
             problems.append(Problem(dataset.source, record["_line"], record["id"], f"{type(exc).__name__}: {exc}"))
     return samples, problems

@@ -6,11 +6,15 @@ with media placeholders, the loaded media, the gold assistant text for SFT, and 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
+
+# `<image>` / `<video>` in a prompt's text mark where the media go (the convention of LLaVA-style datasets)
+PLACEHOLDER_RE = re.compile(r"<(image|video)>")
 
 
 @dataclass
@@ -20,6 +24,9 @@ class SampleContext:
     think: ask for `<think>...</think><answer>...</answer>` (True) or the answer alone (False, CLS-RL no-thinking).
     model_family: a model family's name (`mmreason.models.family`): how images are resized and boxes written.
     base_dir: folder that relative media paths in records are resolved against (the data file's folder).
+    system_prompt: a system turn put before every prompt (a data entry's `system_prompt`; else a record's `system`).
+    prompt_template: replaces the task's user text: a format string over `{prompt}` (the task's own text),
+        `{instruction}` (the answer-format instruction) and the record's fields, e.g. "{problem} {instruction}".
     """
 
     think: bool = True
@@ -32,6 +39,8 @@ class SampleContext:
     video_min_frames: int = 4
     video_max_frames: int = 32
     video_total_pixels: int = 28 * 28 * 1024
+    system_prompt: str | None = None
+    prompt_template: str | None = None
 
 
 @dataclass
@@ -61,9 +70,40 @@ class Sample:
         """The user's text parts joined (for logs and the store)."""
         parts = []
         for m in self.messages:
+            if m.get("role") != "user":
+                continue
             content = m.get("content")
             if isinstance(content, str):
                 parts.append(content)
             else:
                 parts.extend(c.get("text", "") for c in content if c.get("type") == "text")
         return "\n".join(p for p in parts if p)
+
+
+def user_messages(text: str, n_images: int = 0, video: bool = False) -> list[dict[str, Any]]:
+    """One user turn of `text` and its media.
+
+    Without placeholders the media come first (in media order), then the text. When the text holds `<image>` /
+    `<video>` placeholders, each medium goes where its placeholder is; the counts must then match the media exactly
+    (ValueError otherwise: a placeholder without its image would be sent to the model as literal text).
+    """
+    marks = PLACEHOLDER_RE.findall(text)
+    if not marks:
+        content: list[dict[str, Any]] = [{"type": "image"} for _ in range(n_images)]
+        if video:
+            content.append({"type": "video"})
+        content.append({"type": "text", "text": text})
+        return [{"role": "user", "content": content}]
+    images, videos = marks.count("image"), marks.count("video")
+    if images != n_images or videos != int(video):
+        raise ValueError(
+            f"the prompt text has {images} <image> and {videos} <video> placeholder(s) for {n_images} image(s) and "
+            f"{int(video)} video(s); each medium needs exactly one placeholder (or use none to put media first)"
+        )
+    content = []
+    for i, part in enumerate(PLACEHOLDER_RE.split(text)):
+        if i % 2:  # split() puts each captured kind between the text pieces
+            content.append({"type": part})
+        elif part.strip():
+            content.append({"type": "text", "text": part.strip()})
+    return [{"role": "user", "content": content}]

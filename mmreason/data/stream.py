@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from mmreason.data.prepare import make_sample
 from mmreason.data.records import DataError, Dataset
 from mmreason.data.sample import Sample, SampleContext
 from mmreason.registry import get_task
@@ -107,7 +108,7 @@ class SampleStream:
         while True:
             epoch, position, source, record = self._advance()
             try:
-                sample = source.task.to_sample(record, source.ctx)
+                sample = make_sample(source.task, record, source.ctx)
             except Exception as exc:  # one bad record must not end a long run: count it, log it once, go on
                 self._skip(source, record, exc)
                 failures += 1

@@ -27,7 +27,10 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from mmreason.config import RunConfig, load_config
-from mmreason.data.records import Dataset, read_dataset
+from mmreason.data.entries import entry_context, read_entry
+from mmreason.data.locate import looks_like_hub_id, split_ref
+from mmreason.data.prepare import make_sample
+from mmreason.data.records import Dataset
 from mmreason.data.sample import Sample, SampleContext
 from mmreason.registry import get_task
 from mmreason.rewards import extract_answer, extract_think
@@ -59,8 +62,8 @@ class RunView:
     metrics: pd.DataFrame
     rollouts: pd.DataFrame
     data_roots: list[Path] = field(default_factory=list)
-    _datasets: dict[Path, tuple[Dataset, dict[str, dict[str, Any]]]] = field(default_factory=dict, repr=False)
-    _samples: dict[tuple[Path, str], Sample] = field(default_factory=dict, repr=False)
+    _datasets: dict[tuple[str, str], tuple[Dataset, dict[str, dict]]] = field(default_factory=dict, repr=False)
+    _samples: dict[tuple[str, str, str], Sample] = field(default_factory=dict, repr=False)
 
     @property
     def name(self) -> str:
@@ -362,14 +365,14 @@ def _improvements(rows: pd.DataFrame, stage_order: list[str], col: str) -> pd.Da
 
 
 def sample_for(view: RunView, row: Mapping[str, Any] | pd.Series) -> Sample:
-    """Rebuild the Sample a store row was generated from (data files of run.json, found by task and sample id)."""
+    """Rebuild the Sample a store row was generated from (data entries of run.json, found by task and sample id)."""
     task, sid, stage = str(row["task"]), str(row["sample_id"]), str(row.get("stage", ""))
-    files = _data_files(view, task, prefer_val=stage.startswith("eval-"))
-    for file in files:
-        dataset, by_id = _dataset(view, file)
+    sources = _data_sources(view, task, prefer_val=stage.startswith("eval-"))
+    for entry, which, ref in sources:
+        dataset, by_id = _dataset(view, entry, which, ref)
         if sid not in by_id:
             continue
-        key = (file, sid)
+        key = (ref, which, sid)
         if key not in view._samples:
             ctx = SampleContext(
                 think=view.config.think,
@@ -378,9 +381,9 @@ def sample_for(view: RunView, row: Mapping[str, Any] | pd.Series) -> Sample:
                 min_pixels=view.config.model.min_pixels,
                 max_pixels=view.config.model.max_pixels,
             )
-            view._samples[key] = get_task(task).to_sample(by_id[sid], ctx)
+            view._samples[key] = make_sample(get_task(task), by_id[sid], entry_context(entry, ctx))
         return view._samples[key]
-    where = ", ".join(map(str, files)) or "no data file of that task in run.json"
+    where = ", ".join(ref for _, _, ref in sources) or "no data of that task in run.json"
     raise LookupError(f"sample {sid!r} of task {task!r} not found in {where}")
 
 
@@ -391,11 +394,24 @@ def render_row(view: RunView, row: Mapping[str, Any] | pd.Series) -> Image.Image
     return get_task(str(row["task"])).visualize(sample, "" if completion is None else str(completion))
 
 
-def _data_files(view: RunView, task: str, prefer_val: bool) -> list[Path]:
+def _data_sources(view: RunView, task: str, prefer_val: bool) -> list[tuple[Mapping[str, Any], str, str]]:
+    """(entry, "train" | "val", resolved reference) of the task's data entries, held-out first when preferred."""
     entries = [d for d in view.info.get("data", []) if isinstance(d, Mapping) and d.get("task") == task]
     keys = ("val", "train") if prefer_val else ("train", "val")
-    files = [_resolve(view, str(d[k])) for k in keys for d in entries if d.get(k)]
-    return list(dict.fromkeys(files))
+    found = {}
+    for which in keys:
+        for entry in entries:
+            given = entry.get(which)
+            if given:
+                ref, split = split_ref(str(given))
+                hub = looks_like_hub_id(ref) and not any((b / ref).exists() for b in _bases(view))
+                resolved = ref if hub else str(_resolve(view, ref))  # a hub id stays as it is
+                found.setdefault((resolved, split, which), (entry, which, resolved + (f"@{split}" if split else "")))
+    return list(found.values())
+
+
+def _bases(view: RunView) -> list[Path]:
+    return [*view.data_roots, Path.cwd(), view.run_dir.resolve(), *view.run_dir.resolve().parents]
 
 
 def _resolve(view: RunView, path: str) -> Path:
@@ -404,7 +420,7 @@ def _resolve(view: RunView, path: str) -> Path:
     p = Path(path)
     if p.is_absolute():
         return p
-    bases = [*view.data_roots, Path.cwd(), view.run_dir.resolve(), *view.run_dir.resolve().parents]
+    bases = _bases(view)
     for base in bases:
         if (base / p).exists():
             return (base / p).resolve()
@@ -415,11 +431,12 @@ def _resolve(view: RunView, path: str) -> Path:
     )
 
 
-def _dataset(view: RunView, file: Path) -> tuple[Dataset, dict[str, dict[str, Any]]]:
-    if file not in view._datasets:
-        dataset = read_dataset(file, strict=False)
-        view._datasets[file] = (dataset, {str(r["id"]): r for r in dataset.records})
-    return view._datasets[file]
+def _dataset(view: RunView, entry: Mapping[str, Any], which: str, ref: str) -> tuple[Dataset, dict[str, dict]]:
+    key = (ref, which)
+    if key not in view._datasets:
+        dataset = read_entry(entry, which, ref=ref)
+        view._datasets[key] = (dataset, {str(r["id"]): r for r in dataset.records})
+    return view._datasets[key]
 
 
 # ------------------------------------------------------------------------------------------------ figures

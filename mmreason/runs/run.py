@@ -20,13 +20,13 @@ import numpy as np
 import torch
 
 from mmreason.config import RunConfig, save_config
+from mmreason.data.entries import check_disjoint, entry_context, entry_ref, read_entry, uses_stage
 from mmreason.data.records import (
     DataError,
     Problem,
     build_samples,
     check_records,
     format_problems,
-    read_dataset,
 )
 from mmreason.data.sample import Sample, SampleContext
 from mmreason.data.stream import SampleStream, Source
@@ -48,7 +48,7 @@ class Run:
     run_dir: Path
     policy: Policy
     sample_ctx: SampleContext
-    stream: SampleStream | None  # None: a `Run.local` that draws no training data
+    stream: SampleStream | None  # the current stage's training data (None: a `Run.local` that draws none)
     val: dict[str, list[Sample]]
     store: RolloutStore | None  # None: a `Run.local` that writes no rollouts
     reward_errors: RewardErrors = field(default_factory=RewardErrors)
@@ -61,6 +61,13 @@ class Run:
     # with the optimizer shards (mid-stage) or the weights only (a new stage starts after a finished one)
     engine_resume: tuple[Path, bool] | None = None
     rollout_engine: Any = None  # the vLLM engine of grpo.rollout: vllm, built at the first rollout
+    # stage kind -> its training stream; kinds fed by the same data entries share one stream (one cursor)
+    streams: dict[str, SampleStream] = field(default_factory=dict)
+
+    def use_stage(self, kind: str) -> None:
+        """Draw training samples from the stream of stage kind `kind` from now on."""
+        if self.streams:
+            self.stream = self.streams[kind]
 
     @classmethod
     def local(cls, policy: Policy, cfg: RunConfig | None = None, run_dir: str | Path | None = None) -> Run:
@@ -153,20 +160,22 @@ def load_val(cfg: RunConfig, ctx: SampleContext) -> dict[str, list[Sample]]:
     for d in cfg.data:
         if not d.val:
             continue
-        samples, problems = build_samples(read_dataset(d.val, strict=False), get_task(d.task), ctx, limit=d.max_val)
-        for problem in problems:
+        dataset = read_entry(d, "val")
+        samples, problems = build_samples(dataset, get_task(d.task), entry_context(d, ctx), limit=d.max_val)
+        for problem in [*dataset.problems, *problems]:
             log.warning("skipping held-out record: %s", problem)
         val[d.task] = val.get(d.task, []) + samples
     return val
 
 
 def data_problems(cfg: RunConfig, ctx: SampleContext) -> list[Problem]:
-    """Every problem of every training and held-out file of the config, as `mmreason data check` lists them."""
+    """Every problem of every training and held-out data of the config, as `mmreason data check` lists them."""
+    check_disjoint(cfg.data)
     problems: list[Problem] = []
     for d in cfg.data:
-        for path in (d.train, d.val):
-            if path:
-                problems += check_records(read_dataset(path, strict=False), get_task(d.task), ctx)
+        for which in ("train", "val"):
+            if entry_ref(d, which)[0]:
+                problems += check_records(read_entry(d, which), get_task(d.task), entry_context(d, ctx))
     return problems
 
 
@@ -180,16 +189,26 @@ def require_clean_data(cfg: RunConfig, ctx: SampleContext) -> None:
         )
 
 
-def build_stream(cfg: RunConfig, ctx: SampleContext, rank: int = 0, world_size: int = 1) -> SampleStream:
-    """The weighted task mixture of the config's training files (unreadable lines skipped and logged); with several
-    processes each rank takes every world_size-th position."""
-    sources = []
-    for d in cfg.data:
-        ds = read_dataset(d.train, strict=False)
-        for problem in ds.problems:
+def build_streams(cfg: RunConfig, ctx: SampleContext, rank: int = 0, world_size: int = 1) -> dict[str, SampleStream]:
+    """Stage kind -> the weighted task mixture of the entries that feed it (unreadable lines skipped and logged);
+    kinds fed by the same entries share one stream. With several processes each rank takes every world_size-th
+    position."""
+    check_disjoint(cfg.data)
+    datasets = {}
+    for i, d in enumerate(cfg.data):
+        datasets[i] = read_entry(d, "train")
+        for problem in datasets[i].problems:
             log.warning("skipping training record: %s", problem)
-        sources.append(Source(get_task(d.task), ds, d.weight, ctx))
-    return SampleStream(sources, seed=cfg.seed, rank=rank, world_size=world_size)
+    by_entries: dict[tuple[int, ...], SampleStream] = {}
+    streams = {}
+    for kind in dict.fromkeys(cfg.stages):
+        chosen = tuple(i for i, d in enumerate(cfg.data) if uses_stage(d, kind))
+        if chosen not in by_entries:
+            sources = [Source(get_task(cfg.data[i].task), datasets[i], cfg.data[i].weight,
+                              entry_context(cfg.data[i], ctx)) for i in chosen]
+            by_entries[chosen] = SampleStream(sources, seed=cfg.seed, rank=rank, world_size=world_size)
+        streams[kind] = by_entries[chosen]
+    return streams
 
 
 def take_samples(run: Run, n: int) -> list[Sample]:

@@ -9,6 +9,7 @@ from typing import Any
 
 from PIL import Image
 
+from mmreason.data.prepare import make_sample
 from mmreason.data.sample import Sample, SampleContext
 from mmreason.rewards.format import format_completion
 
@@ -17,6 +18,8 @@ THINK_SUFFIX = (
     "<answer> </answer> tags."
 )
 NO_THINK_SUFFIX = " Give only the final answer inside <answer> </answer> tags."
+# a required media field is present when any of its spellings is (one image, or a list of them)
+FIELD_ALTERNATIVES = {"image": ("image", "images"), "video": ("video", "videos")}
 
 
 def answer_instruction(think: bool) -> str:
@@ -36,6 +39,8 @@ class Task:
     metric_names: the keys `metrics` returns.
     required_fields: record fields `check_record` insists on.
     tools: names of tools a multi-turn rollout may call for this task.
+    media_fields: the record fields whose media the task reads; media in any other of image/images/video/videos
+        is an error of the record (`mmreason.data.prepare.unread_media`), never silently dropped.
     """
 
     name: str = ""
@@ -44,6 +49,7 @@ class Task:
     metric_names: tuple[str, ...] = ()
     required_fields: tuple[str, ...] = ()
     tools: tuple[str, ...] = ()
+    media_fields: tuple[str, ...] = ("image", "images")
 
     def reward_weights(self, think: bool = True) -> dict[str, float]:
         """Default rewards for the prompt style: the no-think style swaps `format` for `format_nothink`."""
@@ -57,11 +63,13 @@ class Task:
 
     def check_record(self, record: dict[str, Any], ctx: SampleContext) -> list[str]:
         """Problems of one record (empty when fine); the default builds the sample and reports what fails."""
-        missing = [f for f in self.required_fields if f not in record]
+        missing = [f for f in self.required_fields if not any(a in record for a in FIELD_ALTERNATIVES.get(f, (f,)))]
         if missing:
-            return [f"missing field(s) {', '.join(missing)}"]
+            have = ", ".join(sorted(k for k in record if not k.startswith("_") and k != "id")) or "no fields"
+            return [f"missing field(s) {', '.join(missing)}; the record has: {have} (name yours with data.columns, "
+                    f"e.g. {{{missing[0]}: your_column}})"]
         try:
-            self.to_sample(record, ctx)
+            make_sample(self, record, ctx)  # as training builds it: media check and prompt overrides included
         except Exception as exc:  # every failure becomes a listed problem, not a crash
             return [str(exc)]
         return []

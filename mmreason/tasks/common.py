@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from PIL import Image
 
-from mmreason.data.sample import Sample, SampleContext
+from mmreason.data.sample import Sample, SampleContext, user_messages  # noqa: F401 (tasks import it here)
 from mmreason.models.family import FamilyError, ModelFamily, get_family
 from mmreason.processors import MediaError, fetch_image
 from mmreason.registry import get_reward
@@ -95,7 +95,8 @@ def checked(rid: str, check: Callable[..., T], value: Any, *args: Any, name: str
 # ---------------------------------------------------------------- media
 
 
-def media_sources(record: dict[str, Any], rid: str, names: Sequence[str] = ("image",)) -> tuple[str, list[Any]]:
+def media_sources(record: dict[str, Any], rid: str, names: Sequence[str] = ("image", "images")
+                  ) -> tuple[str, list[Any]]:
     """The first present field of `names` as a list of media sources (one path, or a list of them)."""
     for name in names:
         if record.get(name) is not None:
@@ -129,7 +130,8 @@ def _resolve(src: Any, base_dir: Path) -> tuple[Any, str]:
     return src, short_repr(src, 40)
 
 
-def load_images(record: dict[str, Any], rid: str, ctx: SampleContext, names: Sequence[str] = ("image",)) -> tuple:
+def load_images(record: dict[str, Any], rid: str, ctx: SampleContext,
+                names: Sequence[str] = ("image", "images")) -> tuple:
     """Load the record's image(s) and resize them as the context's model family takes them -> (list of ResizedImage,
     media references, field name)."""
     name, sources = media_sources(record, rid, names)
@@ -151,15 +153,6 @@ def single_image(record: dict[str, Any], rid: str, ctx: SampleContext, task: str
         raise field_error(rid, name, f"one image path for the {task} task (got {len(images)} images)", None,
                           show_got=False)
     return images[0], refs[0]
-
-
-def user_messages(text: str, n_images: int = 0, video: bool = False) -> list[dict[str, Any]]:
-    """One user turn: media placeholders first (in media order), then the prompt text."""
-    content: list[dict[str, Any]] = [{"type": "image"} for _ in range(n_images)]
-    if video:
-        content.append({"type": "video"})
-    content.append({"type": "text", "text": text})
-    return [{"role": "user", "content": content}]
 
 
 def check_family(ctx: SampleContext) -> ModelFamily:

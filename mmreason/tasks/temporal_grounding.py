@@ -31,6 +31,7 @@ from mmreason.tasks.common import (
     field_error,
     fmt_num,
     mean,
+    media_sources,
     rate,
     reasoning_of,
     record_id,
@@ -42,9 +43,10 @@ from mmreason.tasks.common import (
 
 
 def load_clip(record: dict[str, Any], rid: str, ctx: SampleContext):
-    src = require(record, rid, "video")
-    if not isinstance(src, (str, Path)) or not str(src).strip():
-        raise field_error(rid, "video", "a video file path", src)
+    name, sources = media_sources(record, rid, ("video", "videos"))
+    src = sources[0]
+    if len(sources) != 1 or not isinstance(src, (str, Path)) or not str(src).strip():
+        raise field_error(rid, name, "one video file path", record[name])
     path = Path(ctx.base_dir) / Path(src).expanduser()
     family = check_family(ctx)
     if not family.video:
@@ -74,6 +76,7 @@ class TemporalGroundingTask(Task):
     metric_names = ("mean_tiou", "r@0.3", "r@0.5", "r@0.7")
     tools = ("crop_video", "select_frames")
     required_fields = ("video", "problem", "solution")
+    media_fields = ("video", "videos")
 
     def to_sample(self, record: dict[str, Any], ctx: SampleContext) -> Sample:
         rid = record_id(record, self.name)

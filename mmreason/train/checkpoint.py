@@ -322,6 +322,8 @@ def checkpoint(
     other ranks from running ahead of a half-written checkpoint. Returns the checkpoint path on rank 0, None elsewhere.
     """
     streams = run.gather([run.stream.state_dict()])  # each rank's own cursor, restored per rank on resume
+    # every stage kind's cursor too (entries may feed only some stages), so a later stage resumes its own data
+    stage_streams = run.gather([{kind: s.state_dict() for kind, s in run.streams.items()}])
     model_state = run.dist.model_state(run.model) if run.dist is not None else None
     sharded = run.dist is not None and run.dist.shards_state
     engine = sharded and run.dist.deepspeed and run.train_model is not None
@@ -333,7 +335,8 @@ def checkpoint(
     if run.is_main:
         optimizer = None if sharded else optimizer  # sharded: in the engine's folder (DeepSpeed) or not saved (FSDP)
         path = _write_checkpoint(
-            run, name, stage_index, stage, step, optimizer, scheduler, done, streams, model_state, staging
+            run, name, stage_index, stage, step, optimizer, scheduler, done, (streams, stage_streams), model_state,
+            staging,
         )
     run.barrier()
     return path
@@ -358,10 +361,11 @@ def _write_checkpoint(
     optimizer: Any,
     scheduler: Any,
     done: bool,
-    streams: list[dict[str, Any]],
+    cursors: tuple[list[dict[str, Any]], list[dict[str, Any]]],
     model_state: dict[str, Any] | None,
     staging: Path | None,
 ) -> Path:
+    streams, stage_streams = cursors
     state = {
         "stage_index": stage_index,
         "stage": stage,
@@ -369,6 +373,7 @@ def _write_checkpoint(
         "stage_done": done,
         "stream": run.stream.state_dict(),
         "streams": streams,  # one cursor per rank
+        "stage_streams": stage_streams,  # per rank: stage kind -> cursor
         "history_len": len(run.history),
         "reward_errors": run.reward_errors.state_dict(),
         # the rollout shards now (and the latest's position); on resume every other shard is dropped
@@ -435,8 +440,15 @@ def resume_from(run: Run, ckpt: Path) -> dict[str, Any]:
         run.engine_resume = (ckpt, not state["stage_done"])
     else:
         restore_weights(run.policy, ckpt)
-    streams = state.get("streams") or [state["stream"]]
-    run.stream.load_state_dict(streams[run.rank] if len(streams) == run.world_size else state["stream"])
+    run.use_stage(state["stage"])
+    per_kind = state.get("stage_streams") or []
+    if len(per_kind) == run.world_size and per_kind[run.rank]:
+        for kind, stream in run.streams.items():
+            if kind in per_kind[run.rank]:
+                stream.load_state_dict(per_kind[run.rank][kind])
+    else:  # a checkpoint that saved the current stage's cursor only
+        streams = state.get("streams") or [state["stream"]]
+        run.stream.load_state_dict(streams[run.rank] if len(streams) == run.world_size else state["stream"])
     run.reward_errors.load_state_dict(state.get("reward_errors", []))
     if run.is_main:
         truncate_metrics(run.run_dir, state["history_len"])

@@ -29,7 +29,7 @@ from mmreason.rollout.engine import (
 )
 from mmreason.rollout.multiturn import tool_rollout, trajectory_logprobs, turns_json
 from mmreason.rollout.prefix import shared_completion_logprobs
-from mmreason.rollout.scoring import score_completions
+from mmreason.rollout.scoring import StepState, score_completions
 from mmreason.rollout.types import Rollout, SamplingParams, ScoringPath
 from mmreason.runs.run import Run, data_metrics, log_metrics, reward_weights, take_samples
 from mmreason.runs.store import completion_row
@@ -105,10 +105,14 @@ def sampling_params(run: Run, cfg: GRPOConfig) -> SamplingParams:
     return SamplingParams(cfg.group_size, cfg.max_new_tokens, cfg.temperature, cfg.top_p, seed=run.cfg.seed)
 
 
-def score_mixture(run: Run, samples: list[Sample], rollout: Rollout) -> tuple[dict[str, list], list[float]]:
+def score_mixture(
+    run: Run, samples: list[Sample], rollout: Rollout, state: StepState | None = None
+) -> tuple[dict[str, list], list[float]]:
     """Rewards for a batch that may mix tasks: each task's rewards on its own rows, None elsewhere. A multi-turn
-    rollout adds the configured tool rewards, fed by the rollout's extra columns (tool-call counts)."""
+    rollout adds the configured tool rewards, fed by the rollout's extra columns (tool-call counts).
+    A reward that raises on its first call in this process stops the run (RewardError): it would never score."""
     texts, g, extra = rollout.texts, rollout.group_size, rollout.columns
+    ids = completion_id_lists(rollout)
     tools = rollout.multi_turn
     by_task: dict[str, list[int]] = defaultdict(list)
     for i, s in enumerate(samples):
@@ -126,6 +130,9 @@ def score_mixture(run: Run, samples: list[Sample], rollout: Rollout) -> tuple[di
             run.reward_errors,
             run.cfg.strict_rewards,
             {k: [v[r] for r in rows] for k, v in extra.items()},
+            completion_ids=None if ids is None else [ids[r] for r in rows],
+            trainer_state=state,
+            first_call_fatal=True,
         )
         for name, scores in task_named.items():
             col = named.setdefault(name, [None] * len(texts))
@@ -134,6 +141,14 @@ def score_mixture(run: Run, samples: list[Sample], rollout: Rollout) -> tuple[di
         for r, t in zip(rows, task_total, strict=True):
             total[r] = t
     return named, total
+
+
+def completion_id_lists(rollout: Rollout) -> list[list[int]] | None:
+    """Each row's own tokens (TRL-style rewards take them as `completion_ids`); None for multi-turn trajectories."""
+    if rollout.completion_ids is None:
+        return None
+    mask = rollout.completion_mask.bool().cpu()
+    return [row[m].tolist() for row, m in zip(rollout.completion_ids.cpu(), mask, strict=True)]
 
 
 def _stats(values: list[float | None]) -> tuple[float, float]:
@@ -210,7 +225,7 @@ def run_grpo(
         samples = take_samples(run, local_prompts)
         with run.generation_context():  # the unwrapped policy samples (ZeRO-3: its shards gathered meanwhile)
             rollout = sample_rollout(run, cfg, samples, params, plan)
-        named, total = score_mixture(run, samples, rollout)
+        named, total = score_mixture(run, samples, rollout, StepState(step, cfg.steps))
         rewards = torch.tensor(total, dtype=torch.float32, device=run.device)
         adv = group_advantages(rewards, g, scale_std=cfg.scale_std)
         keep_groups = ~zero_variance_groups(rewards, g) if cfg.dynamic_sampling else torch.ones_like(adv[::g]).bool()

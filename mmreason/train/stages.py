@@ -15,7 +15,7 @@ from mmreason.config import RunConfig
 from mmreason.models.policy import build_policy, ensure_tiny
 from mmreason.runs.run import (
     Run,
-    build_stream,
+    build_streams,
     load_val,
     prepare_run_dir,
     read_history,
@@ -49,7 +49,9 @@ def plan(cfg: RunConfig) -> str:
         f"model: {cfg.model.name} ({cfg.model.dtype}, lora={cfg.model.lora.enabled})",
     ]
     for d in cfg.data:
-        lines.append(f"task {d.task}: train={d.train} val={d.val} weight={d.weight}")
+        extra = "".join(f" {k}={getattr(d, k)}" for k in ("format", "columns", "media_dir", "stages")
+                        if getattr(d, k))
+        lines.append(f"task {d.task}: train={d.train} val={d.val} weight={d.weight}{extra}")
     for i, stage in enumerate(cfg.stages):
         sc = getattr(cfg, stage)
         extra = (
@@ -88,8 +90,9 @@ def setup(cfg: RunConfig, resume: bool, dist: Dist | None = None) -> tuple[Run, 
         info = {"family": policy.family.name, "model": policy.source, "data": [d.__dict__ for d in cfg.data]}
         (run_dir / "run.json").write_text(json.dumps(info, indent=2, default=str))
     dist.barrier()
-    stream = build_stream(cfg, ctx, dist.rank, dist.world_size)
-    run = Run(cfg, run_dir, policy, ctx, stream, load_val(cfg, ctx), RolloutStore(run_dir), dist=dist)
+    streams = build_streams(cfg, ctx, dist.rank, dist.world_size)
+    run = Run(cfg, run_dir, policy, ctx, streams[cfg.stages[0]], load_val(cfg, ctx), RolloutStore(run_dir), dist=dist,
+              streams=streams)
     # rank 0 alone tidies what a killed writer left (complete checkpoints are never touched, so all ranks agree)
     ckpt = latest_checkpoint(run_dir, cleanup=dist.is_main) if resume else None
     state = None
@@ -129,6 +132,7 @@ def run_stages(run: Run, state: dict[str, Any] | None, ckpt: Path | None) -> Non
             if index == state["stage_index"]:
                 start = state["step"]
                 restore = lambda opt, sch, c=ckpt: restore_training_state(run, c, opt, sch)  # noqa: E731
+        run.use_stage(stage)
         optimizer, scheduler = STAGE_FNS[stage](run, getattr(cfg, stage), index, start, restore)
         evaluate(run, label=f"after-s{index:02d}-{stage}")
         checkpoint(run, index, stage, getattr(cfg, stage).steps, optimizer, scheduler, done=True)
