@@ -8,8 +8,10 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from mmreason.data.synthetic import MAKERS as SYNTHETIC_MAKERS  # light: numpy + PIL, for the --task help
 from mmreason.models.family import family_names
 
 app = typer.Typer(
@@ -25,6 +27,38 @@ data_app.add_typer(make_app, name="make")
 console = Console()
 
 TaskFiles = typer.Option(None, "--task-file", help="A .py file registering your own tasks/rewards (repeatable).")
+DataRef = typer.Argument(
+    ..., help="A data file, a folder (split files or the hub layout), a save_to_disk folder or a hub id; "
+    "path@split picks a split."
+)
+SplitOpt = typer.Option(None, "--split", help="The split to read (default: train); the same as path@split.")
+FormatOpt = typer.Option(None, "--format", help="A peer layout to adapt rows from: vlm_r1, easyr1, trl, messages, "
+                         "swift_grounding.")
+ColumnOpt = typer.Option(None, "--column", help="task_field=your_column, e.g. solution=answer (repeatable).")
+MediaDirOpt = typer.Option(None, "--media-dir", help="Folder relative media paths resolve against (default: the "
+                           "data's folder).")
+
+
+def _entry(task: str, data: str, split: str | None, fmt: str | None, column: list[str] | None,
+           media_dir: Path | None) -> dict:
+    """A data entry (the fields of a config's data[i]) from command-line options, checked as a config's is."""
+    from mmreason.config import ConfigError, DataConfig, from_dict, validate_entry
+
+    columns = {}
+    for item in column or []:
+        field, sep, name = item.partition("=")
+        if not sep or not field.strip() or not name.strip():
+            _fail(f"--column must look like task_field=your_column, got {item!r}")
+        columns[field.strip()] = name.strip()
+    fields = {"task": task, "train": data, "split": split, "format": fmt, "columns": columns,
+              "media_dir": str(media_dir) if media_dir else None}
+    try:
+        validate_entry(from_dict(DataConfig, fields), "data")
+    except ConfigError as exc:
+        _fail(str(exc).replace("data.", "--").replace("data[", "["))
+    return fields
+
+
 
 
 def _load_user_files(files: list[Path] | None) -> None:
@@ -113,18 +147,25 @@ def _eval_table(history: list[dict]) -> Table:
 def eval_cmd(
     target: Path = typer.Argument(..., help="A run directory (its latest checkpoint) or a checkpoint folder."),
     task: str = typer.Option(..., "--task", help="Task name."),
-    data: Path = typer.Option(..., "--data", help="Held-out file (JSONL, parquet, ...)."),
+    data: str = typer.Option(..., "--data", help="Held-out data: a file, a folder (default split: validation, val "
+                             "or test), a save_to_disk folder or a hub id; path@split picks a split."),
     limit: int = typer.Option(0, help="Evaluate at most this many records (0 = all)."),
     max_new_tokens: int = typer.Option(64),
     batch_size: int = typer.Option(16),
     think: bool = typer.Option(True, help="Ask for <think> reasoning (False: answer only)."),
+    split: str = SplitOpt,
+    fmt: str = FormatOpt,
+    column: list[str] = ColumnOpt,
+    media_dir: Path = MediaDirOpt,
     task_file: list[Path] = TaskFiles,
 ) -> None:
     """Report a task's metrics for a checkpoint and write its generations to the rollout store."""
     from mmreason.train.evaluate import eval_checkpoint
 
     _load_user_files(task_file)
-    metrics, out_dir = eval_checkpoint(target, task, data, limit, max_new_tokens, batch_size, think)
+    entry = _entry(task, data, split, fmt, column, media_dir)
+    entry.update(val=entry.pop("train"), val_split=entry.pop("split"))
+    metrics, out_dir = eval_checkpoint(target, task, entry, limit, max_new_tokens, batch_size, think)
     table = Table(title=f"{task} on {data}")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -136,55 +177,103 @@ def eval_cmd(
 
 @app.command()
 def tasks(task_file: list[Path] = TaskFiles) -> None:
-    """List the registered tasks with their rewards, answer format and metrics."""
+    """List the registered tasks with their record fields, rewards, answer format and metrics."""
     from mmreason.registry import TASKS
 
     _load_user_files(task_file)
-    table = Table(title="tasks")
+    table = Table(title="tasks", show_lines=True)
     table.add_column("task", no_wrap=True)
-    for col in ("rewards (weight)", "answer format", "metrics"):
+    for col in ("record fields (? optional)", "rewards (weight)", "answer format", "metrics"):
         table.add_column(col)
     for name in TASKS.names():
         t = TASKS.get(name)
         rewards = ", ".join(f"{r} ({w:g})" for r, w in t.rewards.items())
-        table.add_row(name, rewards, t.answer_format, ", ".join(t.metric_names))
+        fields = "\n".join(f"{k}: {v}" for k, v in t.record_fields.items()) or ", ".join(t.required_fields)
+        # escaped: answer formats hold "[x1, y1, x2, y2]", which rich would read as markup and drop
+        cells = (fields, rewards, t.answer_format, ", ".join(t.metric_names))
+        table.add_row(name, *(escape(c) for c in cells))
     console.print(table)
 
 
 @data_app.command("check")
 def data_check(
-    file: Path = typer.Argument(..., help="Dataset file to validate."),
+    data: str = DataRef,
     task: str = typer.Option(..., "--task", help="Task whose record format to check against."),
+    split: str = SplitOpt,
+    fmt: str = FormatOpt,
+    column: list[str] = ColumnOpt,
+    media_dir: Path = MediaDirOpt,
     task_file: list[Path] = TaskFiles,
 ) -> None:
-    """Validate every record (media present and readable, answer shape) and list all problems with line numbers."""
-    from mmreason.data.records import DataError, check_records, format_problems, read_dataset
-    from mmreason.data.sample import SampleContext
+    """Validate every record (media present and readable and all read, answer shape) and list all problems with
+    line numbers; exit code 2 when there are any."""
+    from mmreason.data.entries import read_entry
+    from mmreason.data.records import DataError, check_records, format_problems
     from mmreason.registry import get_task
 
     _load_user_files(task_file)
+    checked_task = get_task(task)
+    entry = _entry(task, data, split, fmt, column, media_dir)
     try:
-        ds = read_dataset(file, strict=False)
-    except (DataError, FileNotFoundError) as exc:
+        ds = read_entry(entry, "train")
+    except DataError as exc:
         _fail(str(exc))
-    problems = check_records(ds, get_task(task), SampleContext(base_dir=ds.base_dir))
+    problems = check_records(ds, checked_task, ds.context())
     if problems:
         print(format_problems(problems, ds))
-        raise typer.Exit(1)
-    console.print(f"[green]ok[/green]: {len(ds)} record(s) of {file} are valid for task {task!r}")
+        raise typer.Exit(2)
+    console.print(f"[green]ok[/green]: {len(ds)} record(s) of {escape(ds.source)} are valid for task {task!r}",
+                  highlight=False)
+
+
+@data_app.command("convert")
+def data_convert(
+    data: str = DataRef,
+    fmt: str = FormatOpt,
+    task: str = typer.Option(..., "--task", help="Task the records are for (checked against it)."),
+    out: Path = typer.Option(..., "--out", help="Output JSONL file (embedded media go to <out stem>_media/)."),
+    split: str = SplitOpt,
+    column: list[str] = ColumnOpt,
+    media_dir: Path = MediaDirOpt,
+    task_file: list[Path] = TaskFiles,
+) -> None:
+    """Write any data (a peer format, a column mapping, a split) as mmreason's own JSONL, media beside it; records
+    that fail the task's check are left out and listed."""
+    from mmreason.data.convert import convert
+    from mmreason.data.records import DataError, format_problems
+
+    _load_user_files(task_file)
+    if out.suffix not in (".jsonl", ".ndjson"):
+        _fail(f"--out must be a .jsonl file, got {out}")
+    try:
+        result = convert(_entry(task, data, split, fmt, column, media_dir), out)
+    except DataError as exc:
+        _fail(str(exc))
+    if result.problems:
+        print(format_problems(result.problems, limit=20))
+    console.print(f"wrote {result.written} {task} record(s) to {escape(str(out))}"
+                  + (f" and {result.media_files} media file(s)" if result.media_files else "")
+                  + (f"; left out {len(result.problems)} problem(s)" if result.problems else ""), highlight=False)
+    if not result.written:
+        raise typer.Exit(2)
 
 
 @make_app.command("synthetic")
 def make_synthetic_cmd(
-    task: str = typer.Option(..., "--task", help="counting | grounding | jigsaw | geolocation"),
-    out: Path = typer.Option(..., "--out", help="Output folder (images + train.jsonl + val.jsonl)."),
+    task: str = typer.Option(..., "--task", help=" | ".join(SYNTHETIC_MAKERS)),
+    out: Path = typer.Option(..., "--out", help="Output folder (images or videos + train.jsonl + val.jsonl)."),
     n: int = typer.Option(1000, "--n", help="Number of records."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Procedurally generated, seeded datasets the tiny default model can learn from (no downloads)."""
     from mmreason.data.synthetic import make_synthetic
 
-    path = make_synthetic(task, out, n=n, seed=seed)
+    if task not in SYNTHETIC_MAKERS:
+        _fail(f"no synthetic maker for task {task!r}; known: {', '.join(SYNTHETIC_MAKERS)}")
+    try:
+        path = make_synthetic(task, out, n=n, seed=seed)
+    except ValueError as exc:  # a bad --n and the like: the maker's message says which
+        _fail(str(exc))
     console.print(f"wrote {n} {task} records to {path}")
 
 
@@ -224,6 +313,22 @@ def tiny_model(
     model, _ = build_tiny(out_dir, arch=arch, hidden_size=hidden_size, layers=layers, seed=seed)
     n = sum(p.numel() for p in model.parameters())
     console.print(f"saved a {n / 1e6:.2f}M-parameter {arch} model to {out_dir}")
+
+
+@app.command("new-task")
+def new_task(
+    name: str = typer.Argument(..., help="The task's name (a Python identifier); the file is NAME.py."),
+    out: Path = typer.Option(Path("."), "--out", help="Folder to write NAME.py in (created if missing)."),
+) -> None:
+    """Write a working one-file task (reward, Task, metrics, visualize) with a tiny data maker, to edit into yours."""
+    from mmreason.tasks.template import write_task_file
+
+    try:
+        path = write_task_file(name, out)
+    except (ValueError, FileExistsError) as exc:
+        _fail(str(exc))
+    console.print(f"wrote {path}; make data with: python {path} make-data data/{name}")
+    console.print(f"then: mmreason data check data/{name}/train.jsonl --task {name} --task-file {path}")
 
 
 @app.command()

@@ -384,7 +384,7 @@ def validate(cfg: RunConfig) -> None:
     if not cfg.data:
         raise ConfigError("config has no `data`: give at least one {task, train} entry")
     for i, d in enumerate(cfg.data):
-        _validate_entry(d, f"data[{i}]")
+        validate_entry(d, f"data[{i}]")
     for stage in dict.fromkeys(cfg.stages):
         if not any(d.stages is None or stage in d.stages for d in cfg.data):
             raise ConfigError(f"no data entry feeds the {stage} stage: leave `stages` out of one entry or add {stage}")
@@ -395,7 +395,7 @@ def validate(cfg: RunConfig) -> None:
     _validate_family(cfg.model)
 
 
-def _validate_entry(d: DataConfig, where: str) -> None:
+def validate_entry(d: DataConfig, where: str) -> None:
     """One data entry's own fields (whether its files exist is checked when the data is read)."""
     if not d.train:
         raise ConfigError(f"{where}.train is empty: give the path of the task's training file")

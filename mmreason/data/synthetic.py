@@ -1,13 +1,26 @@
-"""Dataset writers: synthetic datasets drawn with PIL (no downloads), and jigsaw datasets cut from any folder of
-images.
+"""Dataset writers: synthetic datasets for every built-in task (no downloads), and jigsaw datasets cut from any
+folder of images.
 
-This module owns drawing the synthetic images and writing datasets (images, records, the train / val split); the
-puzzle maths (grid crop, tiles, shuffle order) is `mmreason.processors.jigsaw`'s.
-`make_synthetic(task, out_dir, n, seed)` writes `images/` plus `train.jsonl` and `val.jsonl` in the record schemas
-of the built-in tasks (counting, grounding, jigsaw, geolocation). Record i depends only on (seed, i), so a bigger n
-extends a dataset instead of reshuffling it; the last `val_fraction` of the records form the validation split.
-Counting is the quickstart task: a few large, saturated shapes on white, never overlapping, so that a very small
-model can learn it from pixels in minutes.
+This module owns the registry of synthetic makers (`MAKERS`, one per built-in task), the makers of the image tasks
+counting, grounding, jigsaw and geolocation, and writing datasets (media, records, the train / val split). The
+classification, multiple_choice and math makers live in `mmreason.data.synthetic_tasks`, the temporal_grounding
+clips in `mmreason.data.synthetic_video`, the shared drawing primitives in `mmreason.data.drawing`; the puzzle maths
+(grid crop, tiles, shuffle order) is `mmreason.processors.jigsaw`'s.
+`make_synthetic(task, out_dir, n, seed)` writes `images/` (or `videos/`) plus `train.jsonl` and `val.jsonl` in the
+record schema of the task. Record i depends only on (seed, i), so a bigger n extends a dataset instead of
+reshuffling it; the last `val_fraction` of the records form the validation split.
+
+What a small model can learn from each maker's data (the answer is always visible in the media):
+- counting: how many (1-4) large saturated shapes sit on white, never overlapping. The quickstart task.
+- grounding: the box of the shape named by colour and kind ("the red circle"), optionally among distractors.
+- jigsaw: the original positions of the shuffled tiles of a gradient with shapes on it (edges line up).
+- geolocation: a city from its sky / ground colours and ground pattern (towers, stripes, dots, waves).
+- classification: the kind (square, circle, triangle) or the colour of the one shape drawn.
+- multiple_choice: the letter of the option naming the shape's colour, kind or quarter of the image.
+- math: the value of a rendered single-digit expression such as "3 + 4".
+- temporal_grounding: when, in a 4-8 s clip, a coloured square is on screen.
+The processors (torch) and the record reader are imported only when a dataset is written, so that reading
+`MAKERS` stays cheap for the command line.
 """
 
 from __future__ import annotations
@@ -23,23 +36,12 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mmreason.data.records import write_jsonl
-from mmreason.processors import MediaError, load_image, make_jigsaw
-from mmreason.processors.jigsaw import crop_to_grid, grid_size, has_identical_tiles
+from mmreason.data.drawing import BACKGROUND, COLORS, SHAPES, cell_boxes, draw_shape, free_box, gradient
+from mmreason.data.synthetic_tasks import classification_item, math_item, multiple_choice_item
+from mmreason.data.synthetic_video import Clip, temporal_grounding_item, write_clip
 
 logger = logging.getLogger(__name__)
 
-# Saturated colours that stand out on white and from each other (names appear in grounding expressions).
-COLORS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 30, 30),
-    "green": (20, 150, 40),
-    "blue": (30, 60, 220),
-    "yellow": (235, 190, 0),
-    "purple": (140, 30, 170),
-    "black": (20, 20, 20),
-}
-SHAPES = ("square", "circle")
-BACKGROUND = (255, 255, 255)
 COUNTING_QUESTION = "How many shapes are in the image?"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -80,58 +82,9 @@ class JigsawBuild:
     skipped: list[str] = field(default_factory=list)
 
 
-# ------------------------------------------------------------------------------------------------- drawing
-
-
-def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], color) -> None:
-    """Fill `box` = (x1, y1, x2, y2) with the right/bottom edges exclusive, so the box is exactly the drawn extent."""
-    x1, y1, x2, y2 = box
-    if shape == "square":
-        draw.rectangle((x1, y1, x2 - 1, y2 - 1), fill=color)
-    else:
-        draw.ellipse((x1, y1, x2 - 1, y2 - 1), fill=color)
-
-
-def _cell_boxes(rng: np.random.Generator, size: tuple[int, int], cells: int, count: int) -> list[tuple]:
-    """`count` square boxes in distinct cells of a cells x cells grid: never overlapping, 50-80% of a cell wide."""
-    w, h = size
-    cw, ch = w // cells, h // cells
-    chosen = rng.choice(cells * cells, size=count, replace=False)
-    boxes = []
-    for c in sorted(chosen.tolist()):
-        side = int(rng.integers(max(3, int(0.5 * min(cw, ch))), max(4, int(0.8 * min(cw, ch)) + 1)))
-        x0, y0 = (c % cells) * cw, (c // cells) * ch
-        x = x0 + int(rng.integers(0, cw - side + 1))
-        y = y0 + int(rng.integers(0, ch - side + 1))
-        boxes.append((x, y, x + side, y + side))
-    return boxes
-
-
-def _free_box(rng: np.random.Generator, size: tuple[int, int], taken: list[tuple], lo: float, hi: float):
-    """A random square box of side lo..hi x min(size) not touching any box in `taken` (None after 100 tries)."""
-    w, h = size
-    for _ in range(100):
-        side = int(rng.integers(max(2, int(lo * min(w, h))), max(3, int(hi * min(w, h)) + 1)))
-        x, y = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
-        box = (x, y, x + side, y + side)
-        if all(box[2] <= t[0] or t[2] <= box[0] or box[3] <= t[1] or t[3] <= box[1] for t in taken):
-            return box
-    return None
-
-
-def _gradient(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
-    """An HxWx3 float image blending four random corner colours (every region of it looks different)."""
-    w, h = size
-    corners = rng.integers(0, 256, size=(4, 3)).astype(float)
-    fx = np.linspace(0.0, 1.0, w)[None, :, None]
-    fy = np.linspace(0.0, 1.0, h)[:, None, None]
-    top = corners[0] * (1 - fx) + corners[1] * fx
-    bottom = corners[2] * (1 - fx) + corners[3] * fx
-    return top * (1 - fy) + bottom * fy
-
-
 # ------------------------------------------------------------------------------------------------- makers
-# Each maker turns (rng, index, image_size, options) into ({media field: image}, record fields).
+# Each maker turns (rng, image_size, options) into ({media field: image or clip}, record fields); the media are
+# saved by make_synthetic, which puts their paths into the record.
 
 
 def counting_item(rng: np.random.Generator, size: tuple[int, int], *, min_count: int = 1, max_count: int = 4,
@@ -143,8 +96,8 @@ def counting_item(rng: np.random.Generator, size: tuple[int, int], *, min_count:
     img = Image.new("RGB", size, BACKGROUND)
     draw = ImageDraw.Draw(img)
     names = list(COLORS)
-    for box in _cell_boxes(rng, size, cells, count):
-        _draw_shape(draw, SHAPES[int(rng.integers(len(SHAPES)))], box, COLORS[names[int(rng.integers(len(names)))]])
+    for box in cell_boxes(rng, size, cells, count):
+        draw_shape(draw, SHAPES[int(rng.integers(len(SHAPES)))], box, COLORS[names[int(rng.integers(len(names)))]])
     record: dict[str, Any] = {"problem": COUNTING_QUESTION, "solution": count}
     if reasoning:
         record["reasoning"] = f"I count the shapes one by one: there are {count}."
@@ -166,11 +119,11 @@ def grounding_item(rng: np.random.Generator, size: tuple[int, int], *, absent_ra
     taken: list[tuple] = []
     solution: list[list[int]] = []
     for kind in drawn:
-        box = _free_box(rng, size, taken, 0.2, 0.5 if not distractors else 0.35)
+        box = free_box(rng, size, taken, 0.2, 0.5 if not distractors else 0.35)
         if box is None:  # no room left: fewer distractors rather than overlapping objects
             continue
         taken.append(box)
-        _draw_shape(draw, kind[1], box, COLORS[kind[0]])
+        draw_shape(draw, kind[1], box, COLORS[kind[0]])
         if kind == target:
             solution.append(list(box))
     return {"image": img}, {"problem": f"the {target[0]} {target[1]}", "solution": solution}
@@ -179,17 +132,19 @@ def grounding_item(rng: np.random.Generator, size: tuple[int, int], *, absent_ra
 def jigsaw_item(rng: np.random.Generator, size: tuple[int, int], *, grid: tuple[int, int] = (2, 2)
                 ) -> tuple[dict[str, Image.Image], dict[str, Any]]:
     """A gradient with a few shapes on it (so every tile is distinct), cut into grid tiles and shuffled."""
+    from mmreason.processors.jigsaw import grid_size
+
     rows, cols = _grid(grid)
     size = grid_size(*size, rows, cols)  # what make_jigsaw would crop to
-    img = Image.fromarray(_gradient(rng, size).round().astype(np.uint8))
+    img = Image.fromarray(gradient(rng, size).round().astype(np.uint8))
     draw = ImageDraw.Draw(img)
     taken: list[tuple] = []
     names = list(COLORS)
     for _ in range(3):
-        box = _free_box(rng, size, taken, 0.15, 0.35)
+        box = free_box(rng, size, taken, 0.15, 0.35)
         if box is not None:
             taken.append(box)
-            _draw_shape(draw, SHAPES[int(rng.integers(2))], box, COLORS[names[int(rng.integers(len(names)))]])
+            draw_shape(draw, SHAPES[int(rng.integers(2))], box, COLORS[names[int(rng.integers(len(names)))]])
     shuffled, solution = _puzzle(img, rows, cols, int(rng.integers(2**31)))
     return {"image": shuffled, "original": img}, {"grid": [rows, cols], "solution": solution}
 
@@ -230,11 +185,15 @@ def _draw_pattern(draw: ImageDraw.ImageDraw, rng: np.random.Generator, pattern: 
         draw.line(list(zip(range(w), ys.tolist(), strict=True)), fill=ink, width=2)
 
 
-MAKERS: dict[str, Callable[..., tuple[dict[str, Image.Image], dict[str, Any]]]] = {
+MAKERS: dict[str, Callable[..., tuple[dict[str, Image.Image | Clip], dict[str, Any]]]] = {
     "counting": counting_item,
     "grounding": grounding_item,
     "jigsaw": jigsaw_item,
     "geolocation": geolocation_item,
+    "classification": classification_item,
+    "multiple_choice": multiple_choice_item,
+    "math": math_item,
+    "temporal_grounding": temporal_grounding_item,
 }
 
 
@@ -243,10 +202,13 @@ MAKERS: dict[str, Callable[..., tuple[dict[str, Image.Image], dict[str, Any]]]] 
 
 def make_synthetic(task: str, out_dir: str | Path, n: int, seed: int = 0, image_size: tuple[int, int] = (56, 56),
                    *, val_fraction: float = 0.1, **options: Any) -> Path:
-    """Draw n records of `task` into out_dir (images/, train.jsonl, val.jsonl) and return out_dir.
+    """Draw n records of `task` into out_dir (images/ or videos/, train.jsonl, val.jsonl) and return out_dir.
 
-    options go to the task's maker: counting(min_count=1, max_count=4, reasoning=False), grounding(absent_rate=0.0,
-    distractors=0), jigsaw(grid=(2, 2)), geolocation(noise=8.0).
+    image_size is the (width, height) of the images, and of the frames of a video task. options go to the task's
+    maker: counting(min_count=1, max_count=4, reasoning=False), grounding(absent_rate=0.0, distractors=0),
+    jigsaw(grid=(2, 2)), geolocation(noise=8.0), classification(label="shape"), multiple_choice(questions=("color",
+    "shape", "position"), shuffle=True), math(ops="+-x", max_operand=9, reasoning=False),
+    temporal_grounding(fps=4, min_seconds=4, max_seconds=8, distractors=0).
     """
     if task not in MAKERS:
         raise ValueError(f"no synthetic maker for task {task!r}; known: {', '.join(MAKERS)}")
@@ -260,21 +222,33 @@ def make_synthetic(task: str, out_dir: str | Path, n: int, seed: int = 0, image_
     width, height = (int(v) for v in image_size)
     if width < 8 or height < 8:
         raise ValueError(f"image_size must be at least 8x8, got {image_size}")
+    from mmreason.data.records import write_jsonl
+
     out = Path(out_dir)
-    (out / "images").mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     records = []
     for i in range(n):
         media, record = maker(np.random.default_rng([seed, i]), (width, height), **options)
         rid = f"{task}-{i:05d}"
-        for key, img in media.items():
-            rel = f"images/{rid}.png" if key == "image" else f"images/{rid}-{key}.png"
-            img.save(out / rel)
-            record[key] = rel
+        for key, item in media.items():
+            record[key] = _save_media(item, out, rid, key)
         records.append({"id": rid, **record})
     n_val = _val_count(n, val_fraction)
     write_jsonl(records[: n - n_val], out / "train.jsonl")
     write_jsonl(records[n - n_val:], out / "val.jsonl")
     return out
+
+
+def _save_media(item: Image.Image | Clip, out: Path, rid: str, key: str) -> str:
+    """Save one maker's image (PNG under images/) or clip (MP4 under videos/); return its path relative to out."""
+    folder, suffix = ("videos", ".mp4") if isinstance(item, Clip) else ("images", ".png")
+    rel = f"{folder}/{rid}{suffix}" if key in ("image", "video") else f"{folder}/{rid}-{key}{suffix}"
+    (out / folder).mkdir(exist_ok=True)
+    if isinstance(item, Clip):
+        write_clip(item, out / rel)
+    else:
+        item.save(out / rel)
+    return rel
 
 
 def make_jigsaw_dataset(images_dir: str | Path, out_dir: str | Path, grid: tuple[int, int] = (2, 2),
@@ -287,6 +261,9 @@ def make_jigsaw_dataset(images_dir: str | Path, out_dir: str | Path, grid: tuple
     right answers), are skipped with a warning and listed in the result. The split is by source image, so no
     image has puzzles in both splits.
     """
+    from mmreason.data.records import write_jsonl
+    from mmreason.processors import MediaError, load_image
+
     rows, cols = _grid(grid)
     if per_image < 1:
         raise ValueError(f"per_image must be >= 1, got {per_image}")
@@ -319,6 +296,8 @@ def make_jigsaw_dataset(images_dir: str | Path, out_dir: str | Path, grid: tuple
 
 def _prepared(img: Image.Image, rows: int, cols: int, max_side: int | None) -> Image.Image:
     """Shrink to max_side, crop to whole tiles, and refuse images too small or with identical tiles."""
+    from mmreason.processors.jigsaw import crop_to_grid, has_identical_tiles
+
     if max_side and max(img.size) > max_side:
         img = img.copy()
         img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
@@ -344,6 +323,8 @@ def _puzzles(img: Image.Image, source: str, out: Path, j: int, rows: int, cols: 
 
 def _puzzle(img: Image.Image, rows: int, cols: int, seed: int) -> tuple[Image.Image, list[int]]:
     """The shuffled image and the record's 1-based solution (`make_jigsaw`'s order + 1)."""
+    from mmreason.processors.jigsaw import make_jigsaw
+
     shuffled, order = make_jigsaw(img, rows, cols, seed)
     return shuffled, [o + 1 for o in order]
 

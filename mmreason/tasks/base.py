@@ -39,6 +39,8 @@ class Task:
     metric_names: the keys `metrics` returns.
     required_fields: record fields `check_record` insists on.
     tools: names of tools a multi-turn rollout may call for this task.
+    record_fields: field -> what it holds, for docs and `mmreason tasks` ("a | b": either name; "?": optional;
+        every record may also carry "id", "reasoning" (SFT) and "system").
     media_fields: the record fields whose media the task reads; media in any other of image/images/video/videos
         is an error of the record (`mmreason.data.prepare.unread_media`), never silently dropped.
     """
@@ -50,6 +52,7 @@ class Task:
     required_fields: tuple[str, ...] = ()
     tools: tuple[str, ...] = ()
     media_fields: tuple[str, ...] = ("image", "images")
+    record_fields: dict[str, str] = {}
 
     def reward_weights(self, think: bool = True) -> dict[str, float]:
         """Default rewards for the prompt style: the no-think style swaps `format` for `format_nothink`."""

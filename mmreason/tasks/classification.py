@@ -40,6 +40,13 @@ class ClassificationTask(Task):
     rewards = {"format": 0.5, "cls_match": 1.0}
     metric_names = ("accuracy",)
     required_fields = ("image", "solution")
+    record_fields = {
+        "image | images": "one or more images",
+        "solution": "the label",
+        "options?": "labels to choose from",
+        "synonyms?": "other accepted names of the label",
+        "problem?": "the question (default: what is shown)",
+    }
 
     def to_sample(self, record: dict[str, Any], ctx: SampleContext) -> Sample:
         rid = record_id(record, self.name)

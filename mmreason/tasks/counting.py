@@ -35,6 +35,11 @@ class CountingTask(Task):
     rewards = {"format": 0.5, "count_match": 1.0}
     metric_names = ("accuracy",)
     required_fields = ("image", "problem", "solution")
+    record_fields = {
+        "image | images": "one or more images",
+        "problem": "what to count",
+        "solution": "a whole number >= 0",
+    }
 
     def to_sample(self, record: dict[str, Any], ctx: SampleContext) -> Sample:
         rid = record_id(record, self.name)

@@ -68,6 +68,7 @@ class GeolocationTask(Task):
     metric_names = tuple(f"acc@{t}km" for t in THRESHOLDS_KM) + ("median_km",)
     tools = ("zoom_in",)
     required_fields = ("image", "solution")
+    record_fields = {"image | images": "one image", "solution": "{lat, lon, country?, region?, city?}"}
 
     def to_sample(self, record: dict[str, Any], ctx: SampleContext) -> Sample:
         rid = record_id(record, self.name)

@@ -80,6 +80,11 @@ class GroundingTask(Task):
     metric_names = ("acc@0.5", "mean_iou", "mean_f1")
     tools = ("zoom_in",)
     required_fields = ("image", "problem", "solution")
+    record_fields = {
+        'image | images': 'one image',
+        'problem': 'the referring expression',
+        'solution': '[[x1, y1, x2, y2], ...], one box, a box string "[x1,y1,x2,y2]" or [] (original pixels)',
+    }
 
     def to_sample(self, record: dict[str, Any], ctx: SampleContext) -> Sample:
         rid = record_id(record, self.name)

@@ -70,6 +70,12 @@ class JigsawTask(Task):
     rewards = {"format": 0.5, "jigsaw_exact": 1.0, "jigsaw_fraction": 0.5}
     metric_names = ("exact", "fraction")
     required_fields = ("image", "grid", "solution")
+    record_fields = {
+        "image | images": "one shuffled image",
+        "grid": "[rows, cols]",
+        "solution": "the 1-based tile order",
+        "original?": "the unshuffled image",
+    }
 
     def to_sample(self, record: dict[str, Any], ctx: SampleContext) -> Sample:
         rid = record_id(record, self.name)

@@ -35,6 +35,11 @@ class MathTask(Task):
     rewards = {"format": 0.5, "math_verify": 1.0}
     metric_names = ("accuracy",)
     required_fields = ("problem", "solution")
+    record_fields = {
+        "problem": "the question (<image> marks where figures go)",
+        "solution": "the final answer, plain or LaTeX",
+        "image | images?": "figures",
+    }
 
     def to_sample(self, record: dict[str, Any], ctx: SampleContext) -> Sample:
         rid = record_id(record, self.name)

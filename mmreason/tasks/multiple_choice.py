@@ -41,6 +41,12 @@ class MultipleChoiceTask(Task):
     rewards = {"format": 0.5, "choice_match": 1.0}
     metric_names = ("accuracy",)
     required_fields = ("problem", "options", "solution")
+    record_fields = {
+        "image | images": "one or more images",
+        "problem": "the question",
+        "options": "2 to 26 option texts",
+        "solution": "a letter, or the text of one option",
+    }
 
     def to_sample(self, record: dict[str, Any], ctx: SampleContext) -> Sample:
         rid = record_id(record, self.name)

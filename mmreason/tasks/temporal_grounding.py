@@ -76,6 +76,11 @@ class TemporalGroundingTask(Task):
     metric_names = ("mean_tiou", "r@0.3", "r@0.5", "r@0.7")
     tools = ("crop_video", "select_frames")
     required_fields = ("video", "problem", "solution")
+    record_fields = {
+        'video | videos': 'one video file',
+        'problem': "the moment's description",
+        'solution': '[start_s, end_s]',
+    }
     media_fields = ("video", "videos")
 
     def to_sample(self, record: dict[str, Any], ctx: SampleContext) -> Sample:

@@ -118,14 +118,18 @@ def evaluate(run: Run, label: str) -> dict[str, dict[str, float]]:
 
 
 def eval_checkpoint(
-    target: Path, task_name: str, data: Path, limit: int, max_new_tokens: int, batch_size: int, think: bool = True
+    target: Path, task_name: str, data: str | Path | dict, limit: int, max_new_tokens: int, batch_size: int,
+    think: bool = True,
 ) -> tuple[dict[str, float], Path]:
-    """`mmreason eval`: metrics of a run's latest checkpoint (or a checkpoint folder) on a data file.
+    """`mmreason eval`: metrics of a run's latest checkpoint (or a checkpoint folder) on held-out data.
+
+    data: a data reference, or a data entry's fields (`val`, `val_split`, `format`, `columns`, `media_dir`).
 
     Generations go to the run directory's rollout store under stage `eval-<checkpoint>-<data stem>`.
     """
     from mmreason.config import ModelConfig
-    from mmreason.data.records import build_samples, read_dataset
+    from mmreason.data.entries import entry_context, read_entry
+    from mmreason.data.records import build_samples
     from mmreason.data.sample import SampleContext
     from mmreason.models.policy import load_checkpoint_policy
     from mmreason.rollout.scoring import RewardErrors
@@ -140,14 +144,16 @@ def eval_checkpoint(
     policy = load_checkpoint_policy(ckpt, ModelConfig())
     task = get_task(task_name)
     ctx = SampleContext(think=think, model_family=policy.family.name)
-    samples, problems = build_samples(read_dataset(data, strict=False), task, ctx, limit=limit or None)
-    for problem in problems:
+    entry = data if isinstance(data, dict) else {"val": str(data)}
+    dataset = read_entry(entry, "val")
+    samples, problems = build_samples(dataset, task, entry_context(entry, ctx), limit=limit or None)
+    for problem in [*dataset.problems, *problems]:
         log.warning("skipping record: %s", problem)
     if not samples:
-        raise ValueError(f"no usable records in {data} for task {task_name!r}")
+        raise ValueError(f"no usable records in {dataset.source} for task {task_name!r}")
     metrics, texts, named, total = evaluate_samples(
         policy, task_name, samples, task.reward_weights(think), max_new_tokens, batch_size, RewardErrors()
     )
-    stage = f"eval-{ckpt.name}-{Path(data).stem}"
+    stage = f"eval-{ckpt.name}-{Path(dataset.source.split('@')[0]).stem}"
     RolloutStore(run_dir).append(eval_rows(run_dir.name, stage, samples, texts, named, total), stage, 0)
     return metrics, run_dir
