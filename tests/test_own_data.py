@@ -265,3 +265,55 @@ def test_data_check_and_convert_cli(tmp_path):
     assert rows[0]["images"][0].startswith("train_media/") and rows[0]["solution"] == "1"
     result = runner.invoke(app, ["data", "check", str(out), "--task", "counting"])
     assert result.exit_code == 0, result.output
+
+
+def test_the_readme_data_example_is_a_valid_config(tmp_path):
+    import yaml
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Bring your own data", 1)[1]
+    block = section.split("```yaml", 1)[1].split("```", 1)[0]
+    cfg = from_dict(RunConfig, yaml.safe_load(block))
+    validate(cfg)
+    assert [d.format for d in cfg.data] == ["vlm_r1", "easyr1", None]
+
+
+def test_train_end_to_end_on_peer_formats_with_per_stage_data(tmp_path):
+    """SFT on a chain-of-thought set in `messages` form, GRPO on an EasyR1 hub-layout folder (its test split held
+    out), through `mmreason train`; the prompts keep their images and every stage resumes its own data."""
+    import pandas as pd
+
+    from mmreason.runs import inspection
+
+    folder = easyr1_folder(tmp_path)
+    (tmp_path / "a.png").write_bytes(png())
+    cot = jsonl(tmp_path / "cot.jsonl", [{
+        "messages": [{"role": "system", "content": "Count carefully."},
+                     {"role": "user", "content": "<image>How many shapes are in the image?"},
+                     {"role": "assistant", "content": "<think>one square</think><answer>1</answer>"}],
+        "images": ["a.png"]}] * 4)
+    cfg = {
+        "name": "own", "output_dir": str(tmp_path / "runs"), "stages": ["sft", "grpo"],
+        "model": {"name": "tiny", "min_pixels": 3136, "max_pixels": 3136},
+        "data": [{"task": "counting", "train": str(cot), "format": "messages", "stages": ["sft"]},
+                 {"task": "counting", "train": str(folder), "val": str(folder), "format": "easyr1",
+                  "stages": ["grpo"], "max_val": 1}],
+        "sft": {"steps": 2, "batch_size": 2},
+        "grpo": {"steps": 1, "prompts_per_step": 2, "group_size": 2, "max_new_tokens": 4},
+        "eval": {"at_start": False, "max_new_tokens": 4},
+    }
+    config = tmp_path / "cfg.yaml"
+    config.write_text(json.dumps(cfg))
+    result = runner.invoke(app, ["train", str(config)])
+    assert result.exit_code == 0, result.output
+    run_dir = tmp_path / "runs" / "own"
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert {r["stage"] for r in rows} >= {"sft", "grpo"}
+    rollouts = pd.concat(pd.read_parquet(f) for f in sorted((run_dir / "rollouts").glob("*.parquet")))
+    grpo = rollouts[rollouts["stage"] == "grpo-1"]
+    assert len(grpo) == 4 and not grpo["prompt"].str.contains("<image>").any()
+    assert set(grpo["sample_id"]) <= {f"train-00000-of-00001-{i}" for i in (1, 2, 3)}  # never a test row
+    state = json.loads((sorted((run_dir / "checkpoints").iterdir())[-1] / "state.json").read_text())
+    assert set(state["stage_streams"][0]) == {"sft", "grpo"}
+    view = inspection.load_run(run_dir)
+    assert inspection.render_row(view, grpo.iloc[0]).size[0] > 0

@@ -1,9 +1,9 @@
 """Named adapters that turn one row of a peer toolkit's dataset into an mmreason record.
 
 This module owns the field mapping only: which peer column becomes the question, the gold answer, the media, the
-system prompt. It does not read files, load media, unwrap `<answer>` tags or parse box strings; the tasks do that
-(and resolve relative media paths against the data file's folder, so a peer's separate image root must be joined
-first). `adapt(row, fmt)` returns a new dict and leaves `row` untouched.
+system prompt. It does not read files, load media, unwrap `<answer>` tags or parse box strings: `mmreason.data.prepare`
+unwraps answers after the adapter, the tasks' checks read box strings, and media paths resolve against the data
+entry's `media_dir` (a peer's separate image root). `adapt(row, fmt)` returns a new dict and leaves `row` untouched.
 
 The record an adapter returns:
 - "problem": the user's question text. `<image>` / `<video>` placeholders stay where the peer put them; content
