@@ -20,6 +20,7 @@ off-policy old log-probs so that clipping is active) to TRL's own `_compute_loss
     .venv/bin/python benchmarks/grpo_step.py                                   # CPU: the tiny preset
     .venv/bin/python benchmarks/grpo_step.py --arch qwen3_vl                   # CPU: the tiny Qwen3-VL
     .venv/bin/python benchmarks/grpo_step.py --device cuda --preset 3b         # GPU: bf16, Qwen2.5-VL-3B shapes
+    .venv/bin/python benchmarks/grpo_step.py --device cuda --preset 3b --arch qwen3_vl   # Qwen3-VL-4B shapes
 
 Needs TRL (`pip install -e '.[bench]'`); `--no-trl` times mmreason alone.
 """
@@ -67,63 +68,97 @@ MATCHED_LOSSES = {"dapo": "token_mean", "grpo": "seq_mean_token_mean", "dr_grpo"
 
 
 # ------------------------------------------------------------------------------------------------ model and data
-def qwen25vl_3b_config(tokenizer: Any) -> Any:
-    """Qwen2.5-VL-3B-Instruct's shapes (36 x 2048 text layers, 32 x 1280 vision blocks), random init. The
-    vocabulary is the tiny tokenizer's (~1k ids, not 152k): ids the tokenizer cannot decode must never be sampled."""
-    from transformers import Qwen2_5_VLConfig
+# The `3b` preset per family: a real checkpoint's text and vision shapes, random init. The vocabulary stays the tiny
+# tokenizer's (~1k ids, not 152k): ids the tokenizer cannot decode must never be sampled. Qwen3-VL has no 3B model;
+# its 4B is the nearest.
+SHAPES: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    "qwen2_5_vl": (
+        "Qwen2.5-VL-3B-Instruct",
+        dict(
+            hidden_size=2048,
+            intermediate_size=11008,
+            num_hidden_layers=36,
+            num_attention_heads=16,
+            num_key_value_heads=2,
+            max_position_embeddings=32768,
+            rms_norm_eps=1e-6,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+        ),
+        dict(
+            depth=32,
+            hidden_size=1280,
+            intermediate_size=3420,
+            num_heads=16,
+            out_hidden_size=2048,
+            fullatt_block_indexes=[7, 15, 23, 31],
+            window_size=112,
+        ),
+    ),
+    "qwen3_vl": (
+        "Qwen3-VL-4B-Instruct",
+        dict(
+            hidden_size=2560,
+            intermediate_size=9728,
+            num_hidden_layers=36,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            head_dim=128,
+            max_position_embeddings=262144,
+            rms_norm_eps=1e-6,
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 5000000.0,
+                "mrope_section": [24, 20, 20],
+                "mrope_interleaved": True,
+            },
+        ),
+        dict(
+            depth=24,
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_heads=16,
+            out_hidden_size=2560,
+            num_position_embeddings=2304,
+            deepstack_visual_indexes=[5, 11, 17],
+        ),
+    ),
+}
 
+
+def shaped_config(arch: str, tokenizer: Any) -> Any:
+    """The `3b` preset's config of family `arch`: the family's tiny config (its token ids, patch and merge sizes)
+    with the text and vision shapes of the checkpoint `SHAPES` names (Qwen2.5-VL-3B: 36 x 2048 text layers, 32 x
+    1280 vision blocks; Qwen3-VL-4B: 36 x 2560, 24 x 1024 with DeepStack)."""
     from mmreason.models.tiny import build_config
 
-    tiny = build_config(tokenizer)
-    text = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=2048,
-        intermediate_size=11008,
-        num_hidden_layers=36,
-        num_attention_heads=16,
-        num_key_value_heads=2,
-        max_position_embeddings=32768,
-        rms_norm_eps=1e-6,
-        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
-        bos_token_id=tiny.text_config.bos_token_id,
-        eos_token_id=tiny.text_config.eos_token_id,
-        pad_token_id=tiny.text_config.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    vision = dict(
-        depth=32,
-        hidden_size=1280,
-        intermediate_size=3420,
-        num_heads=16,
-        out_hidden_size=2048,
-        fullatt_block_indexes=[7, 15, 23, 31],
-        window_size=112,
-    )
-    ids = {k: getattr(tiny, k) for k in ("image_token_id", "video_token_id", "vision_start_token_id")}
-    return Qwen2_5_VLConfig(
-        text_config=text,
-        vision_config=vision,
-        vision_end_token_id=tiny.vision_end_token_id,
-        tie_word_embeddings=True,
-        **ids,
-    )
+    tiny = build_config(tokenizer, arch)
+    _, text, vision = SHAPES[arch]
+    tree = tiny.to_dict()
+    tree["text_config"].pop("layer_types", None)  # derived from the layer count: rebuilt for the new one
+    tree["text_config"].update(text)
+    tree["vision_config"].update(vision)
+    return type(tiny).from_dict(tree)
 
 
-def build_model(preset: str, dtype: torch.dtype, arch: str = "qwen2_5_vl") -> tuple[Any, Any]:
-    """The benchmark model (on the CPU; each contender trains its own copy) and processor. tiny:
-    mmreason.models.tiny.build_tiny(hidden 256, 4 layers, vision depth 4) of the family `arch`, where a step on a
-    CPU is dominated by model compute rather than Python overhead; 3b: Qwen2.5-VL-3B shapes."""
-    from transformers import Qwen2_5_VLForConditionalGeneration
+def build_model(
+    preset: str, dtype: torch.dtype, arch: str = "qwen2_5_vl", device: str | torch.device = "cpu"
+) -> tuple[Any, Any]:
+    """The benchmark model of the family `arch`, its weights initialised on `device`, and its processor. tiny:
+    mmreason.models.tiny.build_tiny(hidden 256, 4 layers, vision depth 4), where a step on a CPU is dominated by
+    model compute rather than Python overhead; 3b: `shaped_config` (3-4B parameters, random init: on a GPU in
+    seconds, on a CPU in minutes)."""
+    from transformers import AutoModelForImageTextToText
 
     from mmreason.models.tiny import build_tiny
 
     if preset == "tiny":
         model, processor = build_tiny(arch=arch, hidden_size=256, layers=4, vision_depth=4, seed=0)
-    else:
-        _, processor = build_tiny(hidden_size=64, layers=1, vision_depth=1, seed=0)
-        torch.manual_seed(0)
-        model = Qwen2_5_VLForConditionalGeneration._from_config(qwen25vl_3b_config(processor.tokenizer), dtype=dtype)
-    return model.to(dtype=dtype).train(), processor
+        return model.to(device=device, dtype=dtype).train(), processor
+    _, processor = build_tiny(arch=arch, hidden_size=64, layers=1, vision_depth=1, seed=0)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForImageTextToText.from_config(shaped_config(arch, processor.tokenizer), dtype=dtype)
+    return model.train(), processor
 
 
 def fresh(base: Any, device: torch.device) -> Any:
@@ -488,7 +523,9 @@ def table(results: list[dict[str, Any]]) -> str:
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--preset", choices=("tiny", "3b"), default="tiny")
-    p.add_argument("--arch", choices=family_names(), default="qwen2_5_vl", help="model family of the tiny preset")
+    p.add_argument(
+        "--arch", choices=family_names(), default="qwen2_5_vl", help=f"model family (3b preset: {', '.join(SHAPES)})"
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--groups", type=int, nargs="+", default=[4, 8, 16])
     p.add_argument("--multi-image-group", type=int, default=8, help="G of the 2-image case (0: skip it)")
@@ -508,7 +545,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--check-group", type=int, default=8)
     p.add_argument("--workdir", default="runs/bench")
     p.add_argument("--out", default=None, help="write the results as JSON here")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.preset == "3b" and args.arch not in SHAPES:
+        p.error(f"--preset 3b has the shapes of {', '.join(SHAPES)} only, not {args.arch}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -519,7 +559,11 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    base, processor = build_model(args.preset, dtype, args.arch)
+    # the 3b weights are initialised on the benchmark's device (on a CPU that takes minutes) and kept on the CPU:
+    # each contender trains its own copy on the device
+    init = device if args.preset == "3b" else "cpu"
+    base, processor = build_model(args.preset, dtype, args.arch, device=init)
+    base.to("cpu")
     configs = [(g, 1) for g in args.groups] + ([(args.multi_image_group, 2)] if args.multi_image_group else [])
     results = []
     for g, n_images in configs:

@@ -1,7 +1,8 @@
 """mmreason: multimodal visual-reasoning RL (cold-start SFT, then GRPO with rule rewards) for vision-language models.
 
-The public entry points a task or reward file needs are re-exported here. `Task` is resolved lazily: importing it
-loads the built-in tasks (and with them the processors), which reward-only code does not need.
+The public entry points a task or reward file needs are re-exported here, each resolved lazily on first use:
+`import mmreason` stays cheap for the command line (its `--help` loads no data or model code), and `Task` loads the
+built-in tasks (and with them the processors), which reward-only code does not need.
 
 The library is grouped by the stage a sample goes through: `data` (records -> samples), `models` (policy loading and
 every model-family fact), `tasks`, `rollout` (sampling G completions and scoring them with the rewards), `train`
@@ -10,14 +11,18 @@ Two earlier module names stay importable as aliases: `mmreason.store` (now `mmre
 `mmreason.inspect` (now `mmreason.runs.inspection`, renamed so that it no longer shadows the standard library).
 """
 
+from __future__ import annotations
+
 import importlib
 import importlib.abc
 import importlib.util
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mmreason.data.sample import Sample, SampleContext
-from mmreason.registry import get_reward, get_task, register_reward, register_task, register_tool
+if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and editors
+    from mmreason.data.sample import Sample, SampleContext
+    from mmreason.registry import get_reward, get_task, register_reward, register_task, register_tool
+    from mmreason.tasks.base import Task
 
 __all__ = [
     "Sample",
@@ -30,6 +35,18 @@ __all__ = [
     "register_tool",
 ]
 __version__ = "0.1.0"
+
+# public name -> the module defining it (imported on first access)
+LAZY_NAMES = {
+    "Sample": "mmreason.data.sample",
+    "SampleContext": "mmreason.data.sample",
+    "Task": "mmreason.tasks.base",
+    "get_reward": "mmreason.registry",
+    "get_task": "mmreason.registry",
+    "register_reward": "mmreason.registry",
+    "register_task": "mmreason.registry",
+    "register_tool": "mmreason.registry",
+}
 
 # old module name -> its home; imported only when the alias is (pandas and matplotlib are not loaded otherwise)
 MODULE_ALIASES = {"mmreason.store": "mmreason.runs.store", "mmreason.inspect": "mmreason.runs.inspection"}
@@ -57,10 +74,8 @@ if not any(isinstance(f, _AliasFinder) for f in sys.meta_path):
 
 
 def __getattr__(name: str) -> Any:
-    if name == "Task":
-        from mmreason.tasks.base import Task
-
-        return Task
+    if name in LAZY_NAMES:
+        return getattr(importlib.import_module(LAZY_NAMES[name]), name)
     if f"mmreason.{name}" in MODULE_ALIASES:
         return importlib.import_module(MODULE_ALIASES[f"mmreason.{name}"])
     raise AttributeError(f"module 'mmreason' has no attribute {name!r}")

@@ -1,30 +1,143 @@
-"""The `mmreason` command line: train, eval, tasks, data check / make, tiny-model, report."""
+"""The `mmreason` command line: train, eval, tasks, data check / make, tiny-model, new-task, report.
+
+Every command's body imports what it needs, so `--help`, `-h` and `--version` load neither torch nor the data code.
+Output is quiet by default: library progress bars and notices are off and the log level is WARNING; `-v` turns the
+bars on and logs at INFO.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
 
-from mmreason.data.synthetic import MAKERS as SYNTHETIC_MAKERS  # light: numpy + PIL, for the --task help
 from mmreason.models.family import family_names
+
+# the tasks `data make synthetic` has a maker for (`mmreason.data.synthetic.MAKERS`, which a test holds this to):
+# named here so that the command's help does not import the makers
+SYNTHETIC_TASKS = (
+    "counting", "grounding", "jigsaw", "geolocation", "classification", "multiple_choice", "math",
+    "temporal_grounding",
+)
+
+
+class _Group(TyperGroup):
+    """A command group whose help flag defaults to False: Typer leaves it unset (None) when a command below the group
+    is asked for its help, and coercing that None imports pydantic, 0.2 s of every `mmreason CMD --help`."""
+
+    def get_help_option(self, ctx: typer.Context) -> typer.core.TyperOption | None:
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.default = False
+        return option
+
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},  # inherited by every command
+    cls=_Group,
     help="Multimodal visual-reasoning RL: SFT + GRPO.",
 )
-data_app = typer.Typer(no_args_is_help=True, help="Validate and make datasets.")
-make_app = typer.Typer(no_args_is_help=True, help="Make datasets (synthetic tasks, jigsaw puzzles from images).")
+data_app = typer.Typer(no_args_is_help=True, cls=_Group, help="Validate and make datasets.")
+make_app = typer.Typer(no_args_is_help=True, cls=_Group,
+                       help="Make datasets (synthetic tasks, jigsaw puzzles from images).")
 app.add_typer(data_app, name="data")
 data_app.add_typer(make_app, name="make")
 console = Console()
+# the top-level -v (passed on to the processes of a multi-process launch), and whether quiet mode set the hub's
+# progress-bar variable (so that -v may take it back)
+OUTPUT: dict[str, object] = {"verbose": False}
+
+# notices libraries print on every command that say nothing about the run (shown with -v)
+LIBRARY_NOTICES = ("Setting accelerator to CPU",)  # DeepSpeed, when it finds no GPU at import
+
+
+def package_version() -> str:
+    """The installed package's version (its metadata), or the source tree's when it is not installed."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("mmreason")
+    except metadata.PackageNotFoundError:
+        from mmreason import __version__
+
+        return __version__
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        console.print(f"mmreason {package_version()}", highlight=False)
+        raise typer.Exit()
+
+
+class _LibraryNotices(logging.Filter):
+    """Drops the `LIBRARY_NOTICES` lines of a library logger."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(notice in message for notice in LIBRARY_NOTICES)
+
+
+def configure_output(verbose: bool) -> None:
+    """Quiet by default: WARNING logs, no library progress bars (hub downloads, transformers' weight loading and
+    shard writing) and no library notices; mmreason's own labelled bars stay. Verbose: INFO logs and every bar."""
+    OUTPUT["verbose"] = verbose
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if verbose:
+        logging.getLogger().setLevel(level)
+    # the hub and transformers read this when imported (a user's own setting of it is kept) ...
+    if not verbose and "HF_HUB_DISABLE_PROGRESS_BARS" not in os.environ:
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = OUTPUT["hub_bars_env"] = "1"
+    elif verbose and OUTPUT.pop("hub_bars_env", None):
+        del os.environ["HF_HUB_DISABLE_PROGRESS_BARS"]
+    # ... and transformers, when already imported (commands run in one process: tests, notebooks), is told directly
+    hf_logging = sys.modules.get("transformers.utils.logging")
+    if hf_logging is not None and not verbose:
+        hf_logging.disable_progress_bar()
+    elif hf_logging is not None:
+        import warnings
+
+        with warnings.catch_warnings():  # the hub warns that its variable, read at its import, keeps its own bars off
+            warnings.simplefilter("ignore", UserWarning)
+            hf_logging.enable_progress_bar()
+    deepspeed = logging.getLogger("DeepSpeed")  # filters stay on the logger object deepspeed configures later
+    notices = [f for f in deepspeed.filters if isinstance(f, _LibraryNotices)]
+    if not verbose and not notices:
+        deepspeed.addFilter(_LibraryNotices())
+    for f in notices if verbose else []:
+        deepspeed.removeFilter(f)
+
+
+@app.callback(help="Multimodal visual-reasoning RL: SFT + GRPO.")
+def root(
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="More output: INFO logs and the libraries' progress bars and notices."
+    ),
+    version: bool = typer.Option(
+        False, "--version", callback=_show_version, is_eager=True, help="Print mmreason's version and exit."
+    ),
+) -> None:
+    configure_output(verbose)
+
+
+def _did_you_mean(name: str, known: Iterable[str]) -> str:
+    """"; did you mean 'x'?" for the closest known name, else ""."""
+    import difflib
+
+    close = difflib.get_close_matches(name, [str(k) for k in known], n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
 
 TaskFiles = typer.Option(None, "--task-file", help="A .py file registering your own tasks/rewards (repeatable).")
 DataRef = typer.Argument(
@@ -85,7 +198,13 @@ def train(
     config: str = typer.Argument(..., help="A YAML config file, or the name of a shipped config (e.g. quickstart)."),
     overrides: list[str] = typer.Argument(None, help="key.sub=value overrides, e.g. grpo.steps=10"),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run's latest complete checkpoint."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and plan, then exit."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Start afresh in a run folder holding an earlier run, deleting its files (listed)."
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print the resolved config and plan, check the tasks, data, media and model (no "
+        "weights read), show tokens per sample and a memory estimate, then exit; nothing is written."
+    ),
     task_file: list[Path] = TaskFiles,
     num_processes: int = typer.Option(
         0, "--num-processes", help="Run under `accelerate launch` with this many processes (ranks)."
@@ -100,7 +219,9 @@ def train(
     from mmreason.config import ConfigError, load_config, to_dict
 
     if (num_processes > 1 or accelerate_config) and not dry_run and not _launched():
-        argv = ["train", config, *(overrides or []), *(["--resume"] if resume else [])]
+        argv = [*(["-v"] if OUTPUT["verbose"] else []), "train", config, *(overrides or [])]
+        argv += ["--resume"] if resume else []
+        argv += ["--overwrite"] if overwrite else []
         argv += [a for f in task_file or [] for a in ("--task-file", str(f))]
         raise typer.Exit(_relaunch(num_processes or None, argv, accelerate_config))
     _load_user_files(task_file)
@@ -112,10 +233,14 @@ def train(
     from mmreason.train.stages import train as run_train
 
     if dry_run:
+        from mmreason.train.dryrun import dry_run as check_run
+
         console.print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        console.print(plan(cfg))
+        console.print(plan(cfg), highlight=False, markup=False, soft_wrap=True)
+        check_run(cfg, lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True))
+        console.print("[green]ok[/green]: the tasks, data, media and model are all there; nothing was written")
         return
-    run = run_train(cfg, resume=resume)
+    run = run_train(cfg, resume=resume, overwrite=overwrite, task_files=task_file or ())
     if not run.is_main:  # one summary per launch
         return
     console.print(_eval_table(run.history))
@@ -127,52 +252,71 @@ def train(
 
 
 def _eval_table(history: list[dict]) -> Table:
-    """The held-out metrics of a run's history (`mmreason.runs.inspection.eval_metrics_table`) as a rich table:
-    one row per evaluation (before, after each stage), one column per task metric."""
+    """The held-out metrics of a run's history (`mmreason.runs.inspection.eval_metrics_table`) as a rich table in
+    long format: one row per task metric (task | metric), one column per evaluation (before, after each stage).
+    Its width grows with the stages, not with the metrics; a label's first hyphen breaks its header in two
+    ("after" over "s00-sft"), so four evaluations fit 80 columns and no header is cut short."""
     import pandas as pd
 
     from mmreason.runs.inspection import eval_metrics_table
 
     frame = eval_metrics_table(history)
     table = Table(title="held-out metrics")
-    table.add_column("when")
+    table.add_column("task", overflow="fold")
+    table.add_column("metric", overflow="fold")
+    for label in frame.index:
+        table.add_column(str(label).replace("-", "\n", 1), justify="right", overflow="fold")
     for column in frame.columns:
-        table.add_column(str(column), justify="right")
-    for label, values in zip(frame.index, frame.itertuples(index=False), strict=True):
-        table.add_row(str(label), *["" if pd.isna(v) else f"{v:.3f}" for v in values])
+        task, _, metric = str(column).partition("/")
+        table.add_row(task, metric, *["" if pd.isna(v) else f"{v:.3f}" for v in frame[column]])
     return table
 
 
 @app.command("eval")
 def eval_cmd(
     target: Path = typer.Argument(..., help="A run directory (its latest checkpoint) or a checkpoint folder."),
-    task: str = typer.Option(..., "--task", help="Task name."),
-    data: str = typer.Option(..., "--data", help="Held-out data: a file, a folder (default split: validation, val "
-                             "or test), a save_to_disk folder or a hub id; path@split picks a split."),
+    task: str = typer.Option(None, "--task", help="Task name (default: the run's task, when it has one)."),
+    data: str = typer.Option(None, "--data", help="Held-out data: a file, a folder (default split: validation, val "
+                             "or test), a save_to_disk folder or a hub id; path@split picks a split (default: the "
+                             "run's held-out data of the task)."),
     limit: int = typer.Option(0, help="Evaluate at most this many records (0 = all)."),
-    max_new_tokens: int = typer.Option(64),
-    batch_size: int = typer.Option(16),
-    think: bool = typer.Option(True, help="Ask for <think> reasoning (False: answer only)."),
+    max_new_tokens: int = typer.Option(None, help="Completion length limit (default: the run's eval.max_new_tokens)."),
+    batch_size: int = typer.Option(None, help="Prompts generated together (default: the run's eval.batch_size)."),
+    think: bool = typer.Option(None, "--think/--no-think", help="Ask for <think> reasoning, or the answer only "
+                               "(default: the run's think)."),
+    min_pixels: int = typer.Option(None, "--min-pixels", help="Image pixel budget, lower bound (default: the run's "
+                                   "model.min_pixels)."),
+    max_pixels: int = typer.Option(None, "--max-pixels", help="Image pixel budget, upper bound (default: the run's "
+                                   "model.max_pixels)."),
     split: str = SplitOpt,
     fmt: str = FormatOpt,
     column: list[str] = ColumnOpt,
     media_dir: Path = MediaDirOpt,
     task_file: list[Path] = TaskFiles,
 ) -> None:
-    """Report a task's metrics for a checkpoint and write its generations to the rollout store."""
+    """Report a task's metrics for a checkpoint and write its generations to the rollout store. Settings not given
+    come from the run's config.yaml and task files from its run.json (a checkpoint outside a run: the defaults)."""
     from mmreason.train.evaluate import eval_checkpoint
 
     _load_user_files(task_file)
-    entry = _entry(task, data, split, fmt, column, media_dir)
-    entry.update(val=entry.pop("train"), val_split=entry.pop("split"))
-    metrics, out_dir = eval_checkpoint(target, task, entry, limit, max_new_tokens, batch_size, think)
-    table = Table(title=f"{task} on {data}")
+    entry = None
+    if data is not None:
+        entry = _entry(task or "", data, split, fmt, column, media_dir)
+        entry.update(val=entry.pop("train"), val_split=entry.pop("split"))
+    flags = {"think": think, "min_pixels": min_pixels, "max_pixels": max_pixels, "max_new_tokens": max_new_tokens,
+             "batch_size": batch_size}
+    result = eval_checkpoint(target, task, entry, limit, flags=flags, task_files=task_file or None)
+    console.print(f"evaluated {escape(str(target))} with:\n{escape(result.settings.describe())}", highlight=False,
+                  soft_wrap=True)
+    where = data or "the run's held-out data"
+    table = Table(title=f"{result.task} on {where}")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for k, v in metrics.items():
+    for k, v in result.metrics.items():
         table.add_row(k, f"{v:.4f}")
     console.print(table)
-    console.print(f"generations written to {out_dir / 'rollouts'}")
+    console.print(f"generations written to {result.run_dir / 'rollouts'} (stage {result.stage})", highlight=False,
+                  soft_wrap=True)
 
 
 @app.command()
@@ -260,16 +404,16 @@ def data_convert(
 
 @make_app.command("synthetic")
 def make_synthetic_cmd(
-    task: str = typer.Option(..., "--task", help=" | ".join(SYNTHETIC_MAKERS)),
+    task: str = typer.Option(..., "--task", help=" | ".join(SYNTHETIC_TASKS)),
     out: Path = typer.Option(..., "--out", help="Output folder (images or videos + train.jsonl + val.jsonl)."),
     n: int = typer.Option(1000, "--n", help="Number of records."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Procedurally generated, seeded datasets the tiny default model can learn from (no downloads)."""
-    from mmreason.data.synthetic import make_synthetic
+    from mmreason.data.synthetic import MAKERS, make_synthetic
 
-    if task not in SYNTHETIC_MAKERS:
-        _fail(f"no synthetic maker for task {task!r}; known: {', '.join(SYNTHETIC_MAKERS)}")
+    if task not in MAKERS:
+        _fail(f"no synthetic maker for task {task!r}; known: {', '.join(MAKERS)}{_did_you_mean(task, MAKERS)}")
     try:
         path = make_synthetic(task, out, n=n, seed=seed)
     except ValueError as exc:  # a bad --n and the like: the maker's message says which
@@ -292,7 +436,10 @@ def make_jigsaw_cmd(
         rows, cols = (int(x) for x in grid.lower().split("x"))
     except ValueError:
         _fail(f"--grid must look like 2x2 or 3x4, got {grid!r}")
-    build = make_jigsaw_dataset(images, out, grid=(rows, cols), per_image=per_image, seed=seed)
+    try:
+        build = make_jigsaw_dataset(images, out, grid=(rows, cols), per_image=per_image, seed=seed)
+    except ValueError as exc:  # a grid the jigsaw task would refuse, a bad --per-image: checked before any work
+        _fail(str(exc))
     console.print(
         f"wrote {build.n_train} train / {build.n_val} val puzzles to {build.out_dir}"
         + (f"; skipped {len(build.skipped)} unusable image(s)" if build.skipped else "")
@@ -341,7 +488,7 @@ def report(
     from mmreason.runs.report import write_report
 
     _load_user_files(task_file)
-    path = write_report(run_dir, out)
+    path = write_report(run_dir, out, load_task_files=not task_file)  # else the task files the run recorded
     console.print(f"report: {path}")
 
 
@@ -365,29 +512,37 @@ def _relaunch(num_processes: int | None, argv: list[str], config_file: Path | No
     return relaunch(num_processes, argv, str(config_file) if config_file else None)
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors caused by the user's input: shown as one clear line, without a traceback."""
-    from mmreason.config import ConfigError
-    from mmreason.data.records import DataError
-    from mmreason.models.family import FamilyError
-    from mmreason.processors import MediaError
-    from mmreason.registry import RegistryError
+# module -> the error class it defines for mistakes in the user's input (config, data, model, media, registry)
+USER_ERRORS = {
+    "mmreason.config": "ConfigError",
+    "mmreason.data.locate": "DataError",
+    "mmreason.models.family": "FamilyError",
+    "mmreason.models.policy": "ModelNotFoundError",
+    "mmreason.processors.errors": "MediaError",
+    "mmreason.registry": "RegistryError",
+}
 
-    return ConfigError, DataError, FamilyError, MediaError, RegistryError, FileNotFoundError
+
+def _is_user_error(exc: BaseException) -> bool:
+    """Whether `exc` was caused by the user's input: shown as one clear line, without a traceback.
+
+    Only modules already imported are asked (an error class can be raised only once its module is loaded), so a
+    command that never touched torch does not import it here: `--help` stays fast."""
+    classes = [getattr(sys.modules[m], name) for m, name in USER_ERRORS.items() if m in sys.modules]
+    return isinstance(exc, (FileNotFoundError, PermissionError, *classes))  # PermissionError: a read-only folder
 
 
 def main() -> None:
-    """Entry point: user errors (config, data, media, registry) exit 2 and a stopped run exits 1, each with one
-    clear message instead of a traceback."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    """Entry point: user errors (config, data, model, media, registry) exit 2 and a stopped run exits 1, each with
+    one clear message instead of a traceback."""
     try:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
-    except _user_errors() as exc:
-        _error(str(exc))
-        sys.exit(2)
     except Exception as exc:
+        if _is_user_error(exc):
+            _error(str(exc))
+            sys.exit(2)
         if not _stopped_run(exc):
             raise
         _error(str(exc))

@@ -2,15 +2,21 @@
 
 This module owns the config schema (every key, its type, default and meaning), loading and saving it, and checking
 it: each value is checked against its field's type when the config is built (`typing.Literal` fields against their
-allowed values), and `validate` adds the checks that span several fields or need a range. Unknown keys and
-values outside a `Literal` fail with the closest valid name suggested; the resolved config is saved in the run
-directory.
+allowed values), and `validate` adds the checks that span several fields or need a range (the range of every
+number lives in `mmreason.config_ranges`). Unknown keys and values outside a `Literal` fail with the closest valid
+name suggested; the resolved config is saved in the run directory.
+
+Every failure is one ConfigError line that shows at most a few hundred characters of a bad value (`show_value`).
+YAML is read without aliases (a few hundred bytes of nested aliases expand to gigabytes) and a config file over
+MAX_CONFIG_BYTES is refused unread.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import reprlib
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -38,10 +44,20 @@ SCHEDULERS: tuple[str, ...] = typing.get_args(Scheduler)
 DATA_ERRORS: tuple[str, ...] = typing.get_args(DataErrors)
 ROLLOUT_BACKENDS: tuple[str, ...] = typing.get_args(RolloutBackend)
 DTYPES: tuple[str, ...] = typing.get_args(DType)
+# experiment trackers `report_to` may name: accelerate's tracker classes (mmreason.runs.trackers)
+TRACKERS: tuple[str, ...] = (
+    "tensorboard", "wandb", "swanlab", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "trackio"
+)
 
 
 class ConfigError(ValueError):
     """A bad config key or value; the message names the key and what was expected."""
+
+
+MAX_SHOWN_CHARS = 200  # an error message shows at most this much of a bad value
+MAX_CONFIG_BYTES = 1 << 20  # a config file is hand-written YAML: anything larger is refused unread
+_REPR = reprlib.Repr()
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong, _REPR.maxlevel = MAX_SHOWN_CHARS, MAX_SHOWN_CHARS, 60, 3
 
 
 @dataclass
@@ -81,6 +97,18 @@ class ModelConfig:
     family: str = "auto"
     min_pixels: int = 28 * 28 * 4  # images are resized to at least this many pixels (multiples of 28 per side)
     max_pixels: int = 28 * 28 * 256  # ... and at most this many
+    # bounds on one record: a record over any is skipped and counted like any bad record, and `data check` lists it
+    # (mmreason.data.prepare.record_limits). 0 derives each from the model's context length (its config's
+    # max_position_embeddings) less the longest max_new_tokens, at most 32768
+    max_prompt_tokens: int = 0  # prompt tokens: text of every turn + vision tokens
+    max_vision_tokens: int = 0  # vision tokens of a prompt's images and video; 0: max_prompt_tokens
+    max_images: int = 0  # images of one record; 0: as many as max_vision_tokens holds at min_pixels, at most 256
+    max_target_tokens: int = 0  # tokens of the gold assistant text (the SFT target); 0: max_prompt_tokens
+    # freeze parts of the model (with or without LoRA): the vision encoder, the projector (merger / aligner) that maps
+    # its features into the language model, and the language model (which parts are which: mmreason.models.family)
+    freeze_vision_tower: bool = False
+    freeze_projector: bool = False
+    freeze_language_model: bool = False
     lora: LoraConfig = field(default_factory=LoraConfig)
     tiny: TinyConfig = field(default_factory=TinyConfig)
 
@@ -222,10 +250,20 @@ class RunConfig:
     sft: SFTConfig = field(default_factory=SFTConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    # experiment trackers fed every metrics line and the evaluations' pictures, e.g. [tensorboard, wandb] (pip install
+    # 'mmreason[tracking]'); rank 0 alone logs. TensorBoard writes to runs/<name>/tensorboard
+    report_to: list[str] = field(default_factory=list)
 
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
+
+
+def show_value(value: Any, limit: int = MAX_SHOWN_CHARS) -> str:
+    """repr of a config value for an error message, never longer than `limit` characters (reprlib cuts deep or long
+    values without building their whole text)."""
+    text = _REPR.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _is_dataclass_type(tp: Any) -> bool:
@@ -235,14 +273,14 @@ def _is_dataclass_type(tp: Any) -> bool:
 def _unknown_key(key: str, valid: list[str], where: str) -> ConfigError:
     close = difflib.get_close_matches(key, valid, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    return ConfigError(f"unknown config key '{where}{key}'{hint} (valid keys: {', '.join(sorted(valid))})")
+    return ConfigError(f"unknown config key '{where}{key[:100]}'{hint} (valid keys: {', '.join(sorted(valid))})")
 
 
 def _not_allowed(value: Any, allowed: tuple[Any, ...], where: str) -> ConfigError:
     names = [str(a) for a in allowed]
     close = difflib.get_close_matches(value, names, n=1) if isinstance(value, str) else []
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    return ConfigError(f"{where.rstrip('.')} must be one of {', '.join(names)}, got {value!r}{hint}")
+    return ConfigError(f"{where.rstrip('.')} must be one of {', '.join(names)}, got {show_value(value)}{hint}")
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -260,7 +298,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise ConfigError(f"config key {where.rstrip('.')!r} must be a mapping, got {value!r}")
+            raise ConfigError(f"config key {where.rstrip('.')!r} must be a mapping, got {show_value(value)}")
         return from_dict(tp, value, where)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -274,31 +312,36 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return _coerce(value, arg, where)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"bad value for {where!r}: {value!r}")
+        raise ConfigError(errors[0] if errors else f"bad value for {where!r}: {show_value(value)}")
     if origin is list:
         (item_tp,) = typing.get_args(tp) or (Any,)
         if not isinstance(value, list | tuple):
-            raise ConfigError(f"config key {where.rstrip('.')!r} must be a list, got {value!r}")
+            raise ConfigError(f"config key {where.rstrip('.')!r} must be a list, got {show_value(value)}")
         return [_coerce(v, item_tp, f"{where.rstrip('.')}[{i}].") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"config key {where.rstrip('.')!r} must be a mapping, got {value!r}")
+            raise ConfigError(f"config key {where.rstrip('.')!r} must be a mapping, got {show_value(value)}")
         return dict(value)
     if tp is Any:
         return value
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond any float
+            raise ConfigError(f"config key {where.rstrip('.')!r} is too large, got {show_value(value)}") from None
     if tp is float and isinstance(value, str):
         try:  # YAML 1.1 reads "2e-3" (no dot) as a string
             return float(value)
         except ValueError:
-            raise ConfigError(f"config key {where.rstrip('.')!r} must be a number, got {value!r}") from None
+            raise ConfigError(f"config key {where.rstrip('.')!r} must be a number, got {show_value(value)}") from None
+    if tp is float and not isinstance(value, float):
+        raise ConfigError(f"config key {where.rstrip('.')!r} must be a number, got {show_value(value)}")
     if tp is bool and not isinstance(value, bool):
-        raise ConfigError(f"config key {where.rstrip('.')!r} must be true or false, got {value!r}")
+        raise ConfigError(f"config key {where.rstrip('.')!r} must be true or false, got {show_value(value)}")
     if tp is int and (not isinstance(value, int) or isinstance(value, bool)):
-        raise ConfigError(f"config key {where.rstrip('.')!r} must be an integer, got {value!r}")
+        raise ConfigError(f"config key {where.rstrip('.')!r} must be an integer, got {show_value(value)}")
     if tp is str and not isinstance(value, str):
-        raise ConfigError(f"config key {where.rstrip('.')!r} must be a string, got {value!r}")
+        raise ConfigError(f"config key {where.rstrip('.')!r} must be a string, got {show_value(value)}")
     return value
 
 
@@ -308,6 +351,9 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in data.items():
+        if not isinstance(key, str):
+            place = where.rstrip(".") or "the top level"
+            raise ConfigError(f"config keys are names, got {show_value(key)} in {place}")
         if key not in names:
             raise _unknown_key(key, names, where)
         kwargs[key] = _coerce(value, hints[key], f"{where}{key}.")
@@ -315,30 +361,77 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """tree[a][b]... = value for "a.b...": a list (data) is indexed by a number, e.g. data.0.weight."""
     parts = dotted.split(".")
-    node = tree
-    for part in parts[:-1]:
+    node: Any = tree
+    for depth, part in enumerate(parts):
+        where = ".".join(parts[:depth]) or "the top level"
         if isinstance(node, list):
-            node = node[int(part)]
-            continue
-        node = node.setdefault(part, {})
+            index = _list_index(node, part, dotted, where)
+            if depth == len(parts) - 1:
+                node[index] = value
+                return
+            node = node[index]
+        elif depth == len(parts) - 1:
+            node[part] = value
+            return
+        else:
+            if node.get(part) is None:  # a section left empty in the YAML (`model:`) reads as None
+                node[part] = {}
+            node = node[part]
         if not isinstance(node, dict | list):
-            raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
-    last = parts[-1]
-    if isinstance(node, list):
-        node[int(last)] = value
-    else:
-        node[last] = value
+            raise ConfigError(f"override {show_value(dotted)}: {show_value(part)} is a value, not a section")
+
+
+def _list_index(items: list[Any], part: str, dotted: str, where: str) -> int:
+    """The list index an override names ("0", "1", ...), else ConfigError saying which indexes exist."""
+    if not (part.isascii() and part.isdigit()) or int(part) >= len(items):
+        valid = f"0..{len(items) - 1}" if items else "none: the list is empty"
+        raise ConfigError(f"override {show_value(dotted)}: {where} is a list; the part after it must be an index "
+                          f"({valid}), got {show_value(part)}")
+    return int(part)
 
 
 def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `key.sub=value` strings (values parsed as YAML: numbers, bools, lists) to a config mapping."""
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key.sub=value")
+            raise ConfigError(f"override {show_value(item)} must look like key.sub=value")
         key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+        try:
+            value = _yaml_load(raw) if raw.strip() else ""
+        except ConfigError as exc:
+            raise ConfigError(f"override {show_value(item)}: {exc}") from None
+        _set_dotted(tree, key.strip(), value)
     return tree
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases: a few bytes of nested `*alias` references expand to gigabytes (a
+    "billion laughs" bomb) as soon as anything walks the value, and a hand-written config never needs them."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ConfigError(f"line {event.start_mark.line + 1}: YAML aliases (*{event.anchor[:40]}) are not "
+                              "accepted in configs; write the value out")
+        return super().compose_node(parent, index)
+
+
+def _yaml_load(text: str) -> Any:
+    """The YAML text's value; every way it can fail (syntax, tags, aliases, numbers too long, nesting too deep) is
+    a one-line ConfigError."""
+    try:
+        return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+    except ConfigError:
+        raise
+    except yaml.YAMLError as exc:
+        message = " ".join(str(exc).split())
+        raise ConfigError(f"not valid YAML: {show_value(message, 300)[1:-1]}") from None
+    except RecursionError:
+        raise ConfigError("not valid YAML: nested too deeply") from None
+    except ValueError as exc:  # an integer of more than 4,300 digits
+        raise ConfigError(f"not valid YAML: {str(exc).split(':')[0][:200]}") from None
 
 
 def shipped_config_path(name: str) -> Path | None:
@@ -353,8 +446,9 @@ def shipped_config_names() -> list[str]:
     return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """YAML file (or a shipped config's name) + overrides -> validated RunConfig."""
+def load_config(path: str | Path, overrides: list[str] | None = None, *, check_paths: bool = True) -> RunConfig:
+    """YAML file (or a shipped config's name) + overrides -> validated RunConfig (check_paths: see `validate`;
+    off to read the config of an existing run, e.g. for its report)."""
     p = Path(path)
     if not p.is_file():
         shipped = shipped_config_path(str(path))
@@ -363,24 +457,29 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
                 f"config {str(path)!r} is neither a file nor a shipped config ({', '.join(shipped_config_names())})"
             )
         p = shipped
+    if p.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{p}: {p.stat().st_size} bytes; a config file holds at most {MAX_CONFIG_BYTES}")
     try:
-        tree = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+        tree = _yaml_load(p.read_text(encoding="utf-8")) or {}
+    except ConfigError as exc:
+        raise ConfigError(f"{p}: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {exc.start + 1})") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"{p}: the top level must be a mapping of config keys")
     tree = apply_overrides(tree, list(overrides or []))
     cfg = from_dict(RunConfig, tree)
-    validate(cfg)
+    validate(cfg, check_paths)
     return cfg
 
 
-def validate(cfg: RunConfig) -> None:
-    """Cross-field and range checks that types alone cannot express (allowed values are checked by `_coerce`)."""
-    if cfg.grpo.group_size < 2 and "grpo" in cfg.stages:
-        raise ConfigError(
-            f"grpo.group_size must be >= 2 (advantages are relative to the group), got {cfg.grpo.group_size}"
-        )
+def validate(cfg: RunConfig, check_paths: bool = True) -> None:
+    """Range and cross-field checks that types alone cannot express (allowed values are checked by `_coerce`): the
+    range of every number, names, keys that must agree (`mmreason.config_ranges`), the data entries, and with
+    check_paths that the run folder can be written."""
+    from mmreason.config_ranges import check_values
+
+    check_values(cfg, check_paths)
     if not cfg.data:
         raise ConfigError("config has no `data`: give at least one {task, train} entry")
     for i, d in enumerate(cfg.data):
@@ -388,18 +487,17 @@ def validate(cfg: RunConfig) -> None:
     for stage in dict.fromkeys(cfg.stages):
         if not any(d.stages is None or stage in d.stages for d in cfg.data):
             raise ConfigError(f"no data entry feeds the {stage} stage: leave `stages` out of one entry or add {stage}")
-    for stage in STAGES:
-        if getattr(cfg, stage).max_bad_updates < 1:
-            raise ConfigError(f"{stage}.max_bad_updates must be >= 1, got {getattr(cfg, stage).max_bad_updates}")
     _validate_rollout(cfg.grpo)
     _validate_family(cfg.model)
+    _validate_freeze(cfg.model)
+    _validate_report_to(cfg.report_to)
 
 
 def validate_entry(d: DataConfig, where: str) -> None:
     """One data entry's own fields (whether its files exist is checked when the data is read)."""
     if not d.train:
         raise ConfigError(f"{where}.train is empty: give the path of the task's training file")
-    if d.weight <= 0:
+    if not (d.weight > 0 and math.isfinite(d.weight)):
         raise ConfigError(f"{where}.weight must be > 0, got {d.weight}")
     if d.format is not None:
         from mmreason.data.formats import FORMATS
@@ -408,10 +506,18 @@ def validate_entry(d: DataConfig, where: str) -> None:
             raise _not_allowed(d.format, tuple(FORMATS), f"{where}.format")
     bad = {k: v for k, v in d.columns.items() if not (isinstance(k, str) and isinstance(v, str) and k and v)}
     if bad:
-        raise ConfigError(f"{where}.columns maps task fields to your column names (both strings), got {bad!r}")
+        raise ConfigError(f"{where}.columns maps task fields to your column names (both strings), got "
+                          f"{show_value(bad)}")
     for key in ("system_prompt", "prompt_template"):
         if getattr(d, key) is not None and not getattr(d, key).strip():
             raise ConfigError(f"{where}.{key} is empty: leave it out instead")
+
+
+def _validate_freeze(cfg: ModelConfig) -> None:
+    """Something must stay trainable: LoRA adapts the language model, so freezing it leaves nothing to train."""
+    if cfg.freeze_language_model and (cfg.lora.enabled or (cfg.freeze_vision_tower and cfg.freeze_projector)):
+        what = "LoRA adapts the language model" if cfg.lora.enabled else "the vision tower and projector are frozen"
+        raise ConfigError(f"model.freeze_language_model leaves nothing to train ({what})")
 
 
 def _validate_family(cfg: ModelConfig) -> None:
@@ -420,18 +526,21 @@ def _validate_family(cfg: ModelConfig) -> None:
 
     names = family_names()
     if cfg.family != "auto" and cfg.family not in names:
-        raise ConfigError(f"model.family must be auto or one of {', '.join(names)}, got {cfg.family!r}")
+        raise ConfigError(f"model.family must be auto or one of {', '.join(names)}, got {show_value(cfg.family)}")
     if cfg.tiny.arch not in names:
-        raise ConfigError(f"model.tiny.arch must be one of {', '.join(names)}, got {cfg.tiny.arch!r}")
+        raise ConfigError(f"model.tiny.arch must be one of {', '.join(names)}, got {show_value(cfg.tiny.arch)}")
+
+
+def _validate_report_to(names: list[str]) -> None:
+    """Each tracker name is one accelerate knows (whether its package is installed is checked when a run starts)."""
+    for i, name in enumerate(names):
+        if name not in TRACKERS:
+            raise _not_allowed(name, TRACKERS, f"report_to[{i}]")
 
 
 def _validate_rollout(cfg: GRPOConfig) -> None:
     if cfg.rollout == "vllm" and cfg.tools.enabled:
         raise ConfigError("grpo.rollout: vllm does not run multi-turn tool rollouts; use grpo.rollout: hf with tools")
-    if not 0.0 < cfg.vllm.gpu_memory_utilization <= 1.0:
-        raise ConfigError(f"grpo.vllm.gpu_memory_utilization must be in (0, 1], got {cfg.vllm.gpu_memory_utilization}")
-    if cfg.vllm.importance_cap < 0:
-        raise ConfigError(f"grpo.vllm.importance_cap must be >= 0 (0: no correction), got {cfg.vllm.importance_cap}")
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:

@@ -9,7 +9,8 @@ holding a sampled frame are decoded, which on long videos is several times less 
 same frames decord does.
 
 Frame i is the i-th frame in presentation order, as in decord. Streams whose packets carry no timestamps (or a
-PyAV that cannot be imported) go to decord.
+PyAV that cannot be imported) go to decord. decord is optional (it has wheels for x86-64 Linux and Windows only):
+where it is not installed, such streams are decoded by PyAV from the start in presentation order, without seeking.
 """
 
 from __future__ import annotations
@@ -46,7 +47,17 @@ def read_frames(path: Path, source_fps: float | None, pick: Picker) -> Frames:
     try:
         return _read_pyav(path, source_fps, pick)
     except _Unindexed:
+        if not _has_decord():
+            return _read_pyav_in_order(path, source_fps, pick)
         return _read_decord(path, source_fps, pick)
+
+
+def _has_decord() -> bool:
+    try:
+        import decord  # noqa: F401  (imported here: its import is slow and it is only the fallback)
+    except ImportError:  # not installed (aarch64, macOS: no wheel) or unloadable
+        return False
+    return True
 
 
 def _rate(value: float | None, source: str) -> float:
@@ -135,6 +146,52 @@ def _read_pyav(path: Path, source_fps: float | None, pick: Picker) -> Frames:
 def _stream_rate(stream: Any) -> float | None:
     rate = stream.average_rate or stream.guessed_rate
     return float(rate) if rate else None
+
+
+def _open_pyav(source: str) -> tuple[Any, Any, Any]:
+    """(the av module, the open container, its first video stream); MediaError when either cannot be had."""
+    try:
+        import av
+    except ImportError as e:
+        raise MediaError(source, "cannot read videos: neither PyAV (pip install av) nor decord is installed") from e
+    try:
+        container = av.open(source)
+    except Exception as e:  # PyAV raises an FFmpeg error subclass per cause; all mean "cannot read this"
+        raise MediaError(source, f"not a readable video ({_first_line(e)})") from e
+    if not container.streams.video:
+        container.close()
+        raise MediaError(source, "not a readable video (no video stream)")
+    return av, container, container.streams.video[0]
+
+
+def _read_pyav_in_order(path: Path, source_fps: float | None, pick: Picker) -> Frames:
+    """Frames decoded from the start in presentation order (a decoder's output order), counted where the container
+    does not say how many there are: exact for streams without timestamps, where decord is not installed."""
+    source = str(path)
+    av, container, stream = _open_pyav(source)
+    try:
+        total = stream.frames
+        if not total:  # raw streams carry no frame count: one pass to count them, then a fresh one to pick
+            total = sum(1 for _ in container.decode(stream))
+            container.close()
+            av, container, stream = _open_pyav(source)
+        rate = _rate(source_fps if source_fps is not None else _stream_rate(stream), source)
+        indices = pick(total, rate) if total else []
+        wanted, decoded = set(indices), {}
+        for i, frame in enumerate(container.decode(stream)):
+            if i in wanted:
+                decoded[i] = frame.to_ndarray(format="rgb24")
+            if len(decoded) == len(wanted):
+                break
+    except av.FFmpegError as e:
+        raise MediaError(source, f"failed to decode frames ({_first_line(e)})") from e
+    finally:
+        container.close()
+    if not total:
+        raise MediaError(source, "not a readable video (no video frames)")
+    if len(decoded) < len(wanted):
+        raise MediaError(source, f"the stream ended before frames {sorted(wanted - set(decoded))}")
+    return np.stack([decoded[i] for i in indices]), indices, total, rate
 
 
 def _read_decord(path: Path, source_fps: float | None, pick: Picker) -> Frames:

@@ -7,7 +7,8 @@ only alone or bracketed ("b", "(b)"), since "a" in prose is an article, and "A d
 followed by punctuation or the end). When the options are known, text equal (after `normalize_text`: case, accents
 and punctuation ignored) to exactly one option's text names that option too. A letter wins over option text ("B.
 Rome" names B whatever B's text is; with options ["B", "A"] the answer "A" names the first option); a letter past
-the last option, and text equal to several options' texts, name nothing.
+the last option, text equal to several options' texts, and a list of letters ("A, B", "(A) or (C)", "B; D": a hedge,
+not an answer) name nothing.
 
 Ground truth: `check_options` (2 to 26 option texts; numbers are written as text) and `check_choice` (the gold read
 by `parse_choice` with the options when they are known: "B", "(b)" or one option's text). The multiple_choice task
@@ -41,6 +42,11 @@ _CHOICE_PREFIX_RE = re.compile(
 # Bracketed, any text may follow ("(B) Paris"); bare, only punctuation or the end ("B. Paris", not "A dog").
 _CHOICE_RE = re.compile(r"^(?:[(\[]([A-Z])[)\]]|([A-Z])(?=$|[.:,)]))")
 _CHOICE_LOWER_RE = re.compile(r"^(?:\(([a-z])\)|\[([a-z])\]|([a-z])[.)]?)$")
+# after a letter: a separator then another letter standing alone ("A, B", "(A) or (B)", "A/B", "A and C"), or
+# another bracketed letter ("(A)(B)")
+_HEDGE_RE = re.compile(
+    r"[.)\]]?\s{0,5}(?:(?:[,;/&+|]|\s(?:or|and)\s)\s{0,5}[(\[]?[A-Z](?:$|[\s.,;:)\]/&+|])|[(\[][A-Z][)\]])"
+)
 
 
 def parse_choice(text: str, options: Sequence[str] | None = None) -> str | None:
@@ -52,6 +58,8 @@ def parse_choice(text: str, options: Sequence[str] | None = None) -> str | None:
     letter = None
     m = _CHOICE_RE.match(t)
     if m:
+        if _HEDGE_RE.match(t, m.end()):
+            return None
         letter = m.group(1) or m.group(2)
     else:
         low = _CHOICE_LOWER_RE.match(t)

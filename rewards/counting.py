@@ -2,7 +2,8 @@
 (is the answered count exactly the true one). The answer parser is the generic `parse_int`.
 
 Ground truth (`check_count`, the one rule for reward columns and for the counting task's records): a whole number
->= 0 given as an int, an integral float (3.0) or a string of digits ("3"). Number words and prose ("three",
+>= 0 and at most MAX_COUNT (no picture holds more: `1e300` is a data error) given as an int, an integral float (3.0)
+or a string of digits ("3"). Number words and prose ("three",
 "3 apples") are answers, not ground truth. The answer is read by `parse_int` (digits, "three", "3 apples";
 "none"/"no"/"zero" alone = 0; several different numbers, decimals and overflowing values score 0). Exact match only:
 1.0 or 0.0.
@@ -20,7 +21,8 @@ from mmreason.registry import register_reward
 
 from .parse import bad_value, extract_answer, parse_int, score_each
 
-COUNT_EXPECTED = "a whole number >= 0 (an int, an integral float or a string of digits)"
+MAX_COUNT = 1_000_000
+COUNT_EXPECTED = f"a whole number >= 0 and <= {MAX_COUNT:,} (an int, an integral float or a string of digits)"
 
 
 def check_count(value: Any, name: str = "solution") -> int:
@@ -28,14 +30,14 @@ def check_count(value: Any, name: str = "solution") -> int:
     count = None
     if isinstance(value, str):
         digits = unicodedata.normalize("NFKC", value).strip()
-        count = int(digits) if digits.isascii() and digits.isdigit() and len(digits) <= 100 else None
+        count = int(digits) if digits.isascii() and digits.isdigit() and len(digits) <= 20 else None
     elif isinstance(value, bool):
         count = None
     elif isinstance(value, numbers.Integral):
         count = int(value)
     elif isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer():
         count = int(value)
-    if count is None or count < 0:
+    if count is None or count < 0 or count > MAX_COUNT:
         raise bad_value(name, COUNT_EXPECTED, value)
     return count
 

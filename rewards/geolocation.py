@@ -19,8 +19,9 @@ country (so "Springfield" earns nothing in the wrong country), and tiers the tru
   reverse-geocoding them offline with the `reverse_geocode` package (nearest GeoNames place of >= 1000 people, by
   planar lat/lon distance, so a point at sea takes the nearest coast's place); otherwise from names: JSON
   {"country", "region"/"state"/"province", "city"} or "City, Region, Country" / "City, Country" / "Country" (at
-  most 3 comma-separated parts: the last is the country, the others may each match the region or the city once;
-  more parts score 0 as hedging).
+  most 3 comma-separated parts, most specific first: the last is the country; of three, the first is the city and
+  the second the region, so "Lyon, Paris, France" names one city, not two; of two, the first may match the region
+  or the city; more parts score 0 as hedging).
 - Matching: countries by ISO code when both resolve (names from the package's country list plus common aliases:
   "USA", "UK", "South Korea", "Czechia", ...; a bare 2-letter upper-case code counts), else by normalised name;
   regions and cities by normalised name (accents, case and punctuation ignored; for cities "City of X" and
@@ -189,7 +190,10 @@ def parse_place(text: str) -> Place | None:
     parts = [p.strip() for p in body.split(",")]
     if not body or len(parts) > MAX_PLACE_PARTS or any(not p or len(p) > 100 for p in parts):
         return None
-    return Place(country=parts[-1], country_code=country_code(parts[-1]), names=tuple(parts[:-1]))
+    country, code = parts[-1], country_code(parts[-1])
+    if len(parts) == MAX_PLACE_PARTS:  # each name has its tier: two cities cannot hedge for one
+        return Place(country=country, country_code=code, region=parts[1], city=parts[0])
+    return Place(country=country, country_code=code, names=tuple(parts[:-1]))
 
 
 def _name_key(name: str | None, city: bool = False) -> str:
@@ -269,8 +273,25 @@ def _latlon_from_json(body: str) -> tuple[float, float] | None:
     return _valid_latlon(finite_float(lat), finite_float(lon))
 
 
+# a reader's answer when the text states several different points: a hedge, not an answer (no reader after it runs)
+_HEDGE = (math.nan, math.nan)
+
+
+def _one(values: list[float]) -> float | None:
+    """The value all of `values` agree on; None when there is none; nan when they differ (a hedge)."""
+    return None if not values else values[0] if len(set(values)) == 1 else math.nan
+
+
+def _agreed(lats: list[float], lons: list[float]) -> tuple[float, float] | None:
+    lat, lon = _one(lats), _one(lons)
+    if (lat is not None and math.isnan(lat)) or (lon is not None and math.isnan(lon)):
+        return _HEDGE
+    return _valid_latlon(lat, lon)
+
+
 def _latlon_from_hemispheres(text: str) -> tuple[float, float] | None:
-    lat = lon = None
+    lats: list[float] = []
+    lons: list[float] = []
     for m in _HEMI_RE.finditer(text):
         deg, minutes, seconds = (finite_float(g) if g else 0.0 for g in m.groups()[:3])
         if deg is None or minutes is None or seconds is None:
@@ -279,41 +300,44 @@ def _latlon_from_hemispheres(text: str) -> tuple[float, float] | None:
             continue
         value = deg + minutes / 60.0 + seconds / 3600.0
         hemi = m.group(4)[0].upper()
-        if hemi in "NS" and lat is None:
-            lat = -value if hemi == "S" else value
-        elif hemi in "EW" and lon is None:
-            lon = -value if hemi == "W" else value
-    return _valid_latlon(lat, lon)
+        if hemi in "NS":
+            lats.append(-value if hemi == "S" else value)
+        else:
+            lons.append(-value if hemi == "W" else value)
+    return _agreed(lats, lons)
 
 
 def _latlon_from_labels(text: str) -> tuple[float, float] | None:
-    lat = lon = None
+    lats: list[float] = []
+    lons: list[float] = []
     for m in _LABELLED_RE.finditer(text):
         value = finite_float(m.group(2)) if is_finite_token(m.group(2)) else None
-        if m.group(1).lower().startswith("lat"):
-            lat = value if lat is None else lat
-        else:
-            lon = value if lon is None else lon
-    return _valid_latlon(lat, lon)
+        if value is not None:
+            (lats if m.group(1).lower().startswith("lat") else lons).append(value)
+    return _agreed(lats, lons)
 
 
 def _latlon_from_pairs(text: str) -> tuple[float, float] | None:
     tokens = list(NUMBER_RE.finditer(text))
+    found: set[tuple[float, float]] = set()
     for a, b in itertools.pairwise(tokens):
         if _PAIR_SEP_RE.fullmatch(text, a.end(), b.start()) is None:
             continue
-        found = _valid_latlon(*(float(t.group(0)) if is_finite_token(t.group(0)) else None for t in (a, b)))
-        if found:
-            return found
-    return None
+        pair = _valid_latlon(*(float(t.group(0)) if is_finite_token(t.group(0)) else None for t in (a, b)))
+        if pair:
+            found.add(pair)
+            if len(found) > 1:  # "48.85, 2.35, 35.68, 139.69": several points
+                return _HEDGE
+    return found.pop() if found else None
 
 
 def parse_latlon(text: str) -> tuple[float, float] | None:
     """(lat, lon) in degrees, else None. Forms, tried in order (the first that yields an in-range pair wins):
     JSON {"lat": .., "lon": ..} (also latitude/longitude/lng/long); hemisphere letters or words, decimal or
     degrees-minutes-seconds, either order ("48.85N 2.35E", "2.35°E, 48.85°N", "33°52'S 151°12'E"); labels
-    ("lat: 48.8, lon: 2.3"); otherwise the first two adjacent numbers (separated only by spaces, a comma,
-    semicolon, slash or degree sign) with lat in [-90, 90] and lon in [-180, 180] ("48.8566, 2.3522").
+    ("lat: 48.8, lon: 2.3"); otherwise two adjacent numbers (separated only by spaces, a comma, semicolon, slash
+    or degree sign) with lat in [-90, 90] and lon in [-180, 180] ("48.8566, 2.3522"). A form that states several
+    different points ("48.85, 2.35, 35.68, 139.69", "48.8N 2.3E or 35.7N 139.7E") is a hedge: None.
     """
     if not isinstance(text, str):
         return None
@@ -321,7 +345,7 @@ def parse_latlon(text: str) -> tuple[float, float] | None:
     for reader in (_latlon_from_json, _latlon_from_hemispheres, _latlon_from_labels, _latlon_from_pairs):
         found = reader(body)
         if found:
-            return found
+            return None if found is _HEDGE else found
     return None
 
 

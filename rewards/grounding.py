@@ -9,15 +9,26 @@ Coordinate conventions (what a model writes, and what it is compared against) ar
   any resize; Qwen2-VL writes `(x1,y1),(x2,y2)`.
 Ground truth is stored in ORIGINAL image pixels (`image_size` = [w, h] of the file) and is converted to the model's
 frame by `gt_to_model_coords`: absolute -> x * model_w / image_w, y * model_h / image_h; relative_1000 ->
-x * 1000 / image_w, y * 1000 / image_h (floats; no rounding). Predictions are never converted: they are clipped to
-the model's frame ([0, model_w] x [0, model_h], or [0, 1000]^2) and scored there. IoU is invariant under a per-axis
-scaling, so scoring in the model frame equals scoring in original pixels.
+x * 1000 / image_w, y * 1000 / image_h (floats; no rounding). Predictions are never converted: they are scored in
+the model's frame ([0, model_w] x [0, model_h], or [0, 1000]^2). IoU is invariant under a per-axis scaling, so
+scoring in the model frame equals scoring in original pixels.
 
 Ground truth (`check_boxes`, the one rule for records and reward columns): a list of boxes [x1, y1, x2, y2] of
 finite numbers with x1 <= x2 and y1 <= y2 ([] = the object is absent; a single flat box is accepted too). Reversed
 corners are an error, not silently swapped: they usually mean [x, y, w, h] data. A record's boxes are also clipped
 to its image, and a box left with no area inside it is an error.
-Predictions (`parse_boxes`) are read leniently: swapped corners are put in order.
+Predictions (`parse_boxes`) are read leniently: swapped corners are put in order. An answer with a coordinate outside
+the model's frame (a negative pixel, a pixel past the image's side, a relative value past 1000) is not a valid answer
+and scores 0.0 on both rewards: it is not clipped into a box that covers the whole image.
+
+Rewards: `iou` is the first box's IoU measured against the whole-image box's (`skill_over`: (IoU - IoU_whole) /
+(1 - IoU_whole), floored at 0), so the hedge "the object is somewhere in the image" earns nothing while a perfect
+box earns 1.0 (when the object fills the image the whole-image box is the right answer and the plain IoU is paid).
+`box_f1` counts the boxes one-to-one matched to true boxes at IoU 0.5 and divides by the larger of the two counts,
+TP / max(#pred, #gt) (`strict_f1_at_iou`): the usual F1, 2 TP / (#pred + #gt), when the answer has as many boxes as
+the truth, but extra boxes never pay. With the usual F1, k random boxes for one object earn about 2k/(k+1) times
+what one random box earns (spraying boxes is a better bet than guessing); with max, at most as much. The plain IoU
+and the usual F1 (`iou_score` / `plain_iou`, `box_f1_score` / `plain_box_f1`) are what the task's metrics report.
 
 Columns: `solution` (GT boxes in original pixels), `image_size` ([w, h] original), `model_size` ([w, h] resized),
 and optional `coord_family` (a model family's name; "qwen2_5_vl" when absent).
@@ -47,6 +58,7 @@ from .parse import (
     list_from_text,
     loads_or_none,
     score_each,
+    skill_over,
     strip_code_fence,
 )
 
@@ -201,6 +213,16 @@ def f1_at_iou(preds: Sequence[Sequence[float]], gts: Sequence[Sequence[float]], 
     return 2.0 * count_matches(preds, gts, threshold) / (len(preds) + len(gts))
 
 
+def strict_f1_at_iou(
+    preds: Sequence[Sequence[float]], gts: Sequence[Sequence[float]], threshold: float = MATCH_IOU
+) -> float:
+    """matches / max(#pred, #gt) (min of precision and recall): F1 when the counts agree, never more; 1.0 when both
+    are empty. The reward's form: a longer list of guesses cannot raise its expectation (module doc)."""
+    if not preds and not gts:
+        return 1.0
+    return count_matches(preds, gts, threshold) / max(len(preds), len(gts))
+
+
 MAX_BOXES = 100  # more boxes than any referring expression needs; bounds matching cost on spammed answers
 _BOX_KEYS = ("bbox_2d", "bbox", "box_2d", "box")
 _SP = r"\s{0,20}"
@@ -299,14 +321,23 @@ def is_abstention(text: str) -> bool:
     return len(body) <= 200 and _ABSTAIN_RE.fullmatch(body) is not None
 
 
+def inside_frame(box: Sequence[float], frame: tuple[float, float]) -> bool:
+    """Every coordinate of the box lies in [0, width] x [0, height]."""
+    width, height = frame
+    x1, y1, x2, y2 = box
+    return all(0.0 <= x <= width for x in (x1, x2)) and all(0.0 <= y <= height for y in (y1, y2))
+
+
 def predicted_boxes(completion: str, frame: tuple[float, float]) -> list[Box] | None:
-    """The completion's boxes clipped to `frame`; [] for an explicit abstention; None when no answer/no boxes."""
+    """The completion's boxes; [] for an explicit abstention; None when there is no answer, no box, or a box with a
+    coordinate outside `frame` (not a valid answer: clipping it would turn [-1e9, -1e9, 1e9, 1e9] into the whole
+    image)."""
     answer = extract_answer(completion)
     if answer is None:
         return None
     boxes = parse_boxes(answer)
     if boxes:
-        return [clip_box(b, *frame) for b in boxes]
+        return boxes if all(inside_frame(b, frame) for b in boxes) else None
     return [] if is_abstention(answer) else None
 
 
@@ -317,18 +348,23 @@ def _prepare(completion: str, solution: Any, image_size: Any, model_size: Any, f
     check_size(model_size, "model_size")
     frame = model_frame(model_size, family)
     gts = [gt_to_model_coords(b, image_size, model_size, family) for b in check_boxes(solution)]
-    return predicted_boxes(completion, frame), gts
+    return predicted_boxes(completion, frame), gts, frame
 
 
 def iou_score(
     completion: str, solution: Any, image_size: Any, model_size: Any, coord_family: str = QWEN2_5_VL
 ) -> float:
-    """IoU of the FIRST predicted box with its best-matching GT box (in the model frame).
+    """Plain IoU of the FIRST predicted box with its best-matching GT box (in the model frame): the metric.
 
     Abstention: an explicit "none"/"[]" answer scores 1.0 when the GT is [] and 0.0 otherwise; any box scores 0.0
-    against an empty GT. No answer tag, or an answer without boxes that is not an abstention -> 0.0.
+    against an empty GT. No answer tag, an answer without boxes that is not an abstention, or a box outside the
+    frame -> 0.0.
     """
-    preds, gts = _prepare(completion, solution, image_size, model_size, coord_family)
+    preds, gts, _ = _prepare(completion, solution, image_size, model_size, coord_family)
+    return _first_box_iou(preds, gts)
+
+
+def _first_box_iou(preds: list[Box] | None, gts: list[Box]) -> float:
     if preds is None:
         return 0.0
     if not preds or not gts:
@@ -336,16 +372,33 @@ def iou_score(
     return best_iou(preds[0], gts)
 
 
+def iou_skill_score(
+    completion: str, solution: Any, image_size: Any, model_size: Any, coord_family: str = QWEN2_5_VL
+) -> float:
+    """The `iou` reward: `iou_score` measured against the whole-image box's IoU (`skill_over`; module doc)."""
+    preds, gts, (width, height) = _prepare(completion, solution, image_size, model_size, coord_family)
+    iou = _first_box_iou(preds, gts)
+    return skill_over(iou, best_iou([0.0, 0.0, width, height], gts)) if gts else iou
+
+
 def box_f1_score(
     completion: str, solution: Any, image_size: Any, model_size: Any, coord_family: str = QWEN2_5_VL
 ) -> float:
-    """F1 of all predicted boxes vs all GT boxes, one-to-one matched at IoU >= 0.5 (`f1_at_iou`).
-
-    An explicit abstention against an empty GT -> 1.0; no answer / unparseable -> 0.0; duplicates count as false
-    positives.
+    """The usual F1 of all predicted boxes vs all GT boxes, one-to-one matched at IoU >= 0.5 (`f1_at_iou`): the
+    metric. An explicit abstention against an empty GT -> 1.0; no answer / unparseable / a box outside the frame
+    -> 0.0; duplicates count as false positives.
     """
-    preds, gts = _prepare(completion, solution, image_size, model_size, coord_family)
+    preds, gts, _ = _prepare(completion, solution, image_size, model_size, coord_family)
     return 0.0 if preds is None else f1_at_iou(preds, gts)
+
+
+def box_match_score(
+    completion: str, solution: Any, image_size: Any, model_size: Any, coord_family: str = QWEN2_5_VL
+) -> float:
+    """The `box_f1` reward: matches / max(#pred, #gt) at IoU >= 0.5 (`strict_f1_at_iou`), otherwise as
+    `box_f1_score`."""
+    preds, gts, _ = _prepare(completion, solution, image_size, model_size, coord_family)
+    return 0.0 if preds is None else strict_f1_at_iou(preds, gts)
 
 
 def format_boxes(boxes: Sequence[Sequence[float]], family: str, label: str | None = None) -> str:
@@ -375,11 +428,23 @@ _COLUMNS = {"required": ("solution", "image_size", "model_size"), "optional": {"
 
 @register_reward("iou")
 def iou_reward(completions: Sequence[Any], **columns: Any) -> list[float | None]:
-    """`iou_score` per completion. Columns: solution, image_size, model_size, coord_family (optional)."""
+    """`iou_skill_score` per completion: IoU beyond the whole-image box's. Columns: solution, image_size,
+    model_size, coord_family (optional)."""
+    return score_each("iou", completions, columns, iou_skill_score, **_COLUMNS)
+
+
+def plain_iou(completions: Sequence[Any], **columns: Any) -> list[float | None]:
+    """`iou_score` (the plain IoU) per completion, with the `iou` reward's columns: what metrics report."""
     return score_each("iou", completions, columns, iou_score, **_COLUMNS)
 
 
 @register_reward("box_f1")
 def box_f1_reward(completions: Sequence[Any], **columns: Any) -> list[float | None]:
-    """`box_f1_score` per completion (F1 at IoU 0.5). Columns as for `iou`."""
+    """`box_match_score` per completion: F1 at IoU 0.5 with max(#pred, #gt) as its denominator, so extra boxes
+    never pay. Columns as for `iou`."""
+    return score_each("box_f1", completions, columns, box_match_score, **_COLUMNS)
+
+
+def plain_box_f1(completions: Sequence[Any], **columns: Any) -> list[float | None]:
+    """`box_f1_score` (the usual F1 at IoU 0.5) per completion, with the `box_f1` reward's columns: the metric."""
     return score_each("box_f1", completions, columns, box_f1_score, **_COLUMNS)

@@ -8,14 +8,11 @@ for the jigsaw task's records alike (there n is the grid's tile count).
 
 Answer text: "[3, 1, 4, 2]", "3 1 4 2", "3,1,4,2" or a grid of rows (see `parse_order`), 1-based.
 
-Scoring of malformed orders (documented partial credit):
-- no answer tag, or an answer that is not a list of integers -> 0.0 for both rewards;
-- a list whose length differs from n -> 0.0 for both (positions no longer correspond to tiles);
-- right length with repeats or out-of-range values (0-based answers included) -> `jigsaw_exact` 0.0;
-  `jigsaw_fraction` still counts the positions holding the right tile. That cannot beat a valid permutation:
-  correct positions always hold distinct values, so any set of them extends to a permutation scoring the same.
-`jigsaw_fraction` = (# positions i with pred[i] == solution[i]) / n, in [0, 1]; the identity of the solution
-scores 1.0.
+Only a valid answer earns anything: an order that is not a permutation of 1..n (no answer tag, not a list of
+integers, a length other than n, a repeated or out-of-range value, a 0-based answer) scores 0.0 on both rewards, so
+a constant list such as [1, 1, 1, 1] earns no "fraction" credit for the one position it happens to get right.
+`jigsaw_fraction` = (# positions i with pred[i] == solution[i]) / n for a permutation `pred`, in [0, 1]; the
+solution itself scores 1.0.
 """
 
 from __future__ import annotations
@@ -48,9 +45,14 @@ def check_order(value: Any, name: str = "solution", n: int | None = None) -> lis
     return ints
 
 
+def is_permutation(pred: Sequence[int] | None, n: int) -> bool:
+    """True when `pred` is a permutation of 1..n (a valid answer to an n-tile puzzle)."""
+    return pred is not None and n > 0 and sorted(pred) == list(range(1, n + 1))
+
+
 def order_fraction(pred: Sequence[int] | None, solution: Sequence[int]) -> float:
-    """Fraction of positions where `pred` equals `solution`; 0.0 for None or a length mismatch."""
-    if pred is None or len(pred) != len(solution) or not solution:
+    """Fraction of positions where `pred` equals `solution`; 0.0 when `pred` is not a permutation of 1..n."""
+    if not is_permutation(pred, len(solution)):
         return 0.0
     return sum(p == s for p, s in zip(pred, solution, strict=True)) / len(solution)
 

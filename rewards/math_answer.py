@@ -7,6 +7,10 @@ The answer-tag content and the solution are each parsed with `math_verify.parse`
 delimiters `$`, `\\boxed`, `\\(` or `\\[`; otherwise wrapped as `$...$`, falling back to the bare text) and
 compared with `math_verify.verify(gold, pred)`: numbers, fractions, LaTeX, sets, intervals and symbolic equality.
 1.0 or 0.0; no answer tag, an answer over 1000 characters, a parse failure or a timeout -> 0.0.
+Hostile answers are refused before math-verify sees them (`too_costly`): a power whose exponent is over
+MAX_EXPONENT or is itself a power (`(x+1)^{1000000}`, `10^{10^{10}}`), a number of more than MAX_DIGITS digits, a
+factorial or binomial of a number over MAX_FACTORIAL; sympy would expand them for seconds and gigabytes. Such an
+answer (or gold answer) scores 1.0 only when it is written exactly as the other.
 (This module is not named `math.py`, so it can never shadow the standard library.)
 
 Timeouts without signals off the main thread: math-verify bounds its work with SIGALRM, which only the main thread
@@ -25,6 +29,7 @@ import logging
 import math
 import numbers
 import os
+import re
 import select
 import signal
 import subprocess
@@ -41,6 +46,11 @@ from .parse import bad_value, extract_answer, is_number, score_each
 
 DEFAULT_TIMEOUT_S = 2  # per math-verify step (each parse, each comparison); SIGALRM takes whole seconds
 MAX_ANSWER_CHARS = 1000
+MAX_EXPONENT = 100  # (x+1)^{100} already takes sympy about half a second to expand and compare
+MAX_DIGITS = 100
+MAX_FACTORIAL = 1000
+_NUMBER_RE = re.compile(r"\d+")
+_FACTORIAL_RE = re.compile(r"(\d+)\s*!")
 _STARTUP_GRACE_S = 60.0  # a fresh helper imports sympy and the package before answering
 _RETRY_AFTER_S = 60.0
 
@@ -163,10 +173,43 @@ def serve() -> None:
         sys.stdout.flush()
 
 
+def too_costly(text: str) -> bool:
+    """Whether comparing `text` symbolically could take seconds and gigabytes (see the module docstring)."""
+    if any(len(n) > MAX_DIGITS for n in _NUMBER_RE.findall(text)):
+        return True
+    if any(int(n) > MAX_FACTORIAL for n in _FACTORIAL_RE.findall(text)):
+        return True
+    if ("binom" in text or "choose" in text) and any(int(n) > MAX_FACTORIAL for n in _NUMBER_RE.findall(text)):
+        return True
+    return any(_exponent_too_large(text, m.end()) for m in re.finditer(r"\^|\*\*", text))
+
+
+def _exponent_too_large(text: str, start: int) -> bool:
+    """Whether the exponent written at text[start:] (`{...}`, `(...)` or a bare token) is a power itself, a
+    factorial, or holds a number over MAX_EXPONENT."""
+    rest = text[start:].lstrip()
+    if rest[:1] in ("{", "("):
+        close = "}" if rest[0] == "{" else ")"
+        depth, end = 0, len(rest)
+        for i, char in enumerate(rest):
+            depth += (char == rest[0]) - (char == close)
+            if depth == 0:
+                end = i + 1
+                break
+        exponent = rest[:end]
+    else:
+        exponent = re.match(r"[\w.]*", rest).group()
+    if "^" in exponent or "**" in exponent or "!" in exponent:
+        return True
+    return any(int(n) > MAX_EXPONENT for n in _NUMBER_RE.findall(exponent))
+
+
 def math_equal(answer: str, solution: str, timeout_s: int = DEFAULT_TIMEOUT_S) -> bool:
     """Is `answer` mathematically equal to `solution`? Thread-safe; never raises on any answer string."""
     if not answer.strip() or len(answer) > MAX_ANSWER_CHARS:
         return False
+    if too_costly(answer) or too_costly(solution):  # never handed to sympy: equal only as written
+        return answer.split() == solution.split()
     if os.name != "posix":  # math-verify times out with processes there, not signals: safe on any thread
         return _verify_here(answer, solution, timeout_s)
     if _signals_usable():

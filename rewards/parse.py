@@ -218,6 +218,20 @@ def is_finite_token(token: str) -> bool:
         return False
 
 
+def skill_over(value: float, trivial: float) -> float:
+    """A score in [0, 1] measured against what a trivial answer earns: (value - trivial) / (1 - trivial), floored
+    at 0 (the skill score of forecasting). The trivial answer itself, and anything no better, scores 0; a perfect
+    answer 1. When the trivial answer is already perfect (trivial >= 1) the plain value is returned.
+
+    Within one prompt this is an increasing affine map of `value` above `trivial`, so the std-normalised group
+    advantages of answers that beat the trivial one are unchanged; it only stops paying for the hedge.
+    """
+    if trivial >= 1.0:
+        return value
+    floor = max(trivial, 0.0)
+    return min(1.0, max(0.0, (value - floor) / (1.0 - floor)))
+
+
 def format_number(value: float, digits: int = 2) -> str:
     """Shortest decimal text of `value` at `digits` places: 14.0 -> "14", 1.25 -> "1.25", 2.5000001 -> "2.5"."""
     text = f"{value:.{digits}f}".rstrip("0").rstrip(".")

@@ -8,9 +8,14 @@ its segment must start before the video ends, and its end is clipped to the dura
 
 Predictions (`parse_segment`): "[12.5, 30]", "12.5s - 30s", "00:12 - 00:30"; a reversed pair is swapped. A
 zero-length prediction ("15 - 15") is read as it is and scores 0.0 (it overlaps no length of time); it is not an
-error. With the optional `duration` column (seconds), the predicted segment is clipped to [0, duration] first.
+error. With the optional `duration` column (seconds), a segment ending after the video (beyond DURATION_SLACK_S, the
+rounding of the duration the prompt states) is not a valid answer and scores 0.0: "0, 99999" is not clipped into
+the whole video.
 
 tIoU = |pred ∩ truth| / |pred ∪ truth| (lengths of 1-D intervals), in [0, 1]; 0.0 when the answer has no segment.
+The `tiou` reward measures it against the whole video's tIoU when the duration is known (`skill_over`: (tIoU -
+tIoU_whole) / (1 - tIoU_whole), floored at 0), so answering "the whole video" earns nothing; `tiou_score` (the plain
+tIoU, `plain_tiou`) is what the task's metrics report.
 Gold answers are written "start, end" in seconds (`format_segment`), as the task's prompt asks.
 """
 
@@ -33,9 +38,11 @@ from .parse import (
     is_number,
     list_from_text,
     score_each,
+    skill_over,
 )
 
 SEGMENT_EXPECTED = "[start, end] in seconds with 0 <= start < end"
+DURATION_SLACK_S = 0.05  # the prompt states the duration to 0.1 s: an answer ending at the stated value is valid
 
 
 def check_duration(value: Any, name: str = "duration") -> float | None:
@@ -114,19 +121,28 @@ def parse_segment(text: str) -> tuple[float, float] | None:
 
 
 def predicted_segment(completion: str, duration: float | None = None) -> tuple[float, float] | None:
-    """The completion's (start, end), clipped to [0, duration] when a duration is given; None when absent."""
+    """The completion's (start, end); None when absent, or when it ends after the video (by more than
+    DURATION_SLACK_S, the slack being clipped off)."""
     answer = extract_answer(completion)
     segment = None if answer is None else parse_segment(answer)
     if segment is None or duration is None:
         return segment
+    if segment[1] > duration + DURATION_SLACK_S:
+        return None
     return (min(segment[0], duration), min(segment[1], duration))
 
 
 def tiou_score(completion: str, solution: Any, duration: Any = None) -> float:
-    """tIoU of the answered segment with the true one (module doc)."""
+    """Plain tIoU of the answered segment with the true one (module doc): the metric."""
     truth, dur = check_segment(solution), check_duration(duration)
     pred = predicted_segment(completion, dur)
     return 0.0 if pred is None else interval_iou(pred, truth)
+
+
+def tiou_skill_score(completion: str, solution: Any, duration: Any = None) -> float:
+    """The `tiou` reward: `tiou_score` measured against the whole video's tIoU when the duration is known."""
+    value, dur = tiou_score(completion, solution, duration), check_duration(duration)
+    return value if dur is None else skill_over(value, interval_iou((0.0, dur), check_segment(solution)))
 
 
 def format_segment(start: float, end: float, digits: int = 2) -> str:
@@ -136,5 +152,11 @@ def format_segment(start: float, end: float, digits: int = 2) -> str:
 
 @register_reward("tiou")
 def tiou_reward(completions: Sequence[Any], **columns: Any) -> list[float | None]:
-    """`tiou_score` per completion. Columns: solution ([start, end] s), duration (optional)."""
+    """`tiou_skill_score` per completion: tIoU beyond the whole video's. Columns: solution ([start, end] s),
+    duration (optional)."""
+    return score_each("tiou", completions, columns, tiou_skill_score, optional={"duration": None})
+
+
+def plain_tiou(completions: Sequence[Any], **columns: Any) -> list[float | None]:
+    """`tiou_score` (the plain tIoU) per completion, with the `tiou` reward's columns: what metrics report."""
     return score_each("tiou", completions, columns, tiou_score, optional={"duration": None})

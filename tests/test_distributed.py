@@ -144,7 +144,8 @@ def test_two_processes_match_one_process_and_stay_in_sync(setup_files, one_proce
     m1, m2 = _metrics(run_one), _metrics(run_two)
     assert [m["step"] for m in m2] == list(range(1, STEPS + 1))
     for a, b in zip(m1, m2, strict=True):
-        assert a["loss"] != 0.0
+        # the surrogate's value can be exactly 0 (advantages sum to 0 in a group) while its gradient is not
+        assert a["grad_norm"] > 0.0
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-6)
         assert b["reward_mean"] == pytest.approx(a["reward_mean"], rel=1e-6)
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-3)

@@ -7,7 +7,7 @@ the very same completions. Debris of a crash mid-checkpoint (a partial temp fold
 metrics line written after the checkpoint) is planted and must be ignored.
 
 The quick test kills once; the slow one kills at 12 points of one run (SFT then GRPO, a checkpoint every step).
-A run started again without --resume replaces the old run's checkpoints, so a later --resume never picks one.
+A run started again with --overwrite replaces the old run's checkpoints, so a later --resume never picks one.
 """
 
 from __future__ import annotations
@@ -62,8 +62,10 @@ def _config(root: Path, data: Path, name: str, stages: list[str], sft_steps: int
         "model": {"name": "tiny", "min_pixels": 3136, "max_pixels": 3136},
         "data": [{"task": "counting", "train": str(data / "train.jsonl"), "val": str(data / "val.jsonl"),
                   "max_val": 2}],
-        "sft": {"steps": sft_steps, "batch_size": 2, "save_every": 1},
-        "grpo": {"steps": grpo_steps, "prompts_per_step": 2, "group_size": 2, "max_new_tokens": 6, "save_every": 1},
+        # a stage left out of `stages` still needs valid settings
+        "sft": {"steps": max(sft_steps, 1), "batch_size": 2, "save_every": 1},
+        "grpo": {"steps": max(grpo_steps, 1), "prompts_per_step": 2, "group_size": 2, "max_new_tokens": 6,
+                 "save_every": 1},
         "eval": {"max_new_tokens": 6, "batch_size": 2},  # greedy evaluation before and after each stage
     }
     path = root / f"{name}.yaml"
@@ -277,8 +279,8 @@ def test_a_fresh_start_replaces_the_previous_run_so_resume_never_picks_its_check
     run_dir = tmp_path / "runs" / "t"
     train("[grpo]")
     assert latest_checkpoint(run_dir).name == "s00-grpo-step000002"
-    out = train("[sft]")  # the same name, started again without --resume
-    assert "replacing the metrics, rollouts and 2 checkpoint(s)" in out
+    out = train("[sft]", "--overwrite")  # the same name, started afresh
+    assert "deleting 2 checkpoint(s)" in out
     assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["s00-sft-step000001"]
     assert set(store.read(run_dir)["stage"]) == {"eval-after-s00-sft"}
     assert "resuming from s00-sft-step000001" in train("[sft]", "--resume")

@@ -136,8 +136,13 @@ def test_save_to_disk_arrow_and_split_errors(tmp_path):
 
 
 def test_hub_id_offline_is_one_clear_error(monkeypatch):
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    # read at import time by both libraries: set them too, so no connection is tried (and retried) at all
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(DataError, match=r"some-user/some-set: not a local file or folder, and loading it as a "
                                         r"Hugging Face hub dataset \(split 'train'\) failed"):
         read_entry({"train": "some-user/some-set"}, "train")

@@ -148,7 +148,7 @@ def test_report_of_a_run_that_has_written_nothing_yet(run_dir, tmp_path):
     text = write_report(fresh).read_text(encoding="utf-8")
     for note in ("no evaluation in metrics.jsonl", "no sample improved", "no evaluation generations stored"):
         assert note in text
-    assert len(IMG_RE.findall(text)) == 3  # the three figures, each saying there is nothing to plot yet
+    assert len(IMG_RE.findall(text)) == 4  # the four figures, each saying there is nothing to plot yet
 
 
 def test_report_command(planted_run, tmp_path):

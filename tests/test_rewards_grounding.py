@@ -169,14 +169,20 @@ GT = [[20, 20, 100, 60]]  # original pixels; in Qwen2.5-VL model pixels [10, 10,
     [
         ('<answer>[{"bbox_2d": [10, 10, 50, 30]}]</answer>', "qwen2_5_vl", 1.0),
         ("<answer>[10, 10, 50, 30]</answer>", "qwen2_5_vl", 1.0),
-        ("<answer>[20, 20, 100, 60]</answer>", "qwen2_5_vl", pytest.approx(300 / 2900)),  # original-pixel frame
-        ("<answer>[30, 10, 70, 30]</answer>", "qwen2_5_vl", pytest.approx(1 / 3)),
+        ("<answer>[20, 20, 100, 60]</answer>", "qwen2_5_vl", 0.0),  # original pixels: y 60 is past the 50-pixel frame
+        # IoU 1/3, measured against the whole image's 800 / 5000 = 0.16: (1/3 - 0.16) / (1 - 0.16)
+        ("<answer>[30, 10, 70, 30]</answer>", "qwen2_5_vl", pytest.approx((1 / 3 - 0.16) / 0.84)),
+        ("<answer>[0, 0, 100, 50]</answer>", "qwen2_5_vl", 0.0),  # the whole image: the hedge earns nothing
+        ("<answer>[0, 0, 60, 40]</answer>", "qwen2_5_vl", pytest.approx((1 / 3 - 0.16) / 0.84)),  # loose: 800/2400
+        ("<answer>[40, 20, 100, 50]</answer>", "qwen2_5_vl", 0.0),  # IoU 100 / 2500, below the whole image's
         ("<answer>(100,200),(500,600)</answer>", "qwen2_vl", 1.0),
         ("<answer><|box_start|>(100,200),(500,600)<|box_end|></answer>", "qwen2_vl", 1.0),
         ("<answer>[50, 30, 10, 10]</answer>", "qwen2_5_vl", 1.0),  # swapped corners
         ("<answer>[10, 10, 50, 30], [0, 0, 5, 5]</answer>", "qwen2_5_vl", 1.0),  # first box counts
         ("<answer>[0, 0, 5, 5], [10, 10, 50, 30]</answer>", "qwen2_5_vl", 0.0),
-        ("<answer>[-100, -100, 50, 30]</answer>", "qwen2_5_vl", pytest.approx(800 / 1500)),  # clipped to frame
+        ("<answer>[-100, -100, 50, 30]</answer>", "qwen2_5_vl", 0.0),  # outside the frame: not a valid answer
+        ("<answer>[-1e9, -1e9, 1e9, 1e9]</answer>", "qwen2_5_vl", 0.0),  # not clipped into the whole image
+        ("<answer>(0,0),(1001,500)</answer>", "qwen2_vl", 0.0),  # past the 0-1000 range
         ("<answer>[60, 40, 90, 45]</answer>", "qwen2_5_vl", 0.0),  # outside the frame -> empty after clipping
         ("<answer>none</answer>", "qwen2_5_vl", 0.0),  # abstaining while the object is there
         ("<answer>the dog</answer>", "qwen2_5_vl", 0.0),
@@ -210,9 +216,10 @@ def test_iou_reward_abstention(text, expected):
     "text, solution, expected",
     [
         ("<answer>[[10, 10, 50, 30]]</answer>", GT, 1.0),
-        ("<answer>[[10, 10, 50, 30], [0, 0, 5, 5]]</answer>", GT, pytest.approx(2 / 3)),
-        ("<answer>[[10, 10, 50, 30], [10, 10, 50, 30]]</answer>", GT, pytest.approx(2 / 3)),  # a duplicate is a FP
-        ("<answer>[[10, 10, 50, 30]]</answer>", GT + [[0, 0, 20, 20]], pytest.approx(2 / 3)),
+        # matches / max(#pred, #gt): an extra box costs more than in the usual F1 (2/3 here), so it never pays
+        ("<answer>[[10, 10, 50, 30], [0, 0, 5, 5]]</answer>", GT, 0.5),
+        ("<answer>[[10, 10, 50, 30], [10, 10, 50, 30]]</answer>", GT, 0.5),  # a duplicate is a FP
+        ("<answer>[[10, 10, 50, 30]]</answer>", GT + [[0, 0, 20, 20]], 0.5),
         ("<answer>[[0, 0, 10, 10], [10, 10, 50, 30]]</answer>", GT + [[0, 0, 20, 20]], 1.0),  # order-free
         ("<answer>[[30, 10, 70, 30]]</answer>", GT, 0.0),  # IoU 1/3 < 0.5
         ("<answer>none</answer>", GT, 0.0),
@@ -253,7 +260,8 @@ def test_bad_columns_raise_column_errors(columns, message):
 
 def test_single_item_helpers():
     assert iou_score("<answer>[10, 10, 50, 30]</answer>", GT, [200, 100], [100, 50]) == 1.0
-    assert predicted_boxes("<answer>[-5, 0, 500, 20]</answer>", (100.0, 50.0)) == [[0, 0, 100, 20]]
+    assert predicted_boxes("<answer>[-5, 0, 500, 20]</answer>", (100.0, 50.0)) is None  # outside the frame
+    assert predicted_boxes("<answer>[0, 0, 100, 50]</answer>", (100.0, 50.0)) == [[0, 0, 100, 50]]
     assert predicted_boxes("<answer>none</answer>", (100.0, 50.0)) == []
     assert predicted_boxes("<answer>dog</answer>", (100.0, 50.0)) is None
     assert predicted_boxes("nothing", (100.0, 50.0)) is None

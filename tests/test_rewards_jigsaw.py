@@ -21,8 +21,9 @@ SOLUTION = [3, 1, 4, 2]
         ("<answer>[[3, 1], [4, 2]]</answer>", 1.0, 1.0),  # a grid of rows, row-major
         ("<answer>[3, 1, 2, 4]</answer>", 0.0, 0.5),
         ("<answer>[1, 2, 3, 4]</answer>", 0.0, 0.0),
-        ("<answer>[3, 3, 3, 3]</answer>", 0.0, 0.25),  # repeats: only the positions that hold the right tile
-        ("<answer>[3, 1, 4, 9]</answer>", 0.0, 0.75),  # out of range
+        ("<answer>[3, 3, 3, 3]</answer>", 0.0, 0.0),  # repeats: not a permutation, no partial credit
+        ("<answer>[3, 1, 4, 9]</answer>", 0.0, 0.0),  # out of range: not a permutation
+        ("<answer>[3, 1, 3, 2]</answer>", 0.0, 0.0),  # a repeat with 3 of 4 tiles in place
         ("<answer>[2, 0, 3, 1]</answer>", 0.0, 0.0),  # 0-based answer
         ("<answer>[3, 1, 4]</answer>", 0.0, 0.0),  # wrong length
         ("<answer>[3, 1, 4, 2, 5]</answer>", 0.0, 0.0),
@@ -81,14 +82,13 @@ def test_any_permutation_scores_in_unit_interval(pair):
 
 @settings(max_examples=200, deadline=None, derandomize=True)
 @given(permutations, st.lists(st.integers(-3, 20), max_size=20))
-def test_repeats_never_beat_a_permutation(solution, pred):
-    # the positions a malformed order gets right can always be completed into a valid permutation scoring the same
-    hits = {i for i, (p, s) in enumerate(zip(pred, solution, strict=False)) if p == s}
-    same_length = len(pred) == len(solution)
-    rest = iter(v for v in solution if v not in {solution[i] for i in hits})
-    completed = [solution[i] if i in hits else next(rest) for i in range(len(solution))]
-    assert sorted(completed) == sorted(solution)
-    assert order_fraction(pred, solution) <= (order_fraction(completed, solution) if same_length else 0.0)
+def test_only_permutations_earn_credit(solution, pred):
+    # an order that is not a permutation of 1..n is not an answer to the puzzle: no credit for its lucky positions
+    valid = sorted(pred) == list(range(1, len(solution) + 1))
+    fraction = sum(p == s for p, s in zip(pred, solution, strict=False)) / len(solution)
+    assert order_fraction(pred, solution) == (fraction if valid else 0.0)
+    text = f"<answer>{format_order(pred)}</answer>"
+    assert get_reward("jigsaw_fraction")([text], solution=[solution]) == [fraction if valid else 0.0]
 
 
 @pytest.mark.parametrize(

@@ -38,9 +38,14 @@ SOLUTION = [10.0, 20.0]
         ("<answer>[15, 15]</answer>", None, 0.0),  # a zero-length prediction parses and overlaps no length
         ("<answer>10 - 10</answer>", None, 0.0),
         ("<answer>00:20 - 00:20</answer>", None, 0.0),
-        ("<answer>[30, 40]</answer>", 20.0, 0.0),  # clipped to the duration: zero length
-        ("<answer>[15, 100]</answer>", 25.0, pytest.approx(5 / 15)),  # clipped to the duration first
+        ("<answer>[30, 40]</answer>", 20.0, 0.0),  # after the video's end: not a valid answer
+        ("<answer>[15, 100]</answer>", 25.0, 0.0),  # ends after the video: not clipped into a valid segment
         ("<answer>[30, 40]</answer>", 25.0, 0.0),
+        ("<answer>[10, 20]</answer>", 25.0, 1.0),
+        ("<answer>[0, 25]</answer>", 25.0, 0.0),  # the whole video (tIoU 10/25) is the baseline: no credit
+        ("<answer>[12, 18]</answer>", 25.0, pytest.approx((0.6 - 0.4) / 0.6)),  # tIoU beyond the whole video's
+        ("<answer>[0, 25.04]</answer>", 25.0, 0.0),  # within the slack of the stated duration: valid, clipped
+        ("<answer>[10, 25.04]</answer>", 25.0, pytest.approx((10 / 15 - 0.4) / 0.6)),
         ("<answer>15</answer>", None, 0.0),
         ("<answer>1 2 3</answer>", None, 0.0),
         ("<answer>1e400 to 20</answer>", None, 0.0),
@@ -125,7 +130,8 @@ def test_interval_iou_symmetric_and_bounded(a, b):
 def test_helpers():
     assert format_segment(12.5, 30.0) == "12.5, 30" and format_segment(1, 2) == "1, 2"
     assert parse_segment(format_segment(12.5, 30.0)) == (12.5, 30.0)
-    assert predicted_segment("<answer>[5, 50]</answer>", duration=30.0) == (5.0, 30.0)
+    assert predicted_segment("<answer>[5, 50]</answer>", duration=30.0) is None  # ends after the video
+    assert predicted_segment("<answer>[5, 30.04]</answer>", duration=30.0) == (5.0, 30.0)  # rounding slack, clipped
 
 
 @pytest.mark.parametrize(

@@ -41,7 +41,7 @@ def _group(group: int, g: int = 2) -> list[dict]:
 def test_append_and_read(tmp_path):
     store = RolloutStore(tmp_path / "run1")
     path = store.append(_group(0) + _group(1), "grpo", 1)
-    assert path.name == "s00-grpo-step00000001.parquet"
+    assert path.name == "s00~grpo~step00000001.parquet"
     df = read(tmp_path / "run1")
     assert len(df) == 4
     assert list(df.columns[: len(CORE_SCHEMA)]) == CORE_SCHEMA.names
@@ -65,7 +65,7 @@ def test_read_order_is_stage_appearance_then_step_then_group(tmp_path):
     assert store.steps() == [("sft", 1), ("sft", 2), ("grpo", 1)]
     assert len(read(tmp_path, stage="grpo")) == 2
     # a new store on the same folder recovers the stage indices
-    assert RolloutStore(tmp_path).append(_group(5), "grpo", 2).name.startswith("s01-grpo")
+    assert RolloutStore(tmp_path).append(_group(5), "grpo", 2).name.startswith("s01~grpo")
 
 
 def test_reappend_replaces_the_shard(tmp_path):
@@ -146,17 +146,17 @@ def test_delete_after_drops_newer_shards_and_temp_files(tmp_path):
         store.append(_group(0), "sft", step)
     for step in (1, 2):
         store.append(_group(0), "grpo", step)
-    (tmp_path / "rollouts" / ".s01-grpo-step00000003.parquet.1.tmp").write_bytes(b"x")
+    (tmp_path / "rollouts" / f".{shard_name(1, 'grpo', 3)}.1.tmp").write_bytes(b"x")
     removed = store.delete_after(0, 2)
     assert sorted(p.name for p in removed) == [
-        "s00-sft-step00000003.parquet", "s01-grpo-step00000001.parquet", "s01-grpo-step00000002.parquet"
+        shard_name(0, "sft", 3), shard_name(1, "grpo", 1), shard_name(1, "grpo", 2)
     ]  # fmt: skip
     assert store.steps() == [("sft", 1), ("sft", 2)]
     assert sorted(p.name for p in (tmp_path / "rollouts").iterdir()) == [
-        "s00-sft-step00000001.parquet", "s00-sft-step00000002.parquet"
+        shard_name(0, "sft", 1), shard_name(0, "sft", 2)
     ]  # fmt: skip
     # the grpo stage's index is free again after a delete that removed all of it
-    assert store.append(_group(0), "grpo", 1).name == "s01-grpo-step00000001.parquet"
+    assert store.append(_group(0), "grpo", 1).name == shard_name(1, "grpo", 1)
 
 
 def test_delete_after_with_kept_names_drops_a_shard_written_under_an_earlier_index(tmp_path):
@@ -167,9 +167,9 @@ def test_delete_after_with_kept_names_drops_a_shard_written_under_an_earlier_ind
     assert store.position() == (0, 2)
     store.append(_group(0), "grpo", 3)
     stray = store.append(_group(0), "sft", 9, stage_index=1).name  # a crash left it after the checkpoint
-    (tmp_path / "rollouts" / stray).rename(tmp_path / "rollouts" / "s00-sft-step00000009.parquet")
+    (tmp_path / "rollouts" / stray).rename(tmp_path / "rollouts" / shard_name(0, "sft", 9))
     removed = store.delete_after(*store_position_of(kept), keep=set(kept))
-    assert sorted(p.name for p in removed) == ["s00-grpo-step00000003.parquet", "s00-sft-step00000009.parquet"]
+    assert sorted(p.name for p in removed) == [shard_name(0, "grpo", 3), shard_name(0, "sft", 9)]
     assert store.steps() == [("grpo", 1), ("grpo", 2)]
     assert RolloutStore(tmp_path / "empty").position() == (-1, 0) and store_position_of([]) == (-1, 0)
 
@@ -220,14 +220,14 @@ def test_stage_index_conflicts(tmp_path):
         store.append(_group(0), "sft", 1, stage_index=1)
     with pytest.raises(ValueError, match="already belongs to stage 'sft'"):
         store.append(_group(0), "grpo", 1, stage_index=0)
-    assert store.append(_group(0), "grpo", 0, stage_index=3).name == "s03-grpo-step00000000.parquet"
+    assert store.append(_group(0), "grpo", 0, stage_index=3).name == "s03~grpo~step00000000.parquet"
 
 
 def test_unreadable_shard_names_its_path(tmp_path):
     folder = tmp_path / "rollouts"
     folder.mkdir()
     (folder / shard_name(0, "grpo", 0)).write_bytes(b"not parquet")
-    with pytest.raises(ValueError, match="s00-grpo-step00000000.parquet: unreadable rollout shard"):
+    with pytest.raises(ValueError, match="s00~grpo~step00000000.parquet: unreadable rollout shard"):
         read(tmp_path)
 
 
@@ -263,3 +263,18 @@ def test_free_form_stage_names_round_trip(tmp_path, stage):
 def test_row_run_name_wins_over_the_folder_name(tmp_path):
     RolloutStore(tmp_path / "folder").append([_row(0, 0, run="exp/a"), _row(0, 1)], "grpo", 0)
     assert read(tmp_path / "folder")["run"].tolist() == ["exp/a", "folder"]
+
+
+def test_shard_names_keep_split_words_apart_and_older_names_still_read(tmp_path):
+    """`datasets` reads "eval" / "val" / "test" between "-._ " or digits in a file name as a split and would load only
+    those shards from the folder; the stage is written with "~" for "-" (and %XX for ". _ ~ %"), read back whole."""
+    import re
+
+    store = RolloutStore(tmp_path)
+    for stage in ("eval-val-x.y_z", "test", "grpo-0"):
+        path = store.append(_group(0), stage, 1)
+        assert not re.search(r"(^|[-._ 0-9])(eval|val|test)([-._ 0-9]|$)", path.name), path.name
+    old = tmp_path / "rollouts" / "s03-eval-before-step00000000.parquet"  # a shard named the way it was before
+    store.append(_group(0), "eval-before", 0, stage_index=3)
+    (tmp_path / "rollouts" / shard_name(3, "eval-before", 0)).rename(old)
+    assert RolloutStore(tmp_path).steps() == [("eval-val-x.y_z", 1), ("test", 1), ("grpo-0", 1), ("eval-before", 0)]

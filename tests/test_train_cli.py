@@ -129,9 +129,12 @@ def test_cli_eval_table_shows_each_evaluation_and_task_metric():
     ]
     table = _eval_table(history)
     assert table.title == "held-out metrics"
-    assert [c.header for c in table.columns] == ["when", "counting/accuracy", "grounding/mean_iou"]
-    assert [list(c.cells) for c in table.columns] == [["before", "after-s00-sft"], ["0.250", "0.500"], ["", "0.123"]]
-    assert [c.header for c in _eval_table([]).columns] == ["when"]
+    # long format: a row per task metric, a column per evaluation (its label broken at the first hyphen)
+    assert [c.header for c in table.columns] == ["task", "metric", "before", "after\ns00-sft"]
+    assert [list(c.cells) for c in table.columns] == [
+        ["counting", "grounding"], ["accuracy", "mean_iou"], ["0.250", ""], ["0.500", "0.123"]
+    ]
+    assert [c.header for c in _eval_table([]).columns] == ["task", "metric"]
 
 
 @pytest.mark.parametrize("name", shipped_config_names())

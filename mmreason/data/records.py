@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,8 @@ from mmreason.rewards.parse import short_repr
 logger = logging.getLogger(__name__)
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
+# records nest lists and objects at most this deep: deeper ones are refused when read (see `_loads`)
+MAX_DEPTH = 100
 TABLE_SUFFIXES = {".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
 __all__ = ["DataError", "Dataset", "Problem", "read_dataset", "check_records", "build_samples", "write_jsonl"]
 
@@ -46,7 +49,17 @@ class Problem:
     def __str__(self) -> str:
         where = self.source if self.line is None else f"{self.source}:{self.line}"
         rid = f" [id {self.id}]" if self.id is not None else ""
-        return f"{where}{rid}: {self.message}"
+        return printable(f"{where}{rid}: {self.message}")
+
+
+# C0 and C1 control characters (escape sequences a terminal would obey, line breaks that would forge a line)
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """`text` with every control character written as a visible escape (ESC -> \\x1b, newline -> \\n): ids and
+    messages come from data files and are printed to terminals."""
+    return _CONTROL_RE.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 @dataclass
@@ -105,7 +118,7 @@ def read_dataset(
     for source, line, obj in rows:
         try:
             obj = prepare(obj) if prepare is not None else obj
-        except ValueError as exc:  # a row the adapter or the column mapping cannot use: reported, never fatal
+        except (ValueError, TypeError, RecursionError) as exc:  # a row the adapter or mapping cannot use: reported
             problems.append(Problem(source, line, _row_id(obj), str(exc)))
             continue
         records.append(_finish_record(obj, line, source))
@@ -140,7 +153,7 @@ Row = tuple[str, int, dict[str, Any]]  # (source file or name, 1-based line/row,
 def _read_location(where: Location) -> tuple[list[Row], list[Problem]]:
     """Every row of the location with its source and line, and the lines that could not be read."""
     if where.kind != "files":
-        return [(where.name, n, row) for n, row in _numbered(_datasets_rows(where))], []
+        return _numbered(_datasets_rows(where), where.name)
     rows: list[Row] = []
     problems: list[Problem] = []
     tables = [f for f in where.files if f.suffix in TABLE_SUFFIXES]
@@ -155,12 +168,22 @@ def _read_location(where: Location) -> tuple[list[Row], list[Problem]]:
         problems += bad
     if tables:  # one table read for all shards, numbered across them as `datasets` concatenates them
         name = str(tables[0]) if len(tables) == 1 else where.name
-        rows += [(name, n, row) for n, row in _numbered(_table_rows(tables))]
+        found, bad = _numbered(_table_rows(tables), name)
+        rows += found
+        problems += bad
     return rows, problems
 
 
-def _numbered(rows: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
-    return [(number, _plain_row(row)) for number, row in enumerate(rows, start=1)]
+def _numbered(rows: list[dict[str, Any]], source: str) -> tuple[list[Row], list[Problem]]:
+    """Table rows with their 1-based numbers, cells decoded; a row whose cells cannot be is a Problem."""
+    found: list[Row] = []
+    problems: list[Problem] = []
+    for number, row in enumerate(rows, start=1):
+        try:
+            found.append((source, number, _plain_row(row)))
+        except ValueError as exc:
+            problems.append(Problem(source, number, _row_id(row), str(exc)))
+    return found, problems
 
 
 def _row_id(row: Any) -> str | None:
@@ -192,21 +215,67 @@ def _parse_line(line: bytes) -> tuple[Any, str | None]:
         return None, f"not valid UTF-8 (byte {exc.start + 1} of the line)"
     if not text.strip():
         return None, None
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return None, f"invalid JSON at column {exc.colno}: {exc.msg}"
+    obj, problem = _loads(text)
+    if problem is not None:
+        return None, problem
     if not isinstance(obj, dict):
         return None, f"expected a JSON object, got {type(obj).__name__}"
     return obj, None
 
 
+def _loads(text: str) -> tuple[Any, str | None]:
+    """(value, None) or (None, what is wrong), for malformed and hostile JSON alike (see `_decode`)."""
+    try:
+        return _decode(text), None
+    except json.JSONDecodeError as exc:
+        return None, f"invalid JSON at column {exc.colno}: {exc.msg}"
+    except ValueError as exc:
+        return None, str(exc)
+
+
+def _decode(text: str) -> Any:
+    """json.loads; malformed JSON raises JSONDecodeError, hostile JSON a ValueError saying what is wrong.
+
+    The decoder itself raises RecursionError on deeply nested brackets and ValueError on an integer of more than
+    4,300 digits (Python's int-conversion guard); a value nested deeper than MAX_DEPTH would overflow the recursion
+    of later readers (printing, copying, writing it back), so it is refused here too.
+    """
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise ValueError(f"JSON nested more than {MAX_DEPTH} levels deep") from None
+    except ValueError as exc:  # "Exceeds the limit (4300 digits) for integer string conversion: ..."
+        raise ValueError(f"unreadable JSON value: {str(exc).split(':')[0][:120]}") from None
+    if _depth_over(value, MAX_DEPTH):
+        raise ValueError(f"JSON nested more than {MAX_DEPTH} levels deep")
+    return value
+
+
+def _depth_over(value: Any, limit: int) -> bool:
+    """Whether lists/objects nest deeper than `limit` (iterative: no recursion on hostile input)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
 def _read_json(file: Path) -> tuple[list[tuple[int, Any]], list[Problem]]:
     """A JSON array of objects, an object with a "data" array, or (many .json files are) JSON lines."""
     try:
-        doc = json.loads(file.read_bytes().decode("utf-8-sig"))
+        text = file.read_bytes().decode("utf-8-sig")
+        doc = json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError):
         return _read_jsonl(file)
+    except (RecursionError, ValueError):  # one hostile element: read the array element by element
+        return _read_json_elements(file, text)
     if isinstance(doc, dict) and isinstance(doc.get("data"), list):
         doc = doc["data"]
     if isinstance(doc, dict):  # a single JSON object: one record on one line
@@ -215,11 +284,77 @@ def _read_json(file: Path) -> tuple[list[tuple[int, Any]], list[Problem]]:
         return [], [Problem(str(file), None, None, f"expected a JSON array of objects, got {type(doc).__name__}")]
     rows, problems = [], []
     for number, obj in enumerate(doc, start=1):
-        if isinstance(obj, dict):
+        if not isinstance(obj, dict):
+            problems.append(Problem(str(file), number, None, f"expected an object, got {type(obj).__name__}"))
+        elif _depth_over(obj, MAX_DEPTH):
+            problems.append(Problem(str(file), number, None, f"JSON nested more than {MAX_DEPTH} levels deep"))
+        else:
+            rows.append((number, obj))
+    return rows, problems
+
+
+# one JSON string (escapes included), an opening or closing bracket: what finding the end of a value needs
+_STRING_RE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_STRUCTURE_RE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+_SCALAR_RE = re.compile(r'[^\s,\]}]+')
+
+
+def _read_json_elements(file: Path, text: str) -> tuple[list[tuple[int, Any]], list[Problem]]:
+    """The elements of a JSON array file one by one, so that one element the decoder cannot take (nested too
+    deeply, an over-long integer) is a Problem of its own instead of the whole file's failure."""
+    i = _skip_space(text, 0)
+    if not text.startswith("[", i):  # an object (or JSON lines) holding the bad value: reported line by line
+        return _read_jsonl(file)
+    rows: list[tuple[int, Any]] = []
+    problems: list[Problem] = []
+    i = _skip_space(text, i + 1)
+    number = 0
+    while i < len(text) and not (number == 0 and text[i] == "]"):
+        number += 1
+        end = _value_end(text, i)
+        if end is None:
+            problems.append(Problem(str(file), number, None, "the JSON array ends inside this element"))
+            break
+        obj, problem = _loads(text[i:end])
+        if problem is None and not isinstance(obj, dict):
+            problem = f"expected an object, got {type(obj).__name__}"
+        if problem is None:
             rows.append((number, obj))
         else:
-            problems.append(Problem(str(file), number, None, f"expected an object, got {type(obj).__name__}"))
+            problems.append(Problem(str(file), number, None, problem))
+        i = _skip_space(text, end)
+        if text.startswith(",", i):
+            i = _skip_space(text, i + 1)
+            continue
+        if not text.startswith("]", i):
+            problems.append(Problem(str(file), number, None, "expected ',' or ']' after this element"))
+        break
     return rows, problems
+
+
+def _skip_space(text: str, i: int) -> int:
+    while i < len(text) and text[i] in " \t\r\n":
+        i += 1
+    return i
+
+
+def _value_end(text: str, start: int) -> int | None:
+    """Index just past the JSON value at `start` (found by brackets and strings, not decoded), None if unfinished."""
+    if text[start] == '"':
+        match = _STRING_RE.match(text, start)
+        return match.end() if match else None
+    if text[start] not in "[{":
+        match = _SCALAR_RE.match(text, start)
+        return match.end() if match else start + 1
+    depth = 0
+    for match in _STRUCTURE_RE.finditer(text, start):
+        token = match.group()
+        if token[0] == '"':
+            continue
+        depth += 1 if token in "[{" else -1
+        if depth == 0:
+            return match.end()
+    return None
 
 
 def _table_rows(files: Sequence[Path]) -> list[dict[str, Any]]:
@@ -302,15 +437,21 @@ def _undecoded(features: Any) -> Any:
 
 
 def _plain_row(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: _plain_value(v) for k, v in row.items()}
+    out = {}
+    for key, value in row.items():
+        try:
+            out[key] = _plain_value(value)
+        except ValueError as exc:  # a JSON cell too deep or with an over-long integer
+            raise ValueError(f"column {short_repr(key, 60)}: {exc}") from None
+    return out
 
 
 def _plain_value(value: Any) -> Any:
     """Undo table encodings: JSON text in CSV cells, stored media as {"bytes", "path"} -> bytes or path."""
     if isinstance(value, str) and value[:1] in "[{":
         try:
-            return json.loads(value)
-        except json.JSONDecodeError:
+            return _decode(value)
+        except json.JSONDecodeError:  # text that merely starts with a bracket stays text
             return value
     if isinstance(value, dict) and set(value) == {"bytes", "path"}:
         return value["bytes"] if value["bytes"] is not None else value["path"]

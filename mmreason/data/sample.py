@@ -15,6 +15,35 @@ from PIL import Image
 
 # `<image>` / `<video>` in a prompt's text mark where the media go (the convention of LLaVA-style datasets)
 PLACEHOLDER_RE = re.compile(r"<(image|video)>")
+# what a record is held to when no model says otherwise: a model of unknown context length is taken to attend over
+# DEFAULT_CONTEXT_TOKENS tokens, and no record brings more than MAX_IMAGES images (`mmreason.data.prepare`)
+DEFAULT_CONTEXT_TOKENS = 32768
+MAX_IMAGES = 256
+
+
+@dataclass(frozen=True)
+class RecordLimits:
+    """How large the Sample of one record may be; None: unbounded. `mmreason.data.prepare.make_sample` refuses a
+    record over any of them (ValueError), so an oversized record is skipped and counted like any bad record.
+
+    max_prompt_tokens: tokens of the prompt: its text (every turn) and its vision tokens.
+    max_vision_tokens: vision tokens of the prompt's images and video (from their resized sizes).
+    max_images: images of one record, counted before any is loaded.
+    max_target_tokens: tokens of the gold assistant text (what SFT trains on).
+    tokenizer: counts text tokens exactly when given; without one (`mmreason data check`, which loads no model)
+        text is bounded by characters only, `mmreason.data.prepare.MAX_CHARS_PER_TOKEN` per token.
+    """
+
+    max_prompt_tokens: int | None = DEFAULT_CONTEXT_TOKENS
+    max_vision_tokens: int | None = DEFAULT_CONTEXT_TOKENS
+    max_images: int | None = MAX_IMAGES
+    max_target_tokens: int | None = DEFAULT_CONTEXT_TOKENS
+    tokenizer: Any = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def unbounded(cls) -> RecordLimits:
+        """No limit at all (rebuilding samples that were trained already, e.g. for a report)."""
+        return cls(None, None, None, None)
 
 
 @dataclass
@@ -27,6 +56,7 @@ class SampleContext:
     system_prompt: a system turn put before every prompt (a data entry's `system_prompt`; else a record's `system`).
     prompt_template: replaces the task's user text: a format string over `{prompt}` (the task's own text),
         `{instruction}` (the answer-format instruction) and the record's fields, e.g. "{problem} {instruction}".
+    limits: how large a record's sample may be (`RecordLimits`; a run derives them from its model and config).
     """
 
     think: bool = True
@@ -41,6 +71,7 @@ class SampleContext:
     video_total_pixels: int = 28 * 28 * 1024
     system_prompt: str | None = None
     prompt_template: str | None = None
+    limits: RecordLimits = field(default_factory=RecordLimits)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from mmreason.data.prepare import make_sample
-from mmreason.data.records import DataError, Dataset
+from mmreason.data.records import DataError, Dataset, printable
 from mmreason.data.sample import Sample, SampleContext
 from mmreason.registry import get_task
 
@@ -161,7 +161,7 @@ class SampleStream:
             self._logged.add(key)
             logger.warning(
                 "skipping record %s (%s:%s) of task %s: %s",
-                record["id"], record["_source"], record["_line"], source.task.name, exc,
+                printable(record["id"]), record["_source"], record["_line"], source.task.name, printable(str(exc)),
             )
 
     def _fingerprint(self) -> list[list[Any]]:

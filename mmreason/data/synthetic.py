@@ -330,9 +330,11 @@ def _puzzle(img: Image.Image, rows: int, cols: int, seed: int) -> tuple[Image.Im
 
 
 def _grid(grid: Any) -> tuple[int, int]:
-    if (not isinstance(grid, list | tuple) or len(grid) != 2
-            or not all(isinstance(v, int) and v >= 1 for v in grid) or grid[0] * grid[1] < 2):
-        raise ValueError(f"grid must be [rows, cols] of positive ints with at least 2 tiles, got {grid!r}")
+    """The grid as (rows, cols) when the jigsaw task takes it (its own limit), else ValueError before any work."""
+    from mmreason.tasks.jigsaw import GRID_EXPECTED, valid_grid  # deferred: the task imports the processors
+
+    if not valid_grid(grid):
+        raise ValueError(f"grid must be {GRID_EXPECTED} (what the jigsaw task takes), got {grid!r}")
     return int(grid[0]), int(grid[1])
 
 

@@ -60,6 +60,9 @@ class ModelFamily:
     images_kwargs: tuple[tuple[str, Any], ...] = ()
     # names of the modules holding the vision tower and its projector: LoRA adapts the language model only
     vision_modules: tuple[str, ...] = ("visual",)
+    # the modules inside those that project vision features into the language model (merger / aligner), which
+    # model.freeze_projector freezes; the rest of vision_modules is the vision tower (model.freeze_vision_tower)
+    projector_modules: tuple[str, ...] = ("visual.merger",)
     video_timestamps: bool = False  # frames are introduced by their timestamps in the prompt text (Qwen3-VL)
     # what a prompt's cache holds per sequence, repeated G times for a shared prefix: kv (attention keys/values) or
     # hybrid (also linear-attention recurrent and convolution states)
@@ -70,6 +73,15 @@ class ModelFamily:
     # keyword arguments of the chat template (Qwen3.5 and Qwen3-VL: enable_thinking=False, so the generation prompt
     # does not open a <think> block of its own: the tasks ask for their <think>/<answer> format themselves)
     chat_template_kwargs: tuple[tuple[str, Any], ...] = ()
+
+    def part_of(self, parameter: str) -> Literal["vision_tower", "projector", "language_model"]:
+        """Which part of the model a parameter name belongs to (names may carry wrapper prefixes, e.g. peft's)."""
+        dotted = f".{parameter}."
+        if any(f".{m}." in dotted for m in self.projector_modules):
+            return "projector"
+        if any(f".{m}." in dotted for m in self.vision_modules):
+            return "vision_tower"
+        return "language_model"
 
     @property
     def image_factor(self) -> int:

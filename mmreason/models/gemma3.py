@@ -19,6 +19,7 @@ from mmreason.models.family import ModelFamily
 
 FAMILY = ModelFamily(
     name="gemma3",
+    projector_modules=("multi_modal_projector",),
     label="Gemma 3",
     model_types=("gemma3",),
     processor_classes=("Gemma3Processor",),

@@ -20,6 +20,7 @@ from mmreason.models.family import ModelFamily
 
 FAMILY = ModelFamily(
     name="internvl",
+    projector_modules=("multi_modal_projector",),
     label="InternVL3",
     model_types=("internvl",),
     processor_classes=("InternVLProcessor",),

@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import os
 import re
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,8 +70,17 @@ def ensure_tiny(cfg: ModelConfig, cache_dir: Path, seed: int = 0) -> Path:
 
     t = cfg.tiny
     folder = cache_dir / f"tiny-{t.arch}-h{t.hidden_size}-l{t.layers}-v{t.vision_depth}-s{seed}"
-    if not (folder / "config.json").is_file():
-        tmp = folder.with_name(folder.name + ".tmp")
+    if (folder / "config.json").is_file():
+        return folder
+    from mmreason.runs.lock import file_lock
+
+    # runs sharing output_dir may start together: one builds, the others wait for it and use its folder
+    with file_lock(folder.with_name(f".{folder.name}.lock"), what=f"the tiny-model cache {folder}"):
+        if (folder / "config.json").is_file():
+            return folder
+        tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)  # without config.json: a build cut short
         # building seeds and draws from torch's RNG: fork it, so a run samples the same with or without the cache
         with torch.random.fork_rng(devices=[]):
             build_tiny(
@@ -131,14 +142,64 @@ def apply_lora(model: Any, cfg: ModelConfig) -> Any:
     return get_peft_model(model, lora)
 
 
+class ModelNotFoundError(ValueError):
+    """`model.name` names neither a local model folder nor a model the hub serves (or, offline, the cache holds)."""
+
+
+# a hub model id: `name` or `owner/name` (letters, digits, - _ .)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+MODEL_NAME_HELP = ("model.name takes tiny, a folder written by save_pretrained, or a hub id such as "
+                   "Qwen/Qwen2.5-VL-3B-Instruct")
+
+
+def model_config(name: str | Path) -> Any:
+    """The transformers config of a model folder or hub id, read without any weights: from the folder, from the
+    local hub cache, then from the hub. ModelNotFoundError (one line, naming the model) when none has it."""
+    from transformers import AutoConfig
+
+    text, path = str(name), Path(str(name)).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"model {text}: the folder has no config.json, so it is not a model folder; "
+                                     + MODEL_NAME_HELP)
+        return AutoConfig.from_pretrained(str(path))
+    if not _HUB_ID.match(text) or text.startswith("."):
+        raise ModelNotFoundError(f"model {text} is neither a local folder (no such path) nor reachable on the hub "
+                                 "(a hub id reads owner/name); " + MODEL_NAME_HELP)
+    try:
+        return AutoConfig.from_pretrained(text, local_files_only=True)  # cached: no network needed
+    except OSError:
+        pass
+    try:
+        return AutoConfig.from_pretrained(text)
+    except OSError as exc:
+        raise ModelNotFoundError(f"model {text} is neither a local folder nor reachable on the hub "
+                                 f"({_hub_problem(exc)})") from None
+
+
+def _hub_problem(exc: OSError) -> str:
+    """Why the hub did not give a model's config, in a few words with what to do."""
+    from huggingface_hub import errors
+
+    cause = exc.__cause__
+    if isinstance(cause, errors.GatedRepoError):
+        return "it is gated: accept its terms on the hub and log in with `hf auth login`"
+    if isinstance(cause, errors.RepositoryNotFoundError):
+        return "the hub has no such model, or it is private: check the id, or log in with `hf auth login`"
+    if isinstance(cause, errors.LocalEntryNotFoundError):
+        return ("no connection, or HF_HUB_OFFLINE is set, and not in the local cache: check the name and the "
+                "network, or download it once with `hf download`")
+    return str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+
+
 def build_policy(
     cfg: ModelConfig, cache_dir: str | Path = "runs/.cache", device: str = "auto", seed: int = 0
 ) -> Policy:
     """Load model + processor from a hub id, a local folder, or the tiny default; optional LoRA / checkpointing."""
-    from transformers import AutoConfig, AutoModelForImageTextToText
+    from transformers import AutoModelForImageTextToText
 
     source = ensure_tiny(cfg, Path(cache_dir), seed) if cfg.name == "tiny" else cfg.name
-    hf_config = AutoConfig.from_pretrained(str(source))
+    hf_config = model_config(source)
     processor = load_processor(source, cfg)
     family = resolve_family(hf_config, processor, cfg.family)  # refused before the weights are loaded
     model = AutoModelForImageTextToText.from_pretrained(
@@ -150,7 +211,36 @@ def build_policy(
         model.config.use_cache = False
     if cfg.lora.enabled:
         model = apply_lora(model, cfg)
+    freeze_parts(model, family, [part for part in PARTS if getattr(cfg, f"freeze_{part}", False)])
     return Policy(model=model, processor=processor, family=family, source=str(source))
+
+
+PARTS = ("vision_tower", "projector", "language_model")
+
+
+def freeze_parts(model: Any, family: ModelFamily, parts: list[str]) -> None:
+    """Freeze every parameter of the named parts (`ModelFamily.part_of`), as EasyR1's freeze_vision_tower and
+    ms-swift's freeze_vit / freeze_aligner do."""
+    for name, param in model.named_parameters():
+        if family.part_of(name) in parts:
+            param.requires_grad_(False)
+
+
+def parameter_counts(model: Any, family: ModelFamily) -> dict[str, tuple[int, int]]:
+    """Part -> (trainable, total) parameter counts."""
+    counts = {part: [0, 0] for part in PARTS}
+    for name, param in model.named_parameters():
+        part = counts[family.part_of(name)]
+        part[0] += param.numel() if param.requires_grad else 0
+        part[1] += param.numel()
+    return {part: (trainable, total) for part, (trainable, total) in counts.items()}
+
+
+def describe_trainable(counts: dict[str, tuple[int, int]]) -> str:
+    """`1,234 of 5,678 (21.7%); vision_tower 0 of ..., ...`: what the optimizer will update."""
+    trainable, total = (sum(c[i] for c in counts.values()) for i in (0, 1))
+    parts = ", ".join(f"{part} {t:,} of {n:,}" for part, (t, n) in counts.items() if n)
+    return f"{trainable:,} of {total:,} ({100 * trainable / max(total, 1):.1f}%); {parts}"
 
 
 def load_checkpoint_policy(path: str | Path, cfg: ModelConfig, device: str = "auto") -> Policy:

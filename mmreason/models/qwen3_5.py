@@ -18,6 +18,7 @@ from mmreason.models.qwen3_vl import FAMILY as QWEN3_VL
 
 FAMILY = ModelFamily(
     name="qwen3_5",
+    projector_modules=("visual.merger", "visual.deepstack_merger_list"),
     label="Qwen3.5",
     model_types=("qwen3_5", "qwen3_5_moe"),
     processor_classes=QWEN3_VL.processor_classes,

@@ -16,6 +16,7 @@ from mmreason.models.qwen2_vl import FAMILY as QWEN2_VL
 
 FAMILY = ModelFamily(
     name="qwen3_vl",
+    projector_modules=("visual.merger", "visual.deepstack_merger_list"),
     label="Qwen3-VL",
     model_types=("qwen3_vl", "qwen3_vl_moe"),
     processor_classes=("Qwen3VLProcessor",),

@@ -13,6 +13,7 @@ argument matches a stage exactly or as a prefix before "-": "grpo" means every G
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -24,17 +25,15 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from PIL import Image
 
 from mmreason.config import RunConfig, load_config
-from mmreason.data.entries import entry_context, read_entry
-from mmreason.data.locate import looks_like_hub_id, split_ref
-from mmreason.data.prepare import make_sample
 from mmreason.data.records import Dataset
-from mmreason.data.sample import Sample, SampleContext
-from mmreason.registry import get_task
+from mmreason.data.sample import Sample
 from mmreason.rewards import extract_answer, extract_think
 from mmreason.runs import store
+from mmreason.runs.samples import render_row, sample_for  # noqa: F401 (part of this module's API)
+
+log = logging.getLogger(__name__)
 
 KINDS = ("best", "worst", "most_improved")
 TOTAL = "total"
@@ -105,7 +104,7 @@ def load_run(run_dir: str | Path, data_roots: Sequence[str | Path] = ()) -> RunV
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
         raise FileNotFoundError(f"{run_dir}: not a run directory (no config.yaml)")
-    config = load_config(config_path)
+    config = load_config(config_path, check_paths=False)  # the run exists: only read it
     info_path = run_dir / "run.json"
     if info_path.is_file():
         try:
@@ -120,15 +119,25 @@ def load_run(run_dir: str | Path, data_roots: Sequence[str | Path] = ()) -> RunV
         config=config,
         info=info,
         metrics=read_metrics(run_dir / "metrics.jsonl"),
-        rollouts=store.read(run_dir),
+        rollouts=_read_rollouts(run_dir),
         data_roots=[Path(p) for p in data_roots],
     )
+
+
+def _read_rollouts(run_dir: Path) -> pd.DataFrame:
+    """The rollout store; a shard that cannot be read (corrupt, cut short) is left out with a warning."""
+    unreadable: list[str] = []
+    rows = store.read(run_dir, unreadable=unreadable)
+    for message in unreadable:
+        log.warning("skipping %s", message)
+    return rows
 
 
 def read_metrics(path: str | Path) -> pd.DataFrame:
     """metrics.jsonl as a frame with a `stage_index` column; a missing file gives an empty frame.
 
-    A partial last line (the run is writing it) is skipped; a bad line elsewhere is an error naming it.
+    A partial last line (the run is writing it) is skipped silently; any other line that is not a JSON object with
+    a "stage" (cut by a crash, or damaged) is skipped with a warning naming it.
     """
     path = Path(path)
     if not path.is_file():
@@ -140,12 +149,14 @@ def read_metrics(path: str | Path) -> pd.DataFrame:
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError, ValueError) as exc:
             if number == len(lines):
                 break
-            raise ValueError(f"{path}:{number}: not a JSON object: {exc}") from None
+            log.warning("skipping %s:%d: not a JSON object: %s", path, number, str(exc)[:200])
+            continue
         if not isinstance(row, dict) or "stage" not in row:
-            raise ValueError(f"{path}:{number}: expected a JSON object with a 'stage' field")
+            log.warning("skipping %s:%d: expected a JSON object with a 'stage' field", path, number)
+            continue
         rows.append(row)
     frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["stage", "step"])
     frame["stage_index"] = _stage_indices(frame)
@@ -359,84 +370,6 @@ def _improvements(rows: pd.DataFrame, stage_order: list[str], col: str) -> pd.Da
     table["first_stage"] = rows.loc[table["first_row"], "stage"].to_numpy()
     table["first_step"] = rows.loc[table["first_row"], "step"].to_numpy()
     return table[columns].sort_values("improvement", ascending=False, kind="stable")
-
-
-# ------------------------------------------------------------------------------------------------ rendering
-
-
-def sample_for(view: RunView, row: Mapping[str, Any] | pd.Series) -> Sample:
-    """Rebuild the Sample a store row was generated from (data entries of run.json, found by task and sample id)."""
-    task, sid, stage = str(row["task"]), str(row["sample_id"]), str(row.get("stage", ""))
-    sources = _data_sources(view, task, prefer_val=stage.startswith("eval-"))
-    for entry, which, ref in sources:
-        dataset, by_id = _dataset(view, entry, which, ref)
-        if sid not in by_id:
-            continue
-        key = (ref, which, sid)
-        if key not in view._samples:
-            ctx = SampleContext(
-                think=view.config.think,
-                model_family=view.family,
-                base_dir=dataset.base_dir,
-                min_pixels=view.config.model.min_pixels,
-                max_pixels=view.config.model.max_pixels,
-            )
-            view._samples[key] = make_sample(get_task(task), by_id[sid], entry_context(entry, ctx))
-        return view._samples[key]
-    where = ", ".join(ref for _, _, ref in sources) or "no data of that task in run.json"
-    raise LookupError(f"sample {sid!r} of task {task!r} not found in {where}")
-
-
-def render_row(view: RunView, row: Mapping[str, Any] | pd.Series) -> Image.Image:
-    """The row's completion drawn by its task's `visualize` (boxes, reassembled jigsaw, world map, ...)."""
-    sample = sample_for(view, row)
-    completion = row["completion"]
-    return get_task(str(row["task"])).visualize(sample, "" if completion is None else str(completion))
-
-
-def _data_sources(view: RunView, task: str, prefer_val: bool) -> list[tuple[Mapping[str, Any], str, str]]:
-    """(entry, "train" | "val", resolved reference) of the task's data entries, held-out first when preferred."""
-    entries = [d for d in view.info.get("data", []) if isinstance(d, Mapping) and d.get("task") == task]
-    keys = ("val", "train") if prefer_val else ("train", "val")
-    found = {}
-    for which in keys:
-        for entry in entries:
-            given = entry.get(which)
-            if given:
-                ref, split = split_ref(str(given))
-                hub = looks_like_hub_id(ref) and not any((b / ref).exists() for b in _bases(view))
-                resolved = ref if hub else str(_resolve(view, ref))  # a hub id stays as it is
-                found.setdefault((resolved, split, which), (entry, which, resolved + (f"@{split}" if split else "")))
-    return list(found.values())
-
-
-def _bases(view: RunView) -> list[Path]:
-    return [*view.data_roots, Path.cwd(), view.run_dir.resolve(), *view.run_dir.resolve().parents]
-
-
-def _resolve(view: RunView, path: str) -> Path:
-    """A run.json data path: absolute, or relative to the folder training ran in, which is unknown here; try the
-    data roots, the current folder, then the run directory and its ancestors."""
-    p = Path(path)
-    if p.is_absolute():
-        return p
-    bases = _bases(view)
-    for base in bases:
-        if (base / p).exists():
-            return (base / p).resolve()
-    tried = ", ".join(str(b / p) for b in bases[:4])
-    raise FileNotFoundError(
-        f"data file {path!r} of {view.run_dir}/run.json not found (tried {tried}, ...); "
-        "pass its folder in load_run(..., data_roots=[...])"
-    )
-
-
-def _dataset(view: RunView, entry: Mapping[str, Any], which: str, ref: str) -> tuple[Dataset, dict[str, dict]]:
-    key = (ref, which)
-    if key not in view._datasets:
-        dataset = read_entry(entry, which, ref=ref)
-        view._datasets[key] = (dataset, {str(r["id"]): r for r in dataset.records})
-    return view._datasets[key]
 
 
 # ------------------------------------------------------------------------------------------------ figures

@@ -1,7 +1,8 @@
 """`mmreason report`: one self-contained HTML page per run (written to `<run_dir>/report.html` at the end of
 `mmreason train`): run summary, held-out metrics before / after each stage, reward curves, the spread of rewards
-within GRPO groups, the best / worst / most improved samples drawn by their task's `visualize` with the completion's
-reasoning and answer, and the evaluations' generations.
+within GRPO groups (and per task the share of groups that give no signal), the best / worst / most improved
+samples drawn by their task's `visualize` with the completion's reasoning and answer, and the evaluations'
+generations.
 
 The page needs nothing else: images are base64 PNGs, the CSS is inline and there is no script. Every piece of text
 that comes from a model, a prompt or a data file goes through `html.escape`, so a completion holding markup shows as
@@ -57,21 +58,45 @@ img { max-width: 100%; height: auto; border: 1px solid #eee; } .figure img { bor
 """
 
 
-def write_report(run_dir: str | Path, out: str | Path | None = None, *, n: int = 4, eval_samples: int = 8) -> Path:
+def write_report(
+    run_dir: str | Path, out: str | Path | None = None, *, n: int = 4, eval_samples: int = 8,
+    load_task_files: bool = True,
+) -> Path:
     """Write the run's HTML report (default `<run_dir>/report.html`) and return its path.
 
     n: samples shown in each of the best / worst / most improved sections and drawn per task for the last
-        evaluation; eval_samples: held-out samples per task in the generations table.
+        evaluation; eval_samples: held-out samples per task in the generations table. load_task_files: import the
+    task files the run recorded in run.json first, so its own tasks can draw their samples.
     """
+    if load_task_files:
+        _load_task_files(Path(run_dir))
     view = ins.load_run(run_dir)
     page = build_report(view, n=n, eval_samples=eval_samples)
     path = Path(out) if out is not None else Path(run_dir) / "report.html"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     # a browser (or a CI artifact upload) reading the report while it is rewritten sees the old page or the new one
-    tmp.write_text(page, encoding="utf-8", errors="replace")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(page, encoding="utf-8", errors="replace")
+        os.replace(tmp, path)
+    except PermissionError:  # a read-only run folder: one line saying what to do (the CLI prints it)
+        raise PermissionError(f"cannot write the report into {path.parent} (not writable); choose another file with "
+                              "--out") from None
+    finally:
+        tmp.unlink(missing_ok=True)  # nothing left behind when the folder cannot take the page
     return path
+
+
+def _load_task_files(run_dir: Path) -> None:
+    """The run's recorded task files; one that fails to load costs only its samples' pictures (a note each)."""
+    from mmreason.registry import load_user_file
+    from mmreason.runs.run import recorded_task_files
+
+    for path in recorded_task_files(run_dir):
+        try:
+            load_user_file(path)
+        except Exception as exc:  # e.g. its tasks are registered already from another copy of the file
+            log.warning("report: task file %s not loaded: %s: %s", path, type(exc).__name__, exc)
 
 
 def build_report(view: ins.RunView, *, n: int = 4, eval_samples: int = 8) -> str:
@@ -210,10 +235,15 @@ def _curves_section(view: ins.RunView) -> str:
         _safe("reward curves", lambda: figure_tag(ins.reward_curves(view), "reward curves")),
         "<h3>Training statistics</h3>",
         _safe("training curves", lambda: figure_tag(ins.training_curves(view), "training curves")),
+        *(["<h3>SFT statistics</h3>", _safe("SFT curves", lambda: figure_tag(sft_curves(view), "SFT curves"))]
+          if "sft" in view.config.stages else []),
         "<h3>Reward spread within groups</h3>",
         "<p>GRPO learns only from groups whose completions score differently; a group with zero spread gives "
         "no gradient.</p>",
         _safe("group distribution", lambda: figure_tag(ins.group_reward_distribution(view), "group rewards")),
+        "<p>Per task: the share of groups whose completions all got the same reward. A task near 1 has stopped "
+        "giving signal (always solved, never solved, or a reward that cannot tell its answers apart).</p>",
+        _safe("zero-spread groups per task", lambda: figure_tag(zero_spread_by_task(view), "zero-spread groups")),
     ]
     return _section("curves", "Training curves", "\n".join(parts))
 
@@ -364,3 +394,71 @@ def _eval_picture(view: ins.RunView, row: pd.Series) -> str:
         f'<div class="cell">{picture}<div><code>{esc(row["sample_id"])}</code> · reward_total '
         f"{fmt(row['reward_total'])}</div></div>"
     )
+
+
+SFT_METRICS = ("loss", "grad_norm", "lr")
+
+
+def sft_curves(view: ins.RunView, keys: Sequence[str] = SFT_METRICS) -> Figure:
+    """Loss, gradient norm and learning rate of the SFT lines of metrics.jsonl per step, one line per SFT stage."""
+    m = view.metrics
+    rows = m[m["stage"] == "sft"] if "stage" in m else m
+    keys = [k for k in keys if k in rows and rows[k].notna().any()]
+    fig = Figure(figsize=(3.4 * max(1, len(keys)), 3.0), layout="constrained")
+    if rows.empty or not keys:
+        ax = fig.subplots()
+        ax.text(0.5, 0.5, "no SFT metrics to plot", ha="center", va="center", fontsize=12)
+        ax.set_axis_off()
+        return fig
+    axes = fig.subplots(1, len(keys), squeeze=False)[0]
+    for ax, key in zip(axes, keys, strict=True):
+        for index, part in rows.groupby("stage_index", sort=True):
+            ax.plot(part["step"], part[key], marker="o", markersize=3, label=f"sft-{index}")
+        ax.set_title(f"sft {key}", fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(True, alpha=0.3)
+    if rows["stage_index"].nunique() > 1:
+        axes[0].legend(fontsize=8)
+    return fig
+
+
+ZERO_VAR_PREFIX = "zero_var_groups/"
+
+
+def zero_spread_table(view: ins.RunView) -> pd.DataFrame:
+    """Share of zero-spread groups per (stage, step, task) of the GRPO stages: the `zero_var_groups/<task>` metrics,
+    or, for runs that predate them, the same share computed from the rollout store (all totals of a group equal)."""
+    m = view.metrics
+    cols = [c for c in m.columns if str(c).startswith(ZERO_VAR_PREFIX)]
+    rows = m[m["stage"] == "grpo"] if "stage" in m else m.iloc[0:0]
+    if cols and not rows.empty:
+        long = rows.melt(id_vars=["stage_index", "step"], value_vars=cols, var_name="task", value_name="share")
+        long["stage"] = "grpo-" + long["stage_index"].astype(str)
+        long["task"] = long["task"].str.removeprefix(ZERO_VAR_PREFIX)
+        return long.dropna(subset=["share"])[["stage", "step", "task", "share"]]
+    stats = ins.group_stats(view)
+    if stats.empty:
+        return pd.DataFrame(columns=["stage", "step", "task", "share"])
+    stats["share"] = (stats["max"] == stats["min"]).astype(float)
+    return stats.groupby(["stage", "step", "task"], sort=False)["share"].mean().reset_index()
+
+
+def zero_spread_by_task(view: ins.RunView) -> Figure:
+    """One line per task (and GRPO stage): the share of its groups with zero reward spread, per step."""
+    table = zero_spread_table(view)
+    fig = Figure(figsize=(6.4, 3.2), layout="constrained")
+    ax = fig.subplots()
+    if table.empty:
+        ax.text(0.5, 0.5, "no GRPO groups to plot", ha="center", va="center", fontsize=12)
+        ax.set_axis_off()
+        return fig
+    several = table["stage"].nunique() > 1
+    for (stage, task), part in table.groupby(["stage", "task"], sort=True):
+        ax.plot(part["step"], part["share"], marker="o", markersize=3, label=f"{task} ({stage})" if several else task)
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xlabel("step")
+    ax.set_ylabel("share of groups with zero spread")
+    ax.set_title("groups that give no signal, per task", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig

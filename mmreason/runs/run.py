@@ -21,6 +21,7 @@ import torch
 
 from mmreason.config import RunConfig, save_config
 from mmreason.data.entries import check_disjoint, entry_context, entry_ref, read_entry, uses_stage
+from mmreason.data.prepare import record_limits
 from mmreason.data.records import (
     DataError,
     Problem,
@@ -30,10 +31,11 @@ from mmreason.data.records import (
 )
 from mmreason.data.sample import Sample, SampleContext
 from mmreason.data.stream import SampleStream, Source
-from mmreason.models.policy import Policy
+from mmreason.models.policy import Policy, unwrap_model
 from mmreason.registry import get_task
 from mmreason.rollout.scoring import RewardErrors
 from mmreason.runs.store import RolloutStore
+from mmreason.runs.trackers import metrics_line
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,7 @@ class Run:
     rollout_engine: Any = None  # the vLLM engine of grpo.rollout: vllm, built at the first rollout
     # stage kind -> its training stream; kinds fed by the same data entries share one stream (one cursor)
     streams: dict[str, SampleStream] = field(default_factory=dict)
+    trackers: Any = None  # mmreason.runs.trackers.Trackers of the config's report_to (rank 0 only; None: none)
 
     def use_stage(self, kind: str) -> None:
         """Draw training samples from the stream of stage kind `kind` from now on."""
@@ -75,7 +78,7 @@ class Run:
         cfg = cfg or RunConfig()
         folder = Path(run_dir) if run_dir is not None else cfg.run_dir
         store = RolloutStore(folder) if run_dir is not None else None
-        ctx = sample_context(cfg, policy.family.name, Path.cwd())
+        ctx = sample_context(cfg, policy.family.name, Path.cwd(), policy)
         return cls(cfg, folder, policy, ctx, stream=None, val={}, store=store)
 
     @property
@@ -136,22 +139,48 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def sample_context(cfg: RunConfig, family: str, base_dir: Path) -> SampleContext:
+def sample_context(cfg: RunConfig, family: str, base_dir: Path, policy: Policy | None = None) -> SampleContext:
+    """The context the run's records become samples in; with `policy`, the record limits follow its context length
+    and prompt text is counted with its tokenizer (`mmreason.data.prepare.record_limits`)."""
+    completion = max(cfg.grpo.max_new_tokens if "grpo" in cfg.stages else 0, cfg.eval.max_new_tokens)
+    tokenizer = getattr(policy.processor, "tokenizer", None) if policy is not None else None
     return SampleContext(
         think=cfg.think,
         model_family=family,
         base_dir=base_dir,
         min_pixels=cfg.model.min_pixels,
         max_pixels=cfg.model.max_pixels,
+        limits=record_limits(cfg.model, family, context_length(policy), completion, tokenizer),
     )
+
+
+def context_length(policy: Policy | None) -> int | None:
+    """Tokens the policy's language model attends over (its config's max_position_embeddings), None if unknown."""
+    if policy is None:
+        return None
+    config = getattr(unwrap_model(policy.model), "config", None)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    value = getattr(text, "max_position_embeddings", None) or getattr(config, "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) and value > 0 else None
 
 
 def reward_weights(run: Run, task_name: str) -> dict[str, float]:
     """The task's default rewards for the prompt style, unless the config overrides them."""
-    for d in run.cfg.data:
+    return config_reward_weights(run.cfg, task_name)
+
+
+def config_reward_weights(cfg: RunConfig, task_name: str) -> dict[str, float]:
+    """`reward_weights` of a config: its first entry of the task with `rewards`, else the task's defaults."""
+    for d in cfg.data:
         if d.task == task_name and d.rewards:
             return dict(d.rewards)
-    return get_task(task_name).reward_weights(run.cfg.think)
+    return get_task(task_name).reward_weights(cfg.think)
+
+
+def run_reward_names(cfg: RunConfig) -> list[str]:
+    """Every reward any task of the config is scored with: the rollout store's reward columns for the whole run."""
+    tasks = dict.fromkeys(d.task for d in cfg.data)
+    return sorted({name for task in tasks for name in config_reward_weights(cfg, task)})
 
 
 def load_val(cfg: RunConfig, ctx: SampleContext) -> dict[str, list[Sample]]:
@@ -228,21 +257,37 @@ def data_metrics(run: Run) -> dict[str, float]:
 
 
 def read_history(run_dir: Path) -> list[dict[str, Any]]:
-    """The metrics lines a run folder holds (what `log_metrics` appended)."""
+    """The metrics lines a run folder holds (what `log_metrics` appended); a line that is not a JSON object (cut by a
+    crash, or damaged) is skipped with a warning."""
     path = run_dir / METRICS_FILE
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        try:
+            row = json.loads(line) if line.strip() else None
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+            row = exc
+        if isinstance(row, dict):
+            rows.append(row)
+        elif row is not None:
+            log.warning("skipping %s:%d: not a JSON object (%s)", path, number, str(row)[:200])
+    return rows
 
 
 def log_metrics(run: Run, stage: str, step: int, metrics: dict[str, Any]) -> None:
-    """Append one line to metrics.jsonl (flushed at once so it can be tailed while training runs)."""
+    """Append one line to metrics.jsonl (flushed at once so it can be tailed while training runs), the one place a
+    metrics line goes out: the run's trackers get it too, and train.log one INFO line of it."""
     row = {"stage": stage, "step": step, "time": time.time(), **metrics}
     run.history.append(row)
     if not run.is_main:  # every rank keeps the history (same length everywhere); rank 0 alone writes it
         return
     with (run.run_dir / METRICS_FILE).open("a") as f:
         f.write(json.dumps(row, default=float) + "\n")
+    if run.trackers is not None:
+        run.trackers.log(row)
+    if log.isEnabledFor(logging.INFO):
+        log.info("%s", metrics_line(row))
 
 
 
@@ -253,3 +298,79 @@ def prepare_run_dir(cfg: RunConfig) -> Path:
     return run_dir
 
 
+
+
+# ------------------------------------------------------------------------------------------------ the user's files
+
+RUN_INFO = "run.json"
+FILES_DIR = "files"  # copies of the task / reward files a run used, as they were when it started
+
+
+def reward_files(cfg: RunConfig) -> list[Path]:
+    """The files of the config's `path/to/file.py:function` rewards (data[i].rewards), resolved."""
+    found: dict[Path, None] = {}
+    for d in cfg.data:
+        for spec in d.rewards or {}:
+            if ":" in spec and spec.split(":", 1)[0].endswith(".py"):
+                found.setdefault(Path(spec.rsplit(":", 1)[0]).expanduser().resolve())
+    return list(found)
+
+
+def user_files_info(run_dir: Path, cfg: RunConfig, task_files: list[str | Path] | tuple = ()) -> dict[str, Any]:
+    """What run.json records of the user's files: the task files (`--task-file`) and reward files, as absolute paths,
+    each copied into `<run_dir>/files/` (`file_copies`: path -> copy relative to the run folder)."""
+    tasks = list(dict.fromkeys(Path(f).expanduser().resolve() for f in task_files))
+    rewards = reward_files(cfg)
+    copies: dict[str, str] = {}
+    for path in dict.fromkeys([*tasks, *rewards]):
+        if path.is_file():
+            name = path.name
+            while f"{FILES_DIR}/{name}" in copies.values():  # two files of one name from different folders
+                name = f"_{name}"
+            (run_dir / FILES_DIR).mkdir(parents=True, exist_ok=True)
+            (run_dir / FILES_DIR / name).write_bytes(path.read_bytes())
+            copies[str(path)] = f"{FILES_DIR}/{name}"
+    return {"task_files": [str(p) for p in tasks], "reward_files": [str(p) for p in rewards], "file_copies": copies}
+
+
+def read_run_info(run_dir: Path) -> dict[str, Any]:
+    """The run folder's run.json ({} when there is none or it is unreadable)."""
+    path = Path(run_dir) / RUN_INFO
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def recorded_task_files(run_dir: Path) -> list[Path]:
+    """The task files a run recorded, each where it was when the run started, else the run folder's copy of it
+    (a file found in neither place is left out with a warning)."""
+    info = read_run_info(run_dir)
+    files = []
+    for given in info.get("task_files", []):
+        path, copy = Path(given), info.get("file_copies", {}).get(given)
+        if path.is_file():
+            files.append(path)
+        elif copy and (Path(run_dir) / copy).is_file():
+            files.append(Path(run_dir) / copy)
+        else:
+            log.warning("task file %s recorded in %s is gone (and no copy is left)", given, Path(run_dir) / RUN_INFO)
+    return files
+
+
+def load_run_files(run_dir: Path) -> list[Path]:
+    """Import the task files a run recorded (`recorded_task_files`) so its tasks are registered; returns them."""
+    from mmreason.registry import load_user_file
+
+    files = recorded_task_files(run_dir)
+    for path in files:
+        load_user_file(path)
+    return files
+
+
+def open_store(cfg: RunConfig, run_dir: Path) -> RolloutStore:
+    """The run's rollout store, its columns fixed when the run starts: every reward of the config's tasks, and the
+    turns of multi-turn tool rollouts (`mmreason.runs.store`: one schema per run)."""
+    extras = {"turns": "string"} if "grpo" in cfg.stages and cfg.grpo.tools.enabled else {}
+    return RolloutStore(run_dir, reward_names=run_reward_names(cfg), extra_columns=extras)

@@ -5,10 +5,20 @@ store while training runs and never see half a shard. Re-appending a (stage, ste
 resumed run never duplicates a step; `delete_after` drops the shards a crash left behind past the checkpoint a run
 resumes from.
 
-Shard file name: `s<stage_index:02d>-<stage>-step<step:08d>.parquet` (lexical order == training order); temp files
-start with "." and are never read (pyarrow's dataset reader skips "."-prefixed files too). Prefer `read` over
-`pd.read_parquet(shard)` during training: pyarrow's path reader stats and opens a file separately, and a shard
-replaced in between fails to parse; `read` reads each shard through a single file handle.
+Shard file name: `s<stage_index:02d>~<stage>~step<step:08d>.parquet` (lexical order == training order), the stage
+written with "~" for "-" and "%XX" for ".", "_", " ", "~" and "%": `datasets` sorts files into splits by a word such as
+"eval", "val" or "test" between the characters "-._ " and digits, and `load_dataset("parquet", data_dir=...)` would
+otherwise read only the evaluations' shards (or only a user's "val" file's) and lose the rest. Shards named
+`s<index>-<stage>-step<step>.parquet` (written before) are still read. Temp files start with "." and are never read
+(pyarrow's dataset reader skips "."-prefixed files too). Prefer `read` over `pd.read_parquet(shard)` during training:
+pyarrow's path reader stats and opens a file separately, and a shard replaced in between fails to parse; `read` reads
+each shard through a single file handle.
+
+One schema per run: every shard of a store has the same columns, in the same order, with the same Arrow types, so
+pandas, `pyarrow.dataset` and `datasets.load_dataset("parquet", data_dir=...)` read the whole folder without losing a
+column. A run declares its columns when it starts (`RolloutStore(reward_names=..., extra_columns=...)`: every reward
+of every task of its config); a value a row lacks is stored as null. A column no shard had yet (a later `mmreason
+eval` of another task, an undeclared extra) widens the store: the existing shards are rewritten with it, null.
 
 Row schema (what `append` takes and `read` returns):
     run              str        the run's name: the row's own "run" if given, else RolloutStore's `run` (default:
@@ -23,7 +33,8 @@ Row schema (what `append` takes and `read` returns):
     media            list[str]  media references (paths); None -> []
     prompt           str        rendered prompt text
     completion       str        decoded completion text
-    reward_<name>    float      one column per named reward; None -> NaN (reward not applicable)
+    reward_<name>    float      one column per named reward, sorted by name; None -> null (reward not applicable;
+                                NaN in pandas)
     reward_total     float      weighted sum of the rewards
     advantage        float      group advantage used in the loss
     prompt_len       int        prompt tokens (media tokens included)
@@ -39,9 +50,10 @@ import json
 import math
 import os
 import re
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import pandas as pd
 import pyarrow as pa
@@ -76,7 +88,9 @@ CORE_SCHEMA = pa.schema(
 # what a caller must put in each row; run / stage / step are filled in by `append`
 REQUIRED_FIELDS = tuple(n for n in CORE_SCHEMA.names if n not in ("run", "stage", "step"))
 
-_SHARD_RE = re.compile(r"^s(\d{2})-(.+)-step(\d{8})\.parquet$")
+_SHARD_RE = re.compile(r"^s(\d{2})~(.+)~step(\d{8})\.parquet$")
+_OLD_SHARD_RE = re.compile(r"^s(\d{2})-(.+)-step(\d{8})\.parquet$")  # the names shards had before
+_ESCAPES = {"%": "%25", "~": "%7E", ".": "%2E", "_": "%5F", " ": "%20"}
 # stage names become part of file names: no path separators, control characters or leading dot (temp files)
 _STAGE_RE = re.compile(r"^[^./\\\x00-\x1f][^/\\\x00-\x1f]{0,99}$")
 _MAX_STEP = 10**8 - 1
@@ -89,10 +103,21 @@ class RolloutStore:
     passed to `append`; a stage name maps to exactly one index.
     """
 
-    def __init__(self, run_dir: str | Path, run: str | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: str | Path,
+        run: str | None = None,
+        *,
+        reward_names: Iterable[str] = (),
+        extra_columns: Mapping[str, pa.DataType | str] | None = None,
+    ) -> None:
+        """reward_names / extra_columns: the columns the run declares up front (see the module docstring); extra
+        column types are Arrow types or their names ("string", "int64", ...)."""
         self.run_dir = Path(run_dir)
         self.dir = self.run_dir / ROLLOUT_DIR
         self.run = run if run is not None else self.run_dir.resolve().name
+        self.declared = declared_schema(reward_names, extra_columns or {})
+        self._schema: pa.Schema | None = None  # the shards' schema, read from the latest shard when first needed
         self._stages: dict[str, int] = {}
         self._rescan()
 
@@ -102,11 +127,34 @@ class RolloutStore:
         if not isinstance(step, int) or not 0 <= step <= _MAX_STEP:
             raise ValueError(f"rollout store: step must be an int in [0, {_MAX_STEP}], got {step!r}")
         table = rows_to_table(rows, run=self.run, stage=stage, step=step)
+        schema = self._schema_for(table.schema)
         self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / shard_name(index, stage, step)
-        _atomic_write_table(table, path)
+        _atomic_write_table(conform(table, schema), path)
         self._stages[stage] = index
         return path
+
+    def schema(self) -> pa.Schema:
+        """The store's schema: its shards' (they all share it), else the declared one."""
+        if self._schema is None:
+            shards = _list_shards(self.dir)
+            self._schema = _shard_schema(shards[-1][3]) if shards else self.declared
+        return self._schema
+
+    def _schema_for(self, incoming: pa.Schema) -> pa.Schema:
+        """The schema a new shard is written with; when it has columns the shards lack, they are widened first."""
+        current = self.schema()
+        target = merge_schemas(merge_schemas(current, self.declared), incoming)
+        if not target.equals(current):
+            shards = [path for _, _, _, path in _list_shards(self.dir)]
+            for path in shards:  # every shard's own columns too: a folder written before one schema held, none lost
+                target = merge_schemas(target, _shard_schema(path))
+            for path in shards:
+                table = _read_shard(path)
+                if not table.schema.equals(target):
+                    _atomic_write_table(conform(table, target), path)
+        self._schema = target
+        return target
 
     def read(self, stage: str | None = None) -> pd.DataFrame:
         """All complete shards as one frame (see `read`)."""
@@ -140,6 +188,7 @@ class RolloutStore:
         return removed
 
     def _rescan(self) -> None:
+        self._schema = None
         self._stages = {stage: index for index, stage, _, _ in _list_shards(self.dir)}
 
     def _stage_index(self, stage: str, stage_index: int | None) -> int:
@@ -164,15 +213,26 @@ class RolloutStore:
 
 
 def shard_name(stage_index: int, stage: str, step: int) -> str:
-    """File name of a shard; lexical order == training order."""
-    return f"s{stage_index:02d}-{stage}-step{step:08d}.parquet"
+    """File name of a shard; lexical order == training order (see the module docstring)."""
+    stage_part = "".join(_ESCAPES.get(c, c) for c in stage).replace("-", "~")
+    return f"s{stage_index:02d}~{stage_part}~step{step:08d}.parquet"
 
 
-def read(run_dir: str | Path, stage: str | None = None) -> pd.DataFrame:
+def parse_shard_name(name: str) -> tuple[int, str, int] | None:
+    """(stage_index, stage, step) of a shard's file name (either naming), None for any other file."""
+    match = _SHARD_RE.fullmatch(name)
+    if match:
+        return int(match.group(1)), unquote(match.group(2).replace("~", "-")), int(match.group(3))
+    match = _OLD_SHARD_RE.fullmatch(name)
+    return (int(match.group(1)), match.group(2), int(match.group(3))) if match else None
+
+
+def read(run_dir: str | Path, stage: str | None = None, *, unreadable: list[str] | None = None) -> pd.DataFrame:
     """Read every complete shard of a run into one frame, sorted by stage order, step, group, completion index.
 
     Temp files are ignored, so this is safe while training writes. An empty store gives an empty frame with
-    the core columns. `media` comes back as python lists of str.
+    the core columns. `media` comes back as python lists of str. A shard that cannot be read (corrupt, cut short)
+    is a ValueError, or, when an `unreadable` list is given, skipped with its message appended to the list.
     """
     frames = []
     for index, shard_stage, _, path in _list_shards(Path(run_dir) / ROLLOUT_DIR):
@@ -183,7 +243,10 @@ def read(run_dir: str | Path, stage: str | None = None) -> pd.DataFrame:
         except FileNotFoundError:  # removed by delete_after between listing and reading
             continue
         except (pa.ArrowInvalid, OSError) as e:
-            raise ValueError(f"{path}: unreadable rollout shard: {e}") from None
+            if unreadable is None:
+                raise ValueError(f"{path}: unreadable rollout shard: {e}") from None
+            unreadable.append(f"{path}: unreadable rollout shard: {e}")
+            continue
         frame = table.to_pandas()
         frame["_stage_index"] = index
         frames.append(frame)
@@ -232,8 +295,46 @@ def completion_row(
         "completion_len": int(completion_len),
         "truncated": bool(truncated),
     }
-    row.update({f"reward_{n}": (math.nan if v is None else float(v)) for n, v in rewards.items()})
+    row.update({f"reward_{n}": (None if v is None else float(v)) for n, v in rewards.items()})
     return row
+
+
+def declared_schema(reward_names: Iterable[str], extra_columns: Mapping[str, pa.DataType | str]) -> pa.Schema:
+    """The core columns, one float64 `reward_<name>` per reward (sorted) and the typed extra columns."""
+    fields = list(CORE_SCHEMA)
+    fields += [pa.field(f"reward_{n}", pa.float64()) for n in sorted(set(reward_names)) if n != "total"]
+    for name, type_ in extra_columns.items():
+        fields.append(pa.field(name, pa.type_for_alias(type_) if isinstance(type_, str) else type_))
+    return pa.schema(fields)
+
+
+def merge_schemas(base: pa.Schema, more: pa.Schema) -> pa.Schema:
+    """`base` with the columns of `more` it lacks, in the store's column order: core columns, rewards sorted by name,
+    extras in order of appearance. A column typed null (all values None so far) takes the other side's type."""
+    fields = {f.name: f for f in base}
+    for field in more:
+        known = fields.get(field.name)
+        if known is None or pa.types.is_null(known.type):
+            fields[field.name] = field if known is None or not pa.types.is_null(field.type) else known
+        elif not pa.types.is_null(field.type) and known.type != field.type:
+            raise ValueError(
+                f"rollout store: column {field.name!r} holds {known.type} in this run's shards, not {field.type}"
+            )
+    core = [fields.pop(n) for n in CORE_SCHEMA.names if n in fields]
+    rewards = [fields.pop(n) for n in sorted(fields) if n.startswith("reward_")]
+    return pa.schema([*core, *rewards, *fields.values()])
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` with exactly `schema`'s columns, order and types: a column it lacks is all null."""
+    columns = []
+    for field in schema:
+        if field.name in table.column_names:
+            column = table.column(field.name)
+            columns.append(column if column.type == field.type else column.cast(field.type))
+        else:
+            columns.append(pa.nulls(len(table), field.type))
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def rows_to_table(rows: list[dict[str, Any]], *, run: str, stage: str, step: int) -> pa.Table:
@@ -260,7 +361,7 @@ def rows_to_table(rows: list[dict[str, Any]], *, run: str, stage: str, step: int
         fields.append(field)
     reward_names = sorted({k for r in rows for k in r if k.startswith("reward_") and k != "reward_total"})
     for name in reward_names:
-        values = [_float(r.get(name), name, i) for i, r in enumerate(rows)]
+        values = [_float(r.get(name), name, i, missing=None) for i, r in enumerate(rows)]
         arrays.append(pa.array(values, pa.float64()))
         fields.append(pa.field(name, pa.float64()))
     known = set(CORE_SCHEMA.names) | set(reward_names)
@@ -290,9 +391,9 @@ def _core_value(row: dict[str, Any], name: str, i: int) -> Any:
     return value
 
 
-def _float(value: Any, name: str, i: int) -> float:
+def _float(value: Any, name: str, i: int, missing: float | None = math.nan) -> float | None:
     if value is None:
-        return math.nan
+        return missing
     try:
         return float(value)
     except (TypeError, ValueError):
@@ -334,6 +435,12 @@ def _read_shard(path: Path) -> pa.Table:
     return pq.read_table(pa.BufferReader(data))
 
 
+def _shard_schema(path: Path) -> pa.Schema:
+    """A shard's schema from its footer alone (no pandas metadata: shards are written without it)."""
+    with open(path, "rb") as f:
+        return pq.ParquetFile(f).schema_arrow.remove_metadata()
+
+
 def _as_str_list(value: Any) -> list[str]:
     return [] if value is None else [str(v) for v in value]
 
@@ -344,9 +451,9 @@ def _list_shards(folder: Path) -> list[tuple[int, str, int, Path]]:
         return []
     shards = []
     for path in folder.iterdir():
-        match = _SHARD_RE.fullmatch(path.name)
-        if match:
-            shards.append((int(match.group(1)), match.group(2), int(match.group(3)), path))
+        parsed = parse_shard_name(path.name)
+        if parsed:
+            shards.append((*parsed, path))
     return sorted(shards, key=lambda s: (s[0], s[2]))
 
 
@@ -364,5 +471,5 @@ def _atomic_write_table(table: pa.Table, path: Path) -> None:
 
 def position_of(shard_names: list[str]) -> tuple[int, int]:
     """(stage_index, step) of the latest of these shard file names, (-1, 0) for none (see `RolloutStore.position`)."""
-    found = [_SHARD_RE.fullmatch(name) for name in shard_names]
-    return max(((int(m.group(1)), int(m.group(3))) for m in found if m), default=(-1, 0))
+    found = [parse_shard_name(name) for name in shard_names]
+    return max(((f[0], f[2]) for f in found if f), default=(-1, 0))

@@ -38,7 +38,7 @@ class CountingTask(Task):
     record_fields = {
         "image | images": "one or more images",
         "problem": "what to count",
-        "solution": "a whole number >= 0",
+        "solution": "a whole number from 0 to 1,000,000",
     }
 
     def to_sample(self, record: dict[str, Any], ctx: SampleContext) -> Sample:

@@ -8,8 +8,10 @@ Record: {"image": str, "problem": str, "solution": [[x1, y1, x2, y2], ...] | [x1
 "reasoning"?}. Boxes need x1 <= x2 and y1 <= y2; boxes partly outside the image are clipped, and a box with no
 area inside it is an error (`mmreason.rewards.grounding.check_boxes`, the rule the box rewards check their column
 with).
-Rewards (weights): format 0.5, iou 1.0, box_f1 0.5 -- IoU is the main signal as in VLM-R1/Visual-RFT, F1 at IoU 0.5
-adds credit for finding every instance, and the format reward is half the accuracy weight.
+Rewards (weights): format 0.5, iou 1.0, box_f1 0.5 -- IoU is the main signal as in VLM-R1/Visual-RFT (measured
+against the whole-image box's, so that hedge earns nothing), F1 at IoU 0.5 adds credit for finding every instance
+(with max(#pred, #gt) as its denominator, so extra boxes never pay), and the format reward is half the accuracy
+weight. The metrics report the plain IoU and F1.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from mmreason.rewards.grounding import (
     gt_to_model_coords,
     model_frame,
     model_to_gt_coords,
+    plain_box_f1,
+    plain_iou,
     predicted_boxes,
 )
 from mmreason.tasks import viz
@@ -44,7 +48,6 @@ from mmreason.tasks.common import (
     require,
     require_text,
     score,
-    score_one,
     single_image,
     user_messages,
 )
@@ -112,9 +115,9 @@ class GroundingTask(Task):
         )
 
     def metrics(self, completions: list[str], samples: list[Sample]) -> dict[str, float]:
-        ious = score("iou", completions, samples)
-        return {"acc@0.5": rate(ious, 0.5), "mean_iou": mean(ious), "mean_f1": mean(score("box_f1", completions,
-                                                                                             samples))}
+        # the plain IoU and F1 (the rewards are measured against the whole image and never pay for extra boxes)
+        ious, f1s = score(plain_iou, completions, samples), score(plain_box_f1, completions, samples)
+        return {"acc@0.5": rate(ious, 0.5), "mean_iou": mean(ious), "mean_f1": mean(f1s)}
 
     def visualize(self, sample: Sample, completion: str) -> Image.Image:
         cols = sample.columns
@@ -126,12 +129,12 @@ class GroundingTask(Task):
         shown = [model_to_gt_coords(b, image_size, model_size, family) for b in preds or []]
         view = viz.draw_boxes(view, cols["solution"], viz.TRUE_COLOR, scale=scale, width=4)
         view = viz.draw_boxes(view, shown, viz.PRED_COLOR, scale=scale, width=2)
-        iou, f1 = score_one("iou", completion, sample), score_one("box_f1", completion, sample)
+        iou, f1 = score(plain_iou, [completion], [sample])[0], score(plain_box_f1, [completion], [sample])[0]
         answer = extract_answer(completion)
         if answer is None:
             verdict = "no <answer>...</answer> found: malformed completion"
         elif preds is None:
-            verdict = f"no boxes in the answer: {clip_text(answer, 80)}"
+            verdict = f"no valid boxes in the answer (none, or outside the image): {clip_text(answer, 70)}"
         else:
             verdict = f"predicted (red, {family}): {clip_text(answer, 90) if preds else 'no object'}"
         return viz.caption_bar(view, [

@@ -42,14 +42,22 @@ from mmreason.tasks.common import (
     user_messages,
 )
 
+# the most tiles a puzzle may have: the one limit of records and of `mmreason data make jigsaw` (the answer lists
+# every tile, and the format reward's pattern grows with them)
 MAX_TILES = 64
+GRID_EXPECTED = f"[rows, cols] of positive integers with 2..{MAX_TILES} tiles"
+
+
+def valid_grid(value: Any) -> bool:
+    """Whether `value` is a grid this task takes (`GRID_EXPECTED`)."""
+    return (isinstance(value, (list, tuple)) and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
+            and 2 <= value[0] * value[1] <= MAX_TILES)
 
 
 def parse_grid(value: Any, rid: str) -> tuple[int, int]:
-    ok = (isinstance(value, (list, tuple)) and len(value) == 2
-          and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value))
-    if not ok or value[0] * value[1] < 2 or value[0] * value[1] > MAX_TILES:
-        raise field_error(rid, "grid", f"[rows, cols] of positive integers with 2..{MAX_TILES} tiles", value)
+    if not valid_grid(value):
+        raise field_error(rid, "grid", GRID_EXPECTED, value)
     return int(value[0]), int(value[1])
 
 

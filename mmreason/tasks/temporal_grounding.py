@@ -5,7 +5,8 @@ seconds are grounded in what it was shown (frames are sampled by the processors 
 Record: {"video": str (a video file), "problem": str (the moment's description), "solution": [start_s, end_s],
 "id"?, "reasoning"?}; 0 <= start < end, starting before the video ends (an end past the video's duration is
 clipped to it): `mmreason.rewards.temporal.check_segment`, the rule the tiou reward checks its column with.
-Rewards (weights): format 0.5, tiou 1.0 (temporal IoU, as in Time-R1 style recipes).
+Rewards (weights): format 0.5, tiou 1.0 (temporal IoU, as in Time-R1 style recipes, measured against the whole
+video's so that answering the whole video earns nothing; the metrics report the plain tIoU).
 Metrics: mean_tiou and recall at tIoU 0.3 / 0.5 / 0.7 (r@0.3, r@0.5, r@0.7), the standard moment-retrieval numbers.
 """
 
@@ -20,7 +21,7 @@ from mmreason.data.sample import Sample, SampleContext
 from mmreason.processors import MediaError, load_video
 from mmreason.registry import register_task
 from mmreason.rewards import extract_answer
-from mmreason.rewards.temporal import check_segment, format_segment, predicted_segment
+from mmreason.rewards.temporal import check_segment, format_segment, plain_tiou, predicted_segment
 from mmreason.tasks import viz
 from mmreason.tasks.base import Task, answer_instruction, wrap_target
 from mmreason.tasks.common import (
@@ -104,7 +105,7 @@ class TemporalGroundingTask(Task):
         )
 
     def metrics(self, completions: list[str], samples: list[Sample]) -> dict[str, float]:
-        tious = score("tiou", completions, samples)
+        tious = score(plain_tiou, completions, samples)  # plain tIoU (the reward is measured against the whole video)
         return {"mean_tiou": mean(tious), "r@0.3": rate(tious, 0.3), "r@0.5": rate(tious, 0.5),
                 "r@0.7": rate(tious, 0.7)}
 
@@ -112,7 +113,7 @@ class TemporalGroundingTask(Task):
         clip, (start, end) = sample.video, sample.columns["solution"]
         answer = extract_answer(completion)
         pred = predicted_segment(completion, sample.columns["duration"])
-        tiou = score("tiou", [completion], [sample])[0]
+        tiou = score(plain_tiou, [completion], [sample])[0]
         strip = viz.frame_strip(clip.frames, clip.timestamps, sample.columns["duration"],
                                 [("truth", (start, end), viz.TRUE_COLOR), ("predicted", pred, viz.PRED_COLOR)],
                                 f"tIoU {fmt_num(tiou, 3)}")

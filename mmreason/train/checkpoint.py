@@ -10,7 +10,9 @@ Layout of `<run_dir>/checkpoints/<name>/`:
     state.json        the trainer's `state` (stage index, step, data cursor, metrics; JSON)
     deepspeed/        under DeepSpeed only, instead of optimizer.pt: the engine's own checkpoint, one optimizer
                       shard per rank (written by every rank into the staging folder, see `staging_dir`)
-    complete.json     written last: its presence is what makes a checkpoint complete
+    complete.json     written last: its presence is what makes a checkpoint complete; it records the run's
+                      generation (`mmreason.runs.folder`) and each file's size and small files' sha256
+                      (`mmreason.train.verify`), which `--resume` checks
 
 A checkpoint is assembled in `checkpoints/.tmp-<name>-<pid>` and renamed into place, so a crash never leaves a
 half checkpoint under a real name. Every `.pt` file written here loads with `torch.load(..., weights_only=True)`.
@@ -36,9 +38,11 @@ import torch
 from rich.console import Console
 
 from mmreason.runs.files import fsync_dir, fsync_file, replace_text, write_synced
+from mmreason.runs.folder import generation, left_behind, marker_generation, new_generation
 from mmreason.runs.run import METRICS_FILE, Run
 from mmreason.runs.store import position_of
 from mmreason.train.dist import ENGINE_DIR
+from mmreason.train.verify import DAMAGED_PREFIX, CheckpointDamaged, choose_checkpoint, file_checks, tensors_finite
 
 log = logging.getLogger(__name__)
 console = Console(stderr=True)
@@ -94,13 +98,14 @@ def save_checkpoint(
     state: dict[str, Any],
     model_kwargs: dict[str, Any] | None = None,
     staging: Path | None = None,
+    notes: dict[str, str] | None = None,
 ) -> Path:
     """Write `<run_dir>/checkpoints/<name>` atomically and return its path.
 
     `model` must have `save_pretrained` (pass the unwrapped model under DDP / accelerate); `model_kwargs` go to
     it (e.g. `state_dict=` gathered under ZeRO-3). Saving an existing name replaces that checkpoint. `staging`: a
     folder from this process's `staging_dir(run_dir, name)` that already holds other files of the checkpoint (kept,
-    and published with it); by default a fresh one is used.
+    and published with it); by default a fresh one is used. `notes` go into complete.json (e.g. why a file is absent).
     """
     _check_name(name)
     if not hasattr(model, "save_pretrained"):
@@ -124,7 +129,14 @@ def save_checkpoint(
         torch.save(rng_state(), tmp / RNG_FILE)
         (tmp / STATE_FILE).write_text(state_text, encoding="utf-8")
         _fsync_tree(tmp)
-        marker = {"name": name, "time": time.time(), "files": sorted(p.name for p in tmp.iterdir())}
+        marker = {
+            "name": name,
+            "time": time.time(),
+            "generation": generation(run_dir),
+            "files": sorted(p.name for p in tmp.iterdir()),
+            "checks": file_checks(tmp),
+            **(notes or {}),
+        }
         write_synced(tmp / COMPLETE_MARKER, json.dumps(marker, indent=1))
         final = _move_into_place(tmp, root, name)
     except BaseException:
@@ -134,15 +146,22 @@ def save_checkpoint(
 
 
 def latest_checkpoint(run_dir: str | Path, cleanup: bool = True) -> Path | None:
-    """The last complete checkpoint by name, or None.
+    """The last complete checkpoint of the run folder's current generation by name, or None.
 
     With `cleanup`, transient folders left by dead processes are tidied first (see `_remove_stale`); pass
     cleanup=False on processes other than the one that saves (their pids mean nothing to each other across nodes).
     """
+    done = run_checkpoints(run_dir, cleanup)
+    return done[-1] if done else None
+
+
+def run_checkpoints(run_dir: str | Path, cleanup: bool = True) -> list[Path]:
+    """Complete checkpoints written under the folder's current generation (`mmreason.runs.folder`), in training
+    order: those of a run that a fresh start replaced never count, even when the fresh start was cut short."""
     if cleanup:
         _remove_stale(Path(run_dir) / CHECKPOINT_DIR)
-    done = complete_checkpoints(run_dir)
-    return done[-1] if done else None
+    current = generation(run_dir)
+    return [p for p in complete_checkpoints(run_dir) if marker_generation(p) == current]
 
 
 def complete_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -325,21 +344,45 @@ def checkpoint(
     # every stage kind's cursor too (entries may feed only some stages), so a later stage resumes its own data
     stage_streams = run.gather([{kind: s.state_dict() for kind, s in run.streams.items()}])
     model_state = run.dist.model_state(run.model) if run.dist is not None else None
+    name = checkpoint_name(stage_index, stage, step)
+    refuse_non_finite(run, name, model_state)
     sharded = run.dist is not None and run.dist.shards_state
     engine = sharded and run.dist.deepspeed and run.train_model is not None
     if sharded and not engine and run.is_main:
         log.warning("FSDP: optimizer states are sharded and not saved; a resume restarts them")
-    name = checkpoint_name(stage_index, stage, step)
     staging = _stage_engine_state(run, name) if engine else None
     path = None
     if run.is_main:
         optimizer = None if sharded else optimizer  # sharded: in the engine's folder (DeepSpeed) or not saved (FSDP)
         path = _write_checkpoint(
             run, name, stage_index, stage, step, optimizer, scheduler, done, (streams, stage_streams), model_state,
-            staging,
+            staging, _optimizer_note(sharded, engine),
         )
     run.barrier()
     return path
+
+
+def refuse_non_finite(run: Run, name: str, model_state: dict[str, Any] | None) -> None:
+    """Stop (on every rank) rather than write checkpoint `name` with a non-finite weight: the gathered state under
+    ZeRO-3 / FSDP (on the ranks that hold it), else the trainable parameters (the only ones training changes)."""
+    from mmreason.train.step import TrainingStopped
+
+    tensors = model_state.values() if model_state is not None else run.policy.trainable_parameters()
+    finite = tensors_finite(t for t in tensors if isinstance(t, torch.Tensor) and t.is_floating_point())
+    if run.sum(float(not finite)) > 0:
+        raise TrainingStopped(
+            f"checkpoint {name} not written: the weights hold non-finite values. The last checkpoint is intact; "
+            "lower the learning rate, then continue with --resume."
+        )
+
+
+def _optimizer_note(sharded: bool, engine: bool) -> dict[str, str]:
+    """Why a checkpoint holds no optimizer.pt (read by `restore_training_state`)."""
+    if engine:
+        return {"optimizer": f"in {ENGINE_DIR}/ (DeepSpeed shards)"}
+    if sharded:
+        return {"optimizer": "not saved: FSDP shards the optimizer states"}
+    return {}
 
 
 def _stage_engine_state(run: Run, name: str) -> Path | None:
@@ -364,6 +407,7 @@ def _write_checkpoint(
     cursors: tuple[list[dict[str, Any]], list[dict[str, Any]]],
     model_state: dict[str, Any] | None,
     staging: Path | None,
+    notes: dict[str, str] | None = None,
 ) -> Path:
     streams, stage_streams = cursors
     state = {
@@ -392,6 +436,7 @@ def _write_checkpoint(
             state=state,
             model_kwargs={"state_dict": model_state} if model_state is not None else None,
             staging=staging,
+            notes=notes,
         )
     keep_last(run.run_dir, run.cfg.keep_checkpoints)
     return path
@@ -417,18 +462,46 @@ def restore_training_state(run: Run, ckpt: Path, optimizer: Any, scheduler: Any)
     """Optimizer, scheduler and RNG states of `ckpt` for the stage being resumed, before `prepare_training`.
 
     A checkpoint without optimizer.pt leaves the optimizer as built: under DeepSpeed `prepare_training` loads the
-    optimizer shards into the engine; FSDP does not save them (a warning says the optimizer restarts).
+    optimizer shards into the engine; otherwise a warning gives the reason complete.json records (FSDP does not
+    save them) and says the optimizer restarts. (A checkpoint whose complete.json lists an optimizer.pt that is gone
+    never gets here: `mmreason.train.verify` finds it damaged on resume.)
     """
     if not (ckpt / OPTIMIZER_FILE).is_file():
         if run.engine_resume is None and run.is_main:
-            log.warning("%s holds no optimizer states (not saved under FSDP): the optimizer restarts", ckpt.name)
+            reason = _marker(ckpt).get("optimizer") or "it was saved without them"
+            log.warning("%s holds no optimizer states (%s): the optimizer restarts", ckpt.name, reason)
         optimizer = None
-    return load_training_state(ckpt, optimizer, scheduler)
+    try:
+        return load_training_state(ckpt, optimizer, scheduler)
+    except Exception as exc:  # files the resume checks passed (a checkpoint from before sizes were recorded)
+        from mmreason.runs.lock import RunFolderError
+        from mmreason.train.verify import load_problem
+
+        raise RunFolderError(
+            f"checkpoint {ckpt.name}: its optimizer or scheduler state {load_problem(exc).removeprefix('it ')}; "
+            f"move {ckpt} away to continue from the checkpoint before it, or start again with --overwrite"
+        ) from exc
 
 
-def resume_from(run: Run, ckpt: Path) -> dict[str, Any]:
-    """Weights, RNG, data cursor and counters of `ckpt`; metrics lines and rollout shards written after it are
-    dropped (by rank 0; each rank restores its own data cursor).
+def _marker(ckpt: Path) -> dict[str, Any]:
+    try:
+        return json.loads((ckpt / COMPLETE_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def find_resume_point(run: Run) -> tuple[Path, dict[str, Any]] | None:
+    """The checkpoint `--resume` continues from and its state, its weights loaded: the newest complete one of the
+    run's generation that passes its file checks and loads, older ones in turn (`mmreason.train.verify`). Rank 0
+    tidies what a killed writer left and lists the candidates for every rank. None when the run has none."""
+    listed = [[p.name for p in run_checkpoints(run.run_dir, cleanup=True)]] if run.is_main else []
+    names = run.gather(listed)[0]
+    return choose_checkpoint(run, names, lambda ckpt: load_resume_weights(run, ckpt), _say)
+
+
+def load_resume_weights(run: Run, ckpt: Path) -> dict[str, Any]:
+    """Weights and RNG of `ckpt`, the weights checked finite; its state. Nothing else is touched, so a checkpoint
+    that fails here can be skipped for an older one.
 
     Under DeepSpeed the weights come from the checkpoint's engine state once the next stage has prepared its engine
     (`prepare_training`): under ZeRO-3 the live weights are partitioned, so that is the only way into them, and
@@ -440,6 +513,17 @@ def resume_from(run: Run, ckpt: Path) -> dict[str, Any]:
         run.engine_resume = (ckpt, not state["stage_done"])
     else:
         restore_weights(run.policy, ckpt)
+        if not tensors_finite(p for p in run.policy.model.parameters() if p.is_floating_point()):
+            raise CheckpointDamaged("its weights hold non-finite values")
+    return state
+
+
+def resume_from(run: Run, ckpt: Path, state: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Weights (unless `state` says they are loaded: `load_resume_weights`), RNG, data cursor and counters of
+    `ckpt`; metrics lines and rollout shards written after it are dropped (by rank 0; each rank restores its own
+    data cursor)."""
+    if state is None:
+        state = load_resume_weights(run, ckpt)
     run.use_stage(state["stage"])
     per_kind = state.get("stage_streams") or []
     if len(per_kind) == run.world_size and per_kind[run.rank]:
@@ -470,17 +554,23 @@ def truncate_metrics(run_dir: Path, keep: int) -> None:
 
 
 def clear_previous_run(run: Run) -> None:
-    """A run started from scratch replaces what an earlier run of the same name left: its metrics, rollout shards
-    and checkpoints (an old checkpoint kept would outrank the new run's own on a later --resume)."""
+    """A fresh start. A new generation is recorded first (`mmreason.runs.folder`): from then on nothing of an
+    earlier run can be resumed, even if what follows is cut short. Then what an earlier run of the same name left
+    is deleted, saying how much: its metrics, rollout shards and checkpoints (damaged ones kept aside included)."""
     run_dir = run.run_dir
-    latest_checkpoint(run_dir)  # tidies the transient folders a killed writer left first
-    old = complete_checkpoints(run_dir)
-    if old or (run_dir / METRICS_FILE).exists():
-        console.print(
-            f"starting {run_dir} from scratch: replacing the metrics, rollouts and {len(old)} checkpoint(s) of the "
-            "run there (pass --resume to continue it instead)"
-        )
+    new_generation(run_dir)
+    _remove_stale(run_dir / CHECKPOINT_DIR)  # the transient folders a killed writer left
+    left = left_behind(run_dir)
+    if left:
+        _say(f"overwriting {run_dir}: deleting {left.describe()}")
     truncate_metrics(run_dir, 0)
     (run_dir / METRICS_FILE).unlink(missing_ok=True)
     delete_checkpoints(run_dir)
+    for damaged in (run_dir / CHECKPOINT_DIR).glob(f"{DAMAGED_PREFIX}*"):
+        shutil.rmtree(damaged, ignore_errors=True)
     run.store.delete_after(-1, 0)
+
+
+def _say(message: str) -> None:
+    """One plain line on stderr (no rich markup: messages quote file names and tensor shapes)."""
+    console.print(message, markup=False, highlight=False, soft_wrap=True)

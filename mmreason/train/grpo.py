@@ -4,13 +4,28 @@ steps on group-relative advantages (GRPO / Dr.GRPO / DAPO options; maths in `mmr
 One loop per step: rollout -> rewards -> advantages -> (optional) old/ref log-probs -> num_iterations updates ->
 metrics, rollout store rows, checkpoints. Every engine returns the one `Rollout` type; how its tokens are scored
 (shared prefix, repeated prompt, whole trajectories) is decided once per stage (`scoring_plan`) and logged once.
+
+Dropout is off in every forward of an update (old policy, reference, loss), as TRL and verl train RL: `dropout_off`
+sets every `nn.Dropout` (LoRA's adapter dropout included) and every attention-dropout rate to 0 for the update and
+restores them after, so a later SFT stage keeps its dropout and checkpoints keep their config. With dropout on, the
+old-policy and loss forwards would draw different masks: the first iteration's importance ratio would be dropout
+noise instead of exactly 1, and the clip would act on that noise. The model stays in train mode throughout (with
+dropout off, train and eval compute the same values, and gradient checkpointing needs train mode), and the old
+log-probs are computed along the loss's own scoring path, so the first iteration's ratio is exactly 1 in float32.
+The reference pass keeps the frozen path (a shared prefix even where the loss repeats the prompts), so with
+gradient checkpointing, several processes or a hybrid-cache family its first KL is float rounding (about 1e-12),
+elsewhere exactly 0.
+The metrics line carries `zero_var_groups/<task>`: the share of each task's groups whose completions all got the same
+total reward (no learning signal).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,8 +67,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ScoringPlan:
-    """How a stage scores its rollouts' tokens: `loss` for the policy forward with gradients, `frozen` for the
-    no-grad old-policy and reference passes (see `rollout.types.ScoringPath`)."""
+    """How a stage scores its rollouts' tokens: `loss` for the policy forward with gradients and the no-grad
+    old-policy pass (the same path, so the first ratio is exactly 1), `frozen` for the no-grad reference pass
+    (see `rollout.types.ScoringPath`)."""
 
     loss: ScoringPath
     frozen: ScoringPath
@@ -310,15 +326,32 @@ def update_policy(
     With R processes the loss is divided by the GLOBAL token (or sequence) count and multiplied by R, since DDP
     averages gradients over ranks: the update then equals one process's on the whole batch. A rank whose tokens
     all lost their loss (dynamic sampling) still runs forward/backward (a zero loss with a graph) so that DDP's
-    gradient all-reduce does not hang. The reported loss and stats are reduced over ranks.
+    gradient all-reduce does not hang. The reported loss and stats are reduced over ranks. Every forward runs in
+    train mode with dropout off (module doc).
     """
+    run.policy.model.train()
+    with dropout_off(run.policy.model):
+        return _update_policy(run, optimizer, reference, rollout, adv, mask, cfg, plan, suppressed)
+
+
+def _update_policy(
+    run: Run,
+    optimizer: Any,
+    reference: Reference,
+    rollout: Rollout,
+    adv: torch.Tensor,
+    mask: torch.Tensor,
+    cfg: GRPOConfig,
+    plan: ScoringPlan,
+    suppressed: list[int] | None,
+) -> tuple[dict[str, float], list[bool]]:
+    """`update_policy`'s updates, run inside its dropout-off block."""
     world, total = run.world_size, run.sum
     # the vision tokens sampling excluded (looked up here unless the stage passes them once for all its steps)
     banned = suppressed if suppressed is not None else suppressed_token_ids(run.policy.processor)
     global_tokens = total(mask.sum())
     count = global_tokens if cfg.loss_agg == "token_mean" else total(mask.shape[0])
-    old_logp, ref_logp = _frozen_logprobs(run.policy, reference, rollout, cfg, banned, plan.frozen)
-    run.policy.model.train()
+    old_logp, ref_logp = _frozen_logprobs(run.policy, reference, rollout, cfg, banned, plan)
     upd: dict[str, float] = {}
     applied = []
     for it in range(cfg.num_iterations if global_tokens > 0 else 0):
@@ -372,17 +405,41 @@ def rollout_logprobs(
 
 @torch.no_grad()
 def _frozen_logprobs(
-    policy: Any, reference: Reference, rollout: Rollout, cfg: GRPOConfig, banned: list[int], path: ScoringPath
+    policy: Any, reference: Reference, rollout: Rollout, cfg: GRPOConfig, banned: list[int], plan: ScoringPlan
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """The no-grad log-probs the loss compares against: old policy (only with several updates per rollout) and
-    reference (only when beta > 0)."""
+    """The no-grad log-probs the loss compares against: old policy (only with several updates per rollout; along
+    the loss's path) and reference (only when beta > 0; along the frozen path), both in the policy's mode with
+    dropout off."""
     old_logp = ref_logp = None
     if cfg.num_iterations > 1:
-        old_logp, _ = rollout_logprobs(policy.model, rollout, path, cfg.temperature, banned)
+        old_logp, _ = rollout_logprobs(policy.model, rollout, plan.loss, cfg.temperature, banned)
     if cfg.beta > 0:
-        with reference.model() as ref:
-            ref_logp, _ = rollout_logprobs(ref, rollout, path, cfg.temperature, banned)
+        with reference.model() as ref, dropout_off(ref):
+            ref.train(policy.model.training)
+            ref_logp, _ = rollout_logprobs(ref, rollout, plan.frozen, cfg.temperature, banned)
     return old_logp, ref_logp
+
+
+@contextlib.contextmanager
+def dropout_off(model: Any) -> Iterator[None]:
+    """Every dropout of the model at 0 inside the block, restored after: the `p` of each `nn.Dropout` (LoRA's
+    adapter dropout included) and each numeric module attribute named like "*dropout*" (transformers' attention
+    modules keep their attention-dropout rate as a float, e.g. `attention_dropout`). The config is left alone."""
+    changed: list[tuple[Any, str, float]] = []
+    for module in unwrap_model(model).modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0:
+            changed.append((module, "p", module.p))
+        for name, value in vars(module).items():
+            numeric = isinstance(value, int | float) and not isinstance(value, bool)
+            if "dropout" in name and numeric and value > 0:
+                changed.append((module, name, value))
+    for module, name, _ in changed:
+        setattr(module, name, 0.0)
+    try:
+        yield
+    finally:
+        for module, name, value in changed:
+            setattr(module, name, value)
 
 
 def _checkpointing(model: Any) -> bool:
@@ -406,6 +463,19 @@ def _column(rows: list[dict[str, Any]], key: str) -> list[float | None]:
     return [None if v is None or v != v else float(v) for v in values]
 
 
+def zero_variance_shares(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """`zero_var_groups/<task>`: per task, the share of its groups (store rows of one step) whose completions all
+    got the same total reward, so every advantage is 0 and the group teaches nothing. A task whose share stays
+    near 1 has stopped giving signal (always right, always wrong, or a reward that cannot tell answers apart)."""
+    totals: dict[tuple[str, int], list[float]] = defaultdict(list)
+    for row in rows:
+        totals[(str(row["task"]), int(row["group_id"]))].append(float(row["reward_total"]))
+    flat: dict[str, list[bool]] = defaultdict(list)
+    for (task, _), values in totals.items():
+        flat[task].append(max(values) == min(values))
+    return {f"zero_var_groups/{task}": sum(f) / len(f) for task, f in sorted(flat.items())}
+
+
 def _step_metrics(
     run: Run, rows: list[dict[str, Any]], named: dict, keep: torch.Tensor, upd: dict, dt: float
 ) -> dict[str, float]:
@@ -423,6 +493,7 @@ def _step_metrics(
             "advantage_std": float(adv.std(unbiased=False)),
             "advantage_abs_max": float(adv.abs().max()),
             "groups_kept": run.sum(keep.float().sum()) / run.sum(keep.numel()),
+            **zero_variance_shares(rows),
             "completion_len_mean": float(lengths.mean()),
             "completion_len_max": float(lengths.max()),
             "truncated_rate": sum(bool(r["truncated"]) for r in rows) / len(rows),

@@ -76,13 +76,16 @@ def group_advantages(rewards: Tensor, group_size: int, scale_std: bool = True, e
 
     GRPO: `(r - mean_g) / (std_g + eps)`; Dr.GRPO (`scale_std=False`): `r - mean_g`. The std is the unbiased
     one (divides by G - 1, torch.std's default), as TRL's GRPOTrainer computes it; hence group_size >= 2.
-    A group whose rewards are all equal gets advantage 0 for every completion.
+    A group whose rewards are all equal gets advantage exactly 0 for every completion: the mean of G equal floats
+    is not always that float (float32 gives up to 2.4e-3 after std scaling on a group of 0.7s), so such groups
+    are zeroed explicitly, and the rest are computed in float64 before the cast to float32.
     """
-    grouped = _grouped(rewards, group_size, "group_advantages").float()
+    grouped = _grouped(rewards, group_size, "group_advantages").double()
     centered = grouped - grouped.mean(dim=1, keepdim=True)
     if scale_std:
         centered = centered / (grouped.std(dim=1, keepdim=True) + eps)
-    return centered.reshape(-1)
+    flat = (grouped.amax(dim=1, keepdim=True) == grouped.amin(dim=1, keepdim=True)).expand_as(centered)
+    return centered.masked_fill(flat, 0.0).float().reshape(-1)
 
 
 def zero_variance_groups(rewards: Tensor, group_size: int, atol: float = 0.0) -> Tensor:

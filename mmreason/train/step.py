@@ -1,12 +1,19 @@
 """What every training stage does the same way: build its optimizer and scheduler, wrap them for this launch, take
-an optimizer step with one rule for non-finite losses and gradients, stop after too many skipped updates, show a
-progress bar, and evaluate / checkpoint every so many steps.
+an optimizer step with one rule for non-finite losses, gradients and weights, stop after too many skipped updates,
+show a progress bar, and evaluate / checkpoint every so many steps.
+
+Weights are checked finite after every update (one fused norm per trainable tensor, one sync). An update that
+leaves a non-finite weight is undone from a copy of the trainable parameters taken just before it, and counts as a
+skipped update. The copy is kept when the trainable parameters take at most `ROLLBACK_MAX_BYTES` (LoRA adapters, a
+small model) and the optimizer states are not sharded; otherwise such an update stops the run, before any checkpoint
+could hold it.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import weakref
 from typing import Any
 
 import torch
@@ -14,8 +21,13 @@ import torch
 from mmreason.runs.run import Run
 from mmreason.train.checkpoint import checkpoint
 from mmreason.train.dist import ENGINE_DIR
+from mmreason.train.verify import tensors_finite
 
 log = logging.getLogger(__name__)
+
+ROLLBACK_MAX_BYTES = 1 << 30
+# optimizer -> its copy of the trainable parameters (None: too large, or sharded states: no undo)
+_COPIES: weakref.WeakKeyDictionary[Any, list[torch.Tensor] | None] = weakref.WeakKeyDictionary()
 
 
 class TrainingStopped(RuntimeError):
@@ -75,12 +87,13 @@ def optimizer_step(run: Run, optimizer: Any, losses_finite: bool, max_grad_norm:
     or the gradient norm is; either way the gradients are cleared.
 
     Returns {"grad_norm", "updates_skipped" (0 or 1)}. DeepSpeed may report no norm, and sharded optimizer states
-    (ZeRO / FSDP) check their own overflow, so only a reported non-finite norm of unsharded states skips.
+    (ZeRO / FSDP) check their own overflow, so only a reported non-finite norm of unsharded states skips. An update
+    that leaves non-finite weights is undone, or stops the run where it cannot be (see the module doc).
     """
     norm = float("nan")
     applied = losses_finite
+    params = run.policy.trainable_parameters()
     if losses_finite:
-        params = run.policy.trainable_parameters()
         if run.dist is not None:
             raw = run.dist.clip_grad_norm(params, max_grad_norm)
         else:
@@ -91,18 +104,69 @@ def optimizer_step(run: Run, optimizer: Any, losses_finite: bool, max_grad_norm:
         if not applied:
             log.warning("non-finite gradient norm: update skipped")
     if applied:
+        copy = _copy_before_update(run, optimizer, params)
         optimizer.step()
+        if run.sum(float(not tensors_finite(params))) > 0:
+            _undo_update(optimizer, params, copy)
+            applied = False
     optimizer.zero_grad(set_to_none=True)
     return {"grad_norm": norm, "updates_skipped": float(not applied)}
 
 
+def _copy_before_update(run: Run, optimizer: Any, params: list[torch.nn.Parameter]) -> list[torch.Tensor] | None:
+    """Copy the trainable parameters into buffers kept per optimizer (allocated at its first update), or None
+    where no undo is possible or affordable (see the module doc)."""
+    if optimizer not in _COPIES:
+        size = sum(p.numel() * p.element_size() for p in params)
+        sharded = run.dist is not None and run.dist.shards_state
+        _COPIES[optimizer] = None if sharded or size > ROLLBACK_MAX_BYTES else [torch.empty_like(p) for p in params]
+    copy = _COPIES[optimizer]
+    if copy is not None:
+        with torch.no_grad():
+            torch._foreach_copy_(copy, [p.detach() for p in params])
+    return copy
+
+
+def _undo_update(optimizer: Any, params: list[torch.nn.Parameter], copy: list[torch.Tensor] | None) -> None:
+    """Put the weights from before a non-finite update back (and restart the optimizer states it made non-finite),
+    or stop the run when there is no copy."""
+    lr = (getattr(optimizer, "param_groups", None) or [{}])[0].get("lr", "?")
+    if copy is None:
+        raise TrainingStopped(
+            f"an update at lr={lr} left non-finite weights, and none of the trainable parameters are copied to undo "
+            "it (sharded optimizer states, or more than ROLLBACK_MAX_BYTES of them); nothing was checkpointed after "
+            "it. The last checkpoint is intact; lower the learning rate, then continue with --resume."
+        )
+    with torch.no_grad():
+        torch._foreach_copy_([p.detach() for p in params], copy)
+    restarted = _restart_non_finite_states(optimizer)
+    log.warning(
+        "non-finite weights after the update (lr=%s): update undone%s", lr,
+        f", the optimizer states of {restarted} parameter(s) restarted" if restarted else "",
+    )
+
+
+def _restart_non_finite_states(optimizer: Any) -> int:
+    """Drop the per-parameter optimizer states holding a non-finite value (AdamW rebuilds them at the next step)."""
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper holds the torch optimizer
+    state = getattr(inner, "state", {})
+    bad = [
+        p for p, st in state.items()
+        if not tensors_finite(v for v in st.values() if isinstance(v, torch.Tensor) and v.is_floating_point())
+    ]
+    for p in bad:
+        del state[p]
+    return len(bad)
+
+
 def stop_if_diverging(bad_updates: int, limit: int, stage: str, step: int) -> None:
-    """Raise TrainingStopped once `limit` updates in a row were skipped for a non-finite loss or gradient."""
+    """Raise TrainingStopped once `limit` updates in a row were skipped for a non-finite loss, gradient or
+    resulting weights."""
     if bad_updates >= limit:
         raise TrainingStopped(
-            f"{stage} stopped at step {step}: {bad_updates} updates in a row were skipped for a non-finite loss or "
-            f"gradient ({stage}.max_bad_updates={limit}). The last checkpoint is intact; lower {stage}.lr or check "
-            "the data and rewards, then continue with --resume."
+            f"{stage} stopped at step {step}: {bad_updates} updates in a row were skipped for a non-finite loss, "
+            f"gradient or weights ({stage}.max_bad_updates={limit}). The last checkpoint is intact; lower {stage}.lr "
+            "or check the data and rewards, then continue with --resume."
         )
 
 
