@@ -172,13 +172,40 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def collect(out: Path, tasks: list[str], seeds: list[int]) -> list[dict[str, Any]]:
+    """The summary of every task whose runs for `seeds` finished under `out` (a run is finished when its after-GRPO
+    evaluation is in its metrics)."""
+    summary = []
+    for task in tasks:
+        recipe, results = RECIPES[task], []
+        for seed in seeds:
+            run_dir = out / "runs" / f"{task}-s{seed}"
+            if not (run_dir / "metrics.jsonl").is_file():
+                continue
+            scores = held_out(run_dir, task, recipe.metric)
+            if "grpo" in scores:
+                results.append({"seed": seed, "held_out": scores, "zero_variance": zero_variance_share(run_dir)})
+        if results:
+            summary.append(summarise(task, recipe, results) | {"runs": results})
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "learning")
     parser.add_argument("--grpo-steps", type=int, default=None, help="override every recipe's GRPO steps")
+    parser.add_argument("--summarise", action="store_true",
+                        help="train nothing: build the table from the finished runs under --out (e.g. seeds run by "
+                        "several processes at once)")
     args = parser.parse_args()
+    if args.summarise:
+        summary = collect(args.out, args.tasks, args.seeds)
+        (args.out / "learning.json").write_text(json.dumps(summary, indent=2))
+        (args.out / "learning.md").write_text(markdown(summary))
+        print(markdown(summary))
+        return
     from mmreason.data.synthetic import make_synthetic
 
     summary = []

@@ -122,8 +122,6 @@ def setup(
             ensure_tiny(cfg.model, cache, cfg.seed)
     # every rank loads at once: under ZeRO-3 from_pretrained partitions the weights as it loads (collectives)
     policy = build_policy(cfg.model, cache_dir=cache, device=device, seed=cfg.seed)
-    if dist.is_main:
-        console.print(f"trainable parameters: {describe_trainable(parameter_counts(policy.model, policy.family))}")
     ctx = sample_context(cfg, policy.family.name, Path.cwd(), policy)
     if cfg.data_errors == "fatal":
         require_clean_data(cfg, ctx)  # every problem listed before anything is written or trained
@@ -131,6 +129,7 @@ def setup(
     if dist.is_main:
         prepare_run_dir(cfg)
         open_run_log(run_dir, append=resume)  # train.log: from here on, what the console shows
+        console.print(f"trainable parameters: {describe_trainable(parameter_counts(policy.model, policy.family))}")
         # what inspection tools need to rebuild samples from the store's ids: the model family and the data files;
         # the task / reward files, so `report`, `eval` and --resume load them again
         info = {"family": policy.family.name, "model": policy.source, "data": [d.__dict__ for d in cfg.data],
