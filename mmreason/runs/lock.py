@@ -100,7 +100,7 @@ class Holder:
     def alive_here(self) -> bool:
         """Whether the holder still runs: its pid is alive on this host and (where the kernel says) started when
         the holder did. Only meaningful when `host` is this host."""
-        if not _pid_exists(self.pid):
+        if not pid_exists(self.pid):
             return False
         return not self.proc_start or _proc_start(self.pid) in ("", self.proc_start)
 
@@ -245,7 +245,8 @@ def _same_file(fd: int, path: Path) -> bool:
     return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
 
 
-def _pid_exists(pid: int) -> bool:
+def pid_exists(pid: int) -> bool:
+    """Whether a process with this pid lives on this host (one owned by another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

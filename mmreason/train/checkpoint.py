@@ -39,6 +39,7 @@ from rich.console import Console
 
 from mmreason.runs.files import fsync_dir, fsync_file, replace_text, write_synced
 from mmreason.runs.folder import generation, left_behind, marker_generation, new_generation
+from mmreason.runs.lock import pid_exists
 from mmreason.runs.run import METRICS_FILE, Run
 from mmreason.runs.store import position_of
 from mmreason.train.dist import ENGINE_DIR
@@ -307,15 +308,7 @@ def _pid_alive(pid: int) -> bool:
     if pid == os.getpid():
         # saving is synchronous: a folder of ours that outlived its save is from an earlier failure
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    except OSError:
-        return False
-    return True
+    return pid_exists(pid)
 
 
 def _fsync_tree(folder: Path) -> None:
