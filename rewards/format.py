@@ -7,6 +7,12 @@ gold reasoning is `<think></think><answer>...</answer>`); the answer must hold n
 `format_nothink` (the CLS-RL no-thinking style): exactly one `<answer>...</answer>` with non-blank content,
 surrounded by whitespace only, and no think tags anywhere.
 
+Both also take an optional `answer_valid` column (one bool per completion): where it is given and false, the layout
+earns nothing. A run fills it from the task (`Task.valid_answer`: the answer parses as a valid answer of the task,
+e.g. boxes inside the image, a permutation of the tiles, a letter among the options), as VLM-R1's grounding format
+reward asks for the box JSON: otherwise a policy can collect the format reward with `<answer>]</answer>` and never
+answer at all.
+
 Both are checked with string operations rather than a regex with two lazy groups, which is quadratic on a long
 completion full of tags.
 """
@@ -63,24 +69,26 @@ def format_completion(answer: str, think: bool = True, reasoning: str = "") -> s
     return f"{_ANSWER_OPEN}{answer}{_ANSWER_CLOSE}"
 
 
-def _think_score(text: str, **_: Any) -> float:
-    return 1.0 if has_think_answer_format(text) else 0.0
+def _think_score(text: str, answer_valid: bool = True) -> float:
+    return 1.0 if answer_valid and has_think_answer_format(text) else 0.0
 
 
-def _nothink_score(text: str, **_: Any) -> float:
-    return 1.0 if has_answer_only_format(text) else 0.0
+def _nothink_score(text: str, answer_valid: bool = True) -> float:
+    return 1.0 if answer_valid and has_answer_only_format(text) else 0.0
+
+
+_VALIDITY = {"answer_valid": True}  # the optional column and its default (no column: the layout alone decides)
 
 
 @register_reward("format")
 def format_reward(completions: Sequence[Any], **columns: Any) -> list[float | None]:
-    """1.0 when the completion is `<think>...</think><answer>...</answer>` (see module doc), else 0.0.
-
-    Needs no column; any columns passed are ignored.
-    """
-    return score_each("format", completions, {}, _think_score, required=())
+    """1.0 when the completion is `<think>...</think><answer>...</answer>` (see module doc) and its answer is valid
+    (the optional `answer_valid` column), else 0.0. Other columns are ignored."""
+    return score_each("format", completions, columns, _think_score, required=(), optional=_VALIDITY)
 
 
 @register_reward("format_nothink")
 def format_nothink_reward(completions: Sequence[Any], **columns: Any) -> list[float | None]:
-    """1.0 when the completion is exactly one `<answer>...</answer>` and nothing else, else 0.0. No columns."""
-    return score_each("format_nothink", completions, {}, _nothink_score, required=())
+    """1.0 when the completion is exactly one `<answer>...</answer>` and nothing else and its answer is valid (the
+    optional `answer_valid` column), else 0.0. Other columns are ignored."""
+    return score_each("format_nothink", completions, columns, _nothink_score, required=(), optional=_VALIDITY)

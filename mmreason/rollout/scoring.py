@@ -24,6 +24,7 @@ from typing import Any
 from mmreason.config import ConfigError
 from mmreason.data.sample import Sample
 from mmreason.registry import REWARD_SHAPES, resolve_reward
+from mmreason.tasks.base import answer_validity
 
 log = logging.getLogger(__name__)
 
@@ -261,6 +262,7 @@ def score_completions(
     first_call_fatal: stop with RewardError when a reward raises on its first call in this process (GRPO).
     """
     columns = {**expand_columns(samples, group_size), **(extra_columns or {})}
+    columns.setdefault("answer_valid", answer_validity(samples, completions, group_size))
     prompts = [s.messages for s in samples for _ in range(group_size)]
     trl = TrlInputs(prompts, completion_ids, trainer_state)
     named = {

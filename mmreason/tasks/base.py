@@ -11,6 +11,7 @@ from PIL import Image
 
 from mmreason.data.prepare import make_sample
 from mmreason.data.sample import Sample, SampleContext
+from mmreason.registry import TASKS, RegistryError
 from mmreason.rewards.format import format_completion
 
 THINK_SUFFIX = (
@@ -64,6 +65,12 @@ class Task:
     def to_sample(self, record: dict[str, Any], ctx: SampleContext) -> Sample:
         raise NotImplementedError
 
+    def valid_answer(self, completion: str, columns: dict[str, Any]) -> bool:
+        """Whether the completion's answer is a valid answer of the task (it parses as one: a count, boxes inside
+        the image, a permutation of the tiles, ...), given the sample's reward columns. The format rewards pay only
+        for a valid answer (`mmreason.rewards.format`). The default accepts any answer: the layout check alone."""
+        return True
+
     def check_record(self, record: dict[str, Any], ctx: SampleContext) -> list[str]:
         """Problems of one record (empty when fine); the default builds the sample and reports what fails."""
         missing = [f for f in self.required_fields if not any(a in record for a in FIELD_ALTERNATIVES.get(f, (f,)))]
@@ -82,3 +89,24 @@ class Task:
 
     def visualize(self, sample: Sample, completion: str) -> Image.Image:
         raise NotImplementedError
+
+
+def answer_validity(samples: list[Sample], completions: list[str], group_size: int) -> list[bool]:
+    """`Task.valid_answer` of each completion against its sample's columns: the `answer_valid` column the format
+    rewards read. A check that raises could not read the answer (invalid); a task that is not registered has no
+    check (valid: the layout alone decides)."""
+    tasks: dict[str, Any] = {}
+    for name in {s.task for s in samples}:
+        try:
+            tasks[name] = TASKS.get(name)
+        except RegistryError:
+            tasks[name] = None
+    out = []
+    for i, completion in enumerate(completions):
+        sample = samples[i // group_size]
+        task = tasks[sample.task]
+        try:
+            out.append(True if task is None else bool(task.valid_answer(completion, sample.columns)))
+        except Exception:  # noqa: BLE001 - an unreadable answer is not a valid one
+            out.append(False)
+    return out

@@ -25,7 +25,7 @@ from mmreason.rewards import extract_answer
 from mmreason.rewards.parse import format_number as fmt_num
 from mmreason.rewards.parse import short_repr
 from mmreason.tasks import viz
-from mmreason.tasks.base import NO_THINK_SUFFIX, THINK_SUFFIX
+from mmreason.tasks.base import NO_THINK_SUFFIX, THINK_SUFFIX, answer_validity
 
 URI_PREFIXES = ("data:", "http://", "https://", "file://")
 T = TypeVar("T")
@@ -171,7 +171,8 @@ def reasoning_of(record: dict[str, Any], rid: str) -> str:
 
 
 def score(reward: str | Callable[..., list], completions: Sequence[str], samples: Sequence[Sample]) -> list[float]:
-    """Call a registered reward on (completion, sample) pairs with the samples' columns; None -> nan."""
+    """Call a registered reward on (completion, sample) pairs with the samples' columns and the `answer_valid`
+    column a run gives (`mmreason.tasks.base.answer_validity`); None -> nan."""
     if len(completions) != len(samples):
         raise ValueError(f"got {len(completions)} completions for {len(samples)} samples; they must pair up")
     if not samples:
@@ -179,6 +180,7 @@ def score(reward: str | Callable[..., list], completions: Sequence[str], samples
     fn = get_reward(reward) if isinstance(reward, str) else reward
     keys = set().union(*(s.columns for s in samples))
     columns = {k: [s.columns.get(k) for s in samples] for k in keys}
+    columns.setdefault("answer_valid", answer_validity(list(samples), list(completions), 1))
     values = fn(list(completions), **columns)
     return [float("nan") if v is None else float(v) for v in values]
 

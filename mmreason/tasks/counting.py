@@ -13,7 +13,7 @@ from PIL import Image
 
 from mmreason.data.sample import Sample, SampleContext
 from mmreason.registry import register_task
-from mmreason.rewards.counting import check_count, format_count
+from mmreason.rewards.counting import check_count, format_count, predicted_count
 from mmreason.tasks.base import Task, answer_instruction, wrap_target
 from mmreason.tasks.common import (
     answer_card,
@@ -56,6 +56,9 @@ class CountingTask(Task):
             columns={"solution": count},
             media=refs,
         )
+
+    def valid_answer(self, completion: str, columns: dict[str, Any]) -> bool:
+        return predicted_count(completion) is not None  # one whole number
 
     def metrics(self, completions: list[str], samples: list[Sample]) -> dict[str, float]:
         return {"accuracy": mean(score("count_match", completions, samples))}

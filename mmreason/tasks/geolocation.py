@@ -85,6 +85,9 @@ class GeolocationTask(Task):
             media=[ref],
         )
 
+    def valid_answer(self, completion: str, columns: dict[str, Any]) -> bool:
+        return predicted_latlon(completion) is not None  # one latitude and longitude in range
+
     def metrics(self, completions: list[str], samples: list[Sample]) -> dict[str, float]:
         if len(completions) != len(samples):
             raise ValueError(f"got {len(completions)} completions for {len(samples)} samples; they must pair up")

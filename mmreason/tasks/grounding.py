@@ -114,6 +114,11 @@ class GroundingTask(Task):
             media=[ref],
         )
 
+    def valid_answer(self, completion: str, columns: dict[str, Any]) -> bool:
+        # boxes inside the model's frame, or an explicit abstention
+        frame = model_frame(columns["model_size"], columns["coord_family"])
+        return predicted_boxes(completion, frame) is not None
+
     def metrics(self, completions: list[str], samples: list[Sample]) -> dict[str, float]:
         # the plain IoU and F1 (the rewards are measured against the whole image and never pay for extra boxes)
         ious, f1s = score(plain_iou, completions, samples), score(plain_box_f1, completions, samples)

@@ -23,7 +23,7 @@ from mmreason.data.sample import Sample, SampleContext
 from mmreason.processors import MediaError, assemble_jigsaw, crop_to_grid, load_image
 from mmreason.registry import register_task
 from mmreason.rewards import extract_answer
-from mmreason.rewards.jigsaw import check_order, format_order, predicted_order
+from mmreason.rewards.jigsaw import check_order, format_order, is_permutation, predicted_order
 from mmreason.tasks import viz
 from mmreason.tasks.base import Task, answer_instruction, wrap_target
 from mmreason.tasks.common import (
@@ -107,6 +107,9 @@ class JigsawTask(Task):
             media=[ref],
             meta=meta,
         )
+
+    def valid_answer(self, completion: str, columns: dict[str, Any]) -> bool:
+        return is_permutation(predicted_order(completion), len(columns["solution"]))  # every tile exactly once
 
     def metrics(self, completions: list[str], samples: list[Sample]) -> dict[str, float]:
         return {"exact": mean(score("jigsaw_exact", completions, samples)),

@@ -15,7 +15,7 @@ from PIL import Image
 
 from mmreason.data.sample import Sample, SampleContext
 from mmreason.registry import register_task
-from mmreason.rewards.choice import LETTERS, check_choice, check_options, format_choice
+from mmreason.rewards.choice import LETTERS, check_choice, check_options, format_choice, predicted_choice
 from mmreason.tasks.base import Task, answer_instruction, wrap_target
 from mmreason.tasks.common import (
     answer_card,
@@ -70,6 +70,9 @@ class MultipleChoiceTask(Task):
         if record.get("image") is None and record.get("images") is None:
             return ["missing field(s) image or images"]
         return super().check_record(record, ctx)
+
+    def valid_answer(self, completion: str, columns: dict[str, Any]) -> bool:
+        return predicted_choice(completion, columns.get("options")) is not None  # one letter among the options
 
     def metrics(self, completions: list[str], samples: list[Sample]) -> dict[str, float]:
         return {"accuracy": mean(score("choice_match", completions, samples))}

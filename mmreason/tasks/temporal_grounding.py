@@ -104,6 +104,9 @@ class TemporalGroundingTask(Task):
             meta={"video_path": ref},
         )
 
+    def valid_answer(self, completion: str, columns: dict[str, Any]) -> bool:
+        return predicted_segment(completion, columns.get("duration")) is not None  # a segment inside the video
+
     def metrics(self, completions: list[str], samples: list[Sample]) -> dict[str, float]:
         tious = score(plain_tiou, completions, samples)  # plain tIoU (the reward is measured against the whole video)
         return {"mean_tiou": mean(tious), "r@0.3": rate(tious, 0.3), "r@0.5": rate(tious, 0.5),
