@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,14 +33,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @dataclass(frozen=True)
 class Recipe:
-    """What differs per task: the main metric (and whether higher is better), stage lengths, data size, extras."""
+    """What differs per task: the main metric (and whether higher is better), stage lengths, data size, the
+    synthetic maker's options (`make_synthetic`), config overrides (merged into `base_config`) and why they differ
+    from the shared recipe."""
 
     metric: str
     higher_is_better: bool = True
     sft_steps: int = 150
     grpo_steps: int = 300
     n: int = 600
+    maker: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    why: str = ""
 
 
 RECIPES: dict[str, Recipe] = {
@@ -83,6 +89,19 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def synthetic_set(task: str, recipe: Recipe, folder: Path) -> Path:
+    """The task's synthetic set under `folder`, drawn again when its size or maker options changed."""
+    from mmreason.data.synthetic import make_synthetic
+
+    made = {"n": recipe.n, "maker": recipe.maker}
+    stamp = folder / "made.json"
+    if not (folder / "train.jsonl").is_file() or not stamp.is_file() or json.loads(stamp.read_text()) != made:
+        shutil.rmtree(folder, ignore_errors=True)
+        make_synthetic(task, folder, n=recipe.n, seed=0, **recipe.maker)
+        stamp.write_text(json.dumps(made))
+    return folder
+
+
 def answer_tokens(task: str, data: Path) -> int:
     """The longest gold answer of the set in tokens of the tiny model's tokenizer, plus a margin: what a completion
     needs (the EOS included)."""
@@ -102,16 +121,18 @@ def answer_tokens(task: str, data: Path) -> int:
     return max(len(tokenizer(s.target)["input_ids"]) for s in samples) + 4
 
 
-def run_one(config: dict[str, Any], out: Path) -> Path:
-    """Train one config with `mmreason train` in its own process; the run folder."""
+def run_one(config: dict[str, Any], out: Path, threads: int = 0) -> Path:
+    """Train one config with `mmreason train` in its own process (with `threads` torch threads; 0: torch's
+    default); the run folder."""
     run_dir = Path(config["output_dir"]) / config["name"]
     shutil.rmtree(run_dir, ignore_errors=True)
     path = out / "configs" / f"{config['name']}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(config))
     started = time.time()
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {})}
     proc = subprocess.run([sys.executable, "-m", "mmreason.cli", "train", str(path)], cwd=ROOT, capture_output=True,
-                          text=True)
+                          text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{config['name']} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     print(f"  {config['name']}: {time.time() - started:.0f} s", flush=True)
@@ -195,6 +216,9 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "learning")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once (each in its own process)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads per run (0: torch's default; with --jobs N on N cores, 1)")
     parser.add_argument("--grpo-steps", type=int, default=None, help="override every recipe's GRPO steps")
     parser.add_argument("--summarise", action="store_true",
                         help="train nothing: build the table from the finished runs under --out (e.g. seeds run by "
@@ -206,29 +230,23 @@ def main() -> None:
         (args.out / "learning.md").write_text(markdown(summary))
         print(markdown(summary))
         return
-    from mmreason.data.synthetic import make_synthetic
-
-    summary = []
+    configs = []
     for task in args.tasks:
         recipe = RECIPES[task]
         if args.grpo_steps:
             recipe = Recipe(**{**recipe.__dict__, "grpo_steps": args.grpo_steps})
-        data = args.out / "data" / task
-        if not (data / "train.jsonl").is_file():
-            make_synthetic(task, data, n=recipe.n, seed=0)
+        data = synthetic_set(task, recipe, args.out / "data" / task)
         tokens = answer_tokens(task, data)
         print(f"{task}: {recipe.metric}, max_new_tokens {tokens}", flush=True)
-        results = []
-        for seed in args.seeds:
-            run_dir = run_one(base_config(task, recipe, data, seed, args.out, tokens), args.out)
-            results.append({"seed": seed, "held_out": held_out(run_dir, task, recipe.metric),
-                            "zero_variance": zero_variance_share(run_dir)})
-            print(f"    {results[-1]}", flush=True)
-        summary.append(summarise(task, recipe, results) | {"runs": results})
-        (args.out / "learning.json").write_text(json.dumps(summary, indent=2))
-        (args.out / "learning.md").write_text(markdown(summary))
+        configs += [base_config(task, recipe, data, seed, args.out, tokens) for seed in args.seeds]
+    # each run in its own process with `threads` torch threads: on a small machine several one-thread runs finish
+    # sooner than one run at a time with every core (a tiny model's ops are too small to spread over threads)
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        list(pool.map(lambda cfg: run_one(cfg, args.out, args.threads), configs))
+    summary = collect(args.out, args.tasks, args.seeds)
+    (args.out / "learning.json").write_text(json.dumps(summary, indent=2))
+    (args.out / "learning.md").write_text(markdown(summary))
     print(markdown(summary))
-
 
 if __name__ == "__main__":
     main()
