@@ -5,12 +5,12 @@ grounding and jigsaw collapsed onto such answers). Table-driven per task, throug
 from __future__ import annotations
 
 import pytest
+from mmreason.rewards.format import format_reward
 
 from mmreason.data.records import build_samples, read_dataset
 from mmreason.data.sample import Sample
 from mmreason.data.synthetic import make_synthetic
 from mmreason.rollout.scoring import RewardErrors, score_completions
-from mmreason.rewards.format import format_reward
 from mmreason.tasks.common import score
 
 # task -> (answers that are valid answers of the task, layout-correct answers that are not)
