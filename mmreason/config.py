@@ -181,6 +181,31 @@ class VLLMConfig:
 
 
 @dataclass
+class FilterConfig:
+    """Online filtering (EasyR1's online_filtering; DAPO's dynamic sampling with refill): a group trains only when
+    its mean accuracy lies strictly between `low` and `high`; prompts are drawn from the data stream until a step has
+    prompts_per_step such groups or `max_extra_prompts` more prompts were drawn (mmreason.train.online_filter)."""
+
+    enabled: bool = False  # filter the groups and refill the batch from the data stream
+    # a completion's accuracy: null = the weighted mean of its task's rewards other than the format ones (0..1 for
+    # the built-in rewards), "total" = its total reward, or a reward's name = that reward's score
+    reward: str | None = None
+    low: float = 0.0  # keep a group when low < its mean accuracy ...
+    high: float = 1.0  # ... < high (the defaults drop the groups all solved or all failed)
+    max_extra_prompts: int = 16  # prompts drawn per step beyond prompts_per_step, over all processes; 0: no refill
+
+
+@dataclass
+class RewardPhase:
+    """One phase of a reward curriculum (RewardMap): from `start` on, the named tasks' reward weights are these
+    (mmreason.train.reward_schedule)."""
+
+    start: float = 0.0  # where it begins: below 1 a share of the stage's steps (0.5: halfway), else a step number
+    stage: int | None = None  # only in this stage: its 0-based position in `stages` (None: every GRPO stage)
+    rewards: dict[str, dict[str, float]] = field(default_factory=dict)  # task -> reward name -> weight
+
+
+@dataclass
 class GRPOConfig:
     """The GRPO stage: G sampled completions per prompt, rewards turned into group-relative advantages."""
 
@@ -204,12 +229,20 @@ class GRPOConfig:
     loss_agg: LossAggregation = "token_mean"
     scale_std: bool = True  # divide advantages by the group's reward std (false: Dr.GRPO's unscaled advantages)
     dynamic_sampling: bool = False  # leave groups whose completions all got the same reward out of the loss
+    filter: FilterConfig = field(default_factory=FilterConfig)  # keep groups by accuracy, refill from the stream
+    # reward weights that change by stage or step (dense partial credit early, exact match later), in order
+    reward_schedule: list[RewardPhase] = field(default_factory=list)
     mask_truncated: bool = False  # leave completions cut at max_new_tokens out of the loss
     # encode each prompt (and its images) once per group in rollouts and in the loss (mmreason.rollout.prefix); false:
     # the prompt rows are repeated G times (HF generate, full-sequence scoring). The scoring path is decided once per
     # stage and logged: shared_prefix; repeated_prompt for the loss under gradient checkpointing or several
     # processes (the no-grad passes still share); trajectory for multi-turn tool rollouts (mmreason.train.grpo)
     share_prefix: bool = True
+    # compute each step's image / video features once and reuse them in the rollout prefill, the old-policy and
+    # reference log-probs and every update (mmreason.models.vision_cache): in every pass when no vision parameter
+    # is trained (freeze_vision_tower + freeze_projector, or LoRA), else in the no-grad passes only. Exact: the
+    # same values and gradients as without it
+    cache_vision: bool = True
     # the rollout engine: "hf" (the policy itself, shared-prefix sampling) or "vllm" (pip install vllm; GPUs only;
     # weights synced to it before every rollout)
     rollout: RolloutBackend = "hf"
@@ -478,8 +511,10 @@ def validate(cfg: RunConfig, check_paths: bool = True) -> None:
     range of every number, names, keys that must agree (`mmreason.config_ranges`), the data entries, and with
     check_paths that the run folder can be written."""
     from mmreason.config_ranges import check_values
+    from mmreason.train.reward_schedule import check_schedule
 
     check_values(cfg, check_paths)
+    check_schedule(cfg)
     if not cfg.data:
         raise ConfigError("config has no `data`: give at least one {task, train} entry")
     for i, d in enumerate(cfg.data):

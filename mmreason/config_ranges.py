@@ -38,6 +38,8 @@ class Range:
         return self.high is None or (value < self.high if self.below else value <= self.high)
 
     def __str__(self) -> str:
+        if self.low is None and self.high is None:
+            return "a finite number"
         if self.high is None:
             return f"{'>' if self.above else '>='} {self.low}"
         return f"in {'(' if self.above else '['}{self.low}, {self.high}{')' if self.below else ']'}"
@@ -50,6 +52,7 @@ RATIO = Range(0, 1)
 EVERY = Range(0, why="0: only at the end of the stage")
 DERIVED = Range(0, why="0: derived from the model's context length")
 BAD_UPDATES = Range(1)
+FINITE = Range()
 
 RANGES: dict[str, Range] = {
     "seed": Range(0, 2**32 - 1, why="numpy and torch take a 32-bit seed"),
@@ -95,6 +98,9 @@ RANGES: dict[str, Range] = {
     "grpo.eval_every": EVERY,
     "grpo.save_every": EVERY,
     "grpo.max_bad_updates": BAD_UPDATES,
+    "grpo.filter.low": FINITE,
+    "grpo.filter.high": FINITE,
+    "grpo.filter.max_extra_prompts": Range(0, why="0: no refill"),
     "grpo.vllm.gpu_memory_utilization": Range(0, 1, above=True),
     "grpo.vllm.max_model_len": ONE_OR_MORE,
     "grpo.vllm.max_images": ONE_OR_MORE,
@@ -121,6 +127,14 @@ def check_values(cfg: RunConfig, check_paths: bool = True) -> None:
     for i, d in enumerate(cfg.data):
         _check_weights(d.rewards or {}, f"data[{i}].rewards")
     _check_weights(cfg.grpo.tools.rewards, "grpo.tools.rewards")
+    for i, phase in enumerate(cfg.grpo.reward_schedule):
+        if not (math.isfinite(phase.start) and phase.start >= 0):
+            raise ConfigError(f"grpo.reward_schedule[{i}].start must be >= 0 (below 1: a share of the stage's steps; "
+                              f"else a step number), got {show_value(phase.start)}")
+        if not phase.rewards:
+            raise ConfigError(f"grpo.reward_schedule[{i}].rewards is empty: give task -> reward -> weight")
+        for task, weights in phase.rewards.items():
+            _check_weights(weights, f"grpo.reward_schedule[{i}].rewards.{task}")
     if check_paths:
         check_output_dir(cfg)
 
@@ -169,6 +183,11 @@ def _check_pairs(cfg: RunConfig) -> None:
         raise ConfigError(f"model.tiny.hidden_size must be a multiple of 8 (4 heads with an even head size), got "
                           f"{model.tiny.hidden_size}")
     grpo = cfg.grpo
+    if grpo.filter.low >= grpo.filter.high:
+        raise ConfigError(f"grpo.filter.low ({grpo.filter.low}) must be < grpo.filter.high ({grpo.filter.high}): a "
+                          "group is kept when low < its mean accuracy < high")
+    if grpo.filter.reward is not None and not grpo.filter.reward.strip():
+        raise ConfigError("grpo.filter.reward is empty: give a reward name, total, or leave it out (accuracy)")
     if grpo.rollout == "vllm" and grpo.vllm.max_model_len <= grpo.max_new_tokens:
         raise ConfigError(f"grpo.vllm.max_model_len ({grpo.vllm.max_model_len}) must exceed grpo.max_new_tokens "
                           f"({grpo.max_new_tokens}): it holds the prompt and the completion")

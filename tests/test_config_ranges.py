@@ -62,6 +62,9 @@ BAD_VALUES = [
     ("grpo.eval_every=-2", "grpo.eval_every must be >= 0"),
     ("grpo.save_every=-3", "grpo.save_every must be >= 0"),
     ("grpo.max_bad_updates=0", "grpo.max_bad_updates must be >= 1, got 0"),
+    ("grpo.filter.low=.nan", "grpo.filter.low must be a finite number, got nan"),
+    ("grpo.filter.high=-.inf", "grpo.filter.high must be a finite number, got -inf"),
+    ("grpo.filter.max_extra_prompts=-1", "grpo.filter.max_extra_prompts must be >= 0 (0: no refill), got -1"),
     ("grpo.vllm.gpu_memory_utilization=0", "grpo.vllm.gpu_memory_utilization must be in (0, 1], got 0.0"),
     ("grpo.vllm.max_model_len=0", "grpo.vllm.max_model_len must be >= 1, got 0"),
     ("grpo.vllm.max_images=0", "grpo.vllm.max_images must be >= 1, got 0"),
@@ -87,6 +90,8 @@ BAD_OTHERS = [
     ("model.tiny.hidden_size=12", "model.tiny.hidden_size must be a multiple of 8"),
     ("data.0.rewards={count_match: .nan}", "data[0].rewards maps reward names to finite weights"),
     ("grpo.tools.rewards={tool_success: [1]}", "grpo.tools.rewards maps reward names to finite weights"),
+    ("grpo.filter.low=1", "grpo.filter.low (1.0) must be < grpo.filter.high (1.0): a group is kept when low <"),
+    ("grpo.filter.reward=' '", "grpo.filter.reward is empty"),
     ("data.0.weight=.inf", "data[0].weight must be > 0, got inf"),
 ]
 
@@ -128,7 +133,7 @@ def _numeric_fields(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, 
 
 def test_every_numeric_field_has_a_range_and_a_bad_value_in_the_table():
     fields = dict(_numeric_fields())
-    assert len(fields) == 51
+    assert len(fields) == 54
     assert set(fields) == set(RANGES), set(fields) ^ set(RANGES)
     tested = {o.split("=")[0].replace("data.0.", "data[].") for o, _ in BAD_VALUES}
     assert tested == set(RANGES)

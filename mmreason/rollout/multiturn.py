@@ -369,9 +369,15 @@ def tool_rollout(
     pixel budget) and lay them out as a `Rollout` scored on whole sequences: completion_mask [B, L-1] marks the
     policy's own tokens, aligned with the next-token log-probs of the full sequence."""
     trajs = sample_trajectories(model, processor, samples, allowed, params, **kwargs)
-    batch = scoring_batch(trajs, processor.tokenizer.pad_token_id, device)
+    return trajectories_rollout(trajs, params.group_size, processor.tokenizer.pad_token_id, device)
+
+
+def trajectories_rollout(trajs: list[Trajectory], group_size: int, pad_id: int, device: torch.device) -> Rollout:
+    """Sampled trajectories (G per prompt, contiguous) laid out as a `Rollout` scored on whole sequences (see
+    `tool_rollout`); also how groups of several rollouts become one (`mmreason.rollout.groups`)."""
+    batch = scoring_batch(trajs, pad_id, device)
     return Rollout(
-        group_size=params.group_size,
+        group_size=group_size,
         texts=[t.answer for t in trajs],
         completion_mask=batch.pop("policy_mask")[:, 1:].long(),
         truncated=torch.tensor([t.truncated or t.budget_exceeded for t in trajs], device=device),

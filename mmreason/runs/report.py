@@ -1,8 +1,8 @@
 """`mmreason report`: one self-contained HTML page per run (written to `<run_dir>/report.html` at the end of
 `mmreason train`): run summary, held-out metrics before / after each stage, reward curves, the spread of rewards
-within GRPO groups (and per task the share of groups that give no signal), the best / worst / most improved
-samples drawn by their task's `visualize` with the completion's reasoning and answer, and the evaluations'
-generations.
+within GRPO groups (and per task the share of groups that give no signal), per-prompt pass rates, the best /
+worst / most improved samples drawn by their task's `visualize` with the completion's reasoning and answer, and the
+evaluations' generations.
 
 The page needs nothing else: images are base64 PNGs, the CSS is inline and there is no script. Every piece of text
 that comes from a model, a prompt or a data file goes through `html.escape`, so a completion holding markup shows as
@@ -105,6 +105,7 @@ def build_report(view: ins.RunView, *, n: int = 4, eval_samples: int = 8) -> str
         _summary(view),
         _eval_section(view),
         _curves_section(view),
+        _prompts_section(view),
         _samples_section(view, n),
         _eval_generations(view, n, eval_samples),
     ]
@@ -246,6 +247,50 @@ def _curves_section(view: ins.RunView) -> str:
         _safe("zero-spread groups per task", lambda: figure_tag(zero_spread_by_task(view), "zero-spread groups")),
     ]
     return _section("curves", "Training curves", "\n".join(parts))
+
+
+def _prompts_section(view: ins.RunView) -> str:
+    """Per-prompt pass rates of the GRPO stages (the newest checkpoint's `mmreason.train.prompt_stats`): a summary
+    and a histogram; nothing for a run without GRPO."""
+    if "grpo" not in view.config.stages:
+        return ""
+    return _section("prompts", "Prompt pass rates", _safe("prompt pass rates", lambda: _prompts_body(view)))
+
+
+def _prompts_body(view: ins.RunView) -> str:
+    from mmreason.train.prompt_stats import read_prompt_stats
+
+    stats = read_prompt_stats(view.run_dir)
+    if stats is None:
+        return _none("no per-prompt statistics saved (no GRPO checkpoint)")
+    frame = pd.DataFrame(stats.rows())
+    rates = frame["pass_rate"]
+    summary = [
+        ("prompts drawn", f"{len(frame)} ({int(frame['draws'].sum())} groups)"),
+        ("never passed (pass rate 0)", fmt(float((rates <= 0).mean()))),
+        ("always passed (pass rate 1)", fmt(float((rates >= 1).mean()))),
+        ("median pass rate", fmt(float(rates.median()))),
+        ("mean share of groups with signal", fmt(float(frame["signal_share"].mean()))),
+    ]
+    note = (
+        "<p>A prompt's pass rate is the mean accuracy of all its completions over the run (grpo.filter.reward "
+        "defines accuracy); a group has signal when its completions' total rewards differ.</p>"
+    )
+    table = table_html(["", ""], [(esc(k), v) for k, v in summary], [False, True])
+    figure = _safe("pass-rate histogram", lambda: figure_tag(pass_rate_histogram(rates), "prompt pass rates"))
+    return note + table + figure
+
+
+def pass_rate_histogram(rates: pd.Series) -> Figure:
+    """How many prompts have each pass rate (10 bins)."""
+    fig = Figure(figsize=(6.4, 2.8), layout="constrained")
+    ax = fig.subplots()
+    ax.hist(rates.dropna(), bins=10, color="#4a7ab5", edgecolor="white")
+    ax.set_xlabel("pass rate")
+    ax.set_ylabel("prompts")
+    ax.set_title("prompt pass rates over the run", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    return fig
 
 
 def _samples_section(view: ins.RunView, n: int) -> str:

@@ -36,6 +36,7 @@ from mmreason.registry import get_task
 from mmreason.rollout.scoring import RewardErrors
 from mmreason.runs.store import RolloutStore
 from mmreason.runs.trackers import metrics_line
+from mmreason.train.prompt_stats import PromptStats
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class Run:
     val: dict[str, list[Sample]]
     store: RolloutStore | None  # None: a `Run.local` that writes no rollouts
     reward_errors: RewardErrors = field(default_factory=RewardErrors)
+    prompt_stats: PromptStats = field(default_factory=PromptStats)  # per-prompt pass rates of the GRPO stages
     history: list[dict[str, Any]] = field(default_factory=list)
     dist: Any = None  # mmreason.train.dist.Dist (None: one plain process, e.g. in unit tests)
     # the model the loss goes through: DDP / DeepSpeed / FSDP-wrapped under accelerate, else policy.model. Generation,
@@ -179,8 +181,10 @@ def config_reward_weights(cfg: RunConfig, task_name: str) -> dict[str, float]:
 
 def run_reward_names(cfg: RunConfig) -> list[str]:
     """Every reward any task of the config is scored with: the rollout store's reward columns for the whole run."""
+    from mmreason.train.reward_schedule import scheduled_reward_names
+
     tasks = dict.fromkeys(d.task for d in cfg.data)
-    return sorted({name for task in tasks for name in config_reward_weights(cfg, task)})
+    return sorted({name for task in tasks for name in config_reward_weights(cfg, task)} | scheduled_reward_names(cfg))
 
 
 def load_val(cfg: RunConfig, ctx: SampleContext) -> dict[str, list[Sample]]:
@@ -370,7 +374,10 @@ def load_run_files(run_dir: Path) -> list[Path]:
 
 
 def open_store(cfg: RunConfig, run_dir: Path) -> RolloutStore:
-    """The run's rollout store, its columns fixed when the run starts: every reward of the config's tasks, and the
-    turns of multi-turn tool rollouts (`mmreason.runs.store`: one schema per run)."""
-    extras = {"turns": "string"} if "grpo" in cfg.stages and cfg.grpo.tools.enabled else {}
+    """The run's rollout store, its columns fixed when the run starts: every reward of the config's tasks, each GRPO
+    row's prompt pass rate before its draw (`mmreason.train.online_filter`), and the turns of multi-turn tool
+    rollouts (`mmreason.runs.store`: one schema per run)."""
+    extras: dict[str, str] = {"prompt_pass_rate": "double"} if "grpo" in cfg.stages else {}
+    if "grpo" in cfg.stages and cfg.grpo.tools.enabled:
+        extras["turns"] = "string"
     return RolloutStore(run_dir, reward_names=run_reward_names(cfg), extra_columns=extras)

@@ -7,7 +7,7 @@ Layout of `<run_dir>/checkpoints/<name>/`:
     optimizer.pt      optimizer.state_dict() (torch.save)
     scheduler.pt      scheduler.state_dict() (torch.save)
     rng.pt            python / numpy / torch CPU / CUDA RNG states as tensors, ints and lists
-    state.json        the trainer's `state` (stage index, step, data cursor, metrics; JSON)
+    state.json        the trainer's `state` (stage index, step, data cursor, counters, per-prompt statistics; JSON)
     deepspeed/        under DeepSpeed only, instead of optimizer.pt: the engine's own checkpoint, one optimizer
                       shard per rank (written by every rank into the staging folder, see `staging_dir`)
     complete.json     written last: its presence is what makes a checkpoint complete; it records the run's
@@ -413,6 +413,7 @@ def _write_checkpoint(
         "stage_streams": stage_streams,  # per rank: stage kind -> cursor
         "history_len": len(run.history),
         "reward_errors": run.reward_errors.state_dict(),
+        "prompt_stats": run.prompt_stats.state_dict(),  # the same on every rank (mmreason.train.online_filter)
         # the rollout shards now (and the latest's position); on resume every other shard is dropped
         "store_position": list(run.store.position()),
         "store_shards": sorted(p.name for p in run.store.dir.glob("*.parquet")),
@@ -527,6 +528,7 @@ def resume_from(run: Run, ckpt: Path, state: dict[str, Any] | None = None) -> di
         streams = state.get("streams") or [state["stream"]]
         run.stream.load_state_dict(streams[run.rank] if len(streams) == run.world_size else state["stream"])
     run.reward_errors.load_state_dict(state.get("reward_errors", []))
+    run.prompt_stats.load_state_dict(state.get("prompt_stats"))
     if run.is_main:
         truncate_metrics(run.run_dir, state["history_len"])
         shards = state.get("store_shards", [])

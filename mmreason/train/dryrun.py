@@ -43,6 +43,10 @@ def check_sources(cfg: RunConfig) -> None:
                 entry_location(entry, which)
             except DataError as exc:
                 raise DataError(f"data[{i}].{which}: {exc}{_maker_hint(str(exc), entry, which)}") from None
+    for phase in cfg.grpo.reward_schedule:  # a scheduled reward must exist before the stage reaches its phase
+        for weights in phase.rewards.values():
+            for spec in weights:
+                resolve_reward(spec)
 
 
 def _maker_hint(message: str, entry: Any, which: str) -> str:

@@ -2,8 +2,10 @@
 steps on group-relative advantages (GRPO / Dr.GRPO / DAPO options; maths in `mmreason.train.rl`).
 
 One loop per step: rollout -> rewards -> advantages -> (optional) old/ref log-probs -> num_iterations updates ->
-metrics, rollout store rows, checkpoints. Every engine returns the one `Rollout` type; how its tokens are scored
-(shared prefix, repeated prompt, whole trajectories) is decided once per stage (`scoring_plan`) and logged once.
+metrics, rollout store rows, checkpoints. The rollout and rewards come from `online_filter.draw_batch`, which also
+keeps the per-prompt statistics and, with grpo.filter, filters groups and refills the batch. Every engine returns the
+one `Rollout` type; how its tokens are scored (shared prefix, repeated prompt, whole trajectories) is decided once per
+stage (`scoring_plan`) and logged once.
 
 Dropout is off in every forward of an update (old policy, reference, loss), as TRL and verl train RL: `dropout_off`
 sets every `nn.Dropout` (LoRA's adapter dropout included) and every attention-dropout rate to 0 for the update and
@@ -22,6 +24,7 @@ total reward (no learning signal).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections import defaultdict
@@ -34,6 +37,7 @@ import torch
 from mmreason.config import ConfigError, GRPOConfig
 from mmreason.data.sample import Sample
 from mmreason.models.policy import Reference, unwrap_model
+from mmreason.models.vision_cache import step_cache
 from mmreason.registry import get_task
 from mmreason.rollout.engine import (
     completion_logprobs,
@@ -46,9 +50,11 @@ from mmreason.rollout.multiturn import tool_rollout, trajectory_logprobs, turns_
 from mmreason.rollout.prefix import shared_completion_logprobs
 from mmreason.rollout.scoring import StepState, score_completions
 from mmreason.rollout.types import Rollout, SamplingParams, ScoringPath
-from mmreason.runs.run import Run, data_metrics, log_metrics, reward_weights, take_samples
+from mmreason.runs.run import Run, data_metrics, log_metrics, reward_weights
 from mmreason.runs.store import completion_row
 from mmreason.train.dist import split_per_rank
+from mmreason.train.online_filter import draw_batch
+from mmreason.train.reward_schedule import scheduled_weights
 from mmreason.train.rl import group_advantages, grpo_loss, loss_mask, truncated_is_weights, zero_variance_groups
 from mmreason.train.step import (
     backward,
@@ -122,10 +128,11 @@ def sampling_params(run: Run, cfg: GRPOConfig) -> SamplingParams:
 
 
 def score_mixture(
-    run: Run, samples: list[Sample], rollout: Rollout, state: StepState | None = None
+    run: Run, samples: list[Sample], rollout: Rollout, state: StepState | None = None, stage_index: int | None = None
 ) -> tuple[dict[str, list], list[float]]:
     """Rewards for a batch that may mix tasks: each task's rewards on its own rows, None elsewhere. A multi-turn
-    rollout adds the configured tool rewards, fed by the rollout's extra columns (tool-call counts).
+    rollout adds the configured tool rewards, fed by the rollout's extra columns (tool-call counts). With a state
+    and the stage's index, each task's weights follow `grpo.reward_schedule` (`mmreason.train.reward_schedule`).
     A reward that raises on its first call in this process stops the run (RewardError): it would never score."""
     texts, g, extra = rollout.texts, rollout.group_size, rollout.columns
     ids = completion_id_lists(rollout)
@@ -137,7 +144,11 @@ def score_mixture(
     total = [0.0] * len(texts)
     for task, idx in by_task.items():
         rows = [i * g + j for i in idx for j in range(g)]
-        weights = {**reward_weights(run, task), **(run.cfg.grpo.tools.rewards if tools else {})}
+        weights = reward_weights(run, task)
+        if state is not None and stage_index is not None:
+            weights = scheduled_weights(weights, task, run.cfg.grpo.reward_schedule, stage_index, state.global_step,
+                                        state.max_steps)
+        weights = {**weights, **(run.cfg.grpo.tools.rewards if tools else {})}
         task_named, task_total = score_completions(
             weights,
             [samples[i] for i in idx],
@@ -238,22 +249,25 @@ def run_grpo(
     bar = step_bar(run, "grpo", stage_index, start_step, cfg.steps)
     for step in bar:
         t0 = time.perf_counter()
-        samples = take_samples(run, local_prompts)
-        with run.generation_context():  # the unwrapped policy samples (ZeRO-3: its shards gathered meanwhile)
-            rollout = sample_rollout(run, cfg, samples, params, plan)
-        named, total = score_mixture(run, samples, rollout, StepState(step, cfg.steps))
-        rewards = torch.tensor(total, dtype=torch.float32, device=run.device)
-        adv = group_advantages(rewards, g, scale_std=cfg.scale_std)
-        keep_groups = ~zero_variance_groups(rewards, g) if cfg.dynamic_sampling else torch.ones_like(adv[::g]).bool()
-        mask = loss_mask_for(rollout, keep_groups.repeat_interleave(g), cfg.mask_truncated)
-        upd, applied = update_policy(run, optimizer, reference, rollout, adv, mask, cfg, plan, banned)
+        roll = functools.partial(scored_rollout, run, cfg, params=params, plan=plan, state=StepState(step, cfg.steps),
+                                 stage_index=stage_index)
+        # the step's image / video features, computed once for sampling, old / reference log-probs and the updates
+        with step_cache([policy.model, reference.copy], cfg.cache_vision):
+            batch = draw_batch(run, cfg, local_prompts, roll)  # filtered and refilled with grpo.filter
+            samples, rollout, named, total = batch.samples, batch.rollout, batch.named, batch.total
+            rewards = torch.tensor(total, dtype=torch.float32, device=run.device)
+            adv = group_advantages(rewards, g, scale_std=cfg.scale_std)
+            keep_groups = batch.keep & ~zero_variance_groups(rewards, g) if cfg.dynamic_sampling else batch.keep
+            mask = loss_mask_for(rollout, keep_groups.repeat_interleave(g), cfg.mask_truncated)
+            upd, applied = update_policy(run, optimizer, reference, rollout, adv, mask, cfg, plan, banned)
         for ok in applied:
             bad_updates = 0 if ok else bad_updates + 1
         stop_if_diverging(bad_updates, cfg.max_bad_updates, "grpo", step + 1)
         scheduler.step()
         dt = time.perf_counter() - t0
-        rows = gather_rows(run, store_rows(run, samples, rollout, named, total, adv, stage, step + 1))
-        metrics = _step_metrics(run, rows, named, keep_groups, upd, dt)
+        rows = batch.with_pass_rates(store_rows(run, samples, rollout, named, total, adv, stage, step + 1))
+        rows = gather_rows(run, rows)
+        metrics = {**_step_metrics(run, rows, named, keep_groups, upd, dt), **batch.metrics}
         metrics["lr"] = scheduler.get_last_lr()[0]
         log_metrics(run, "grpo", step + 1, metrics)
         if run.is_main:
@@ -261,6 +275,23 @@ def run_grpo(
         bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", loss=f"{upd.get('loss', float('nan')):.3f}")
         periodic(run, cfg, stage_index, "grpo", step + 1, optimizer, scheduler)
     return optimizer, scheduler
+
+
+def scored_rollout(
+    run: Run,
+    cfg: GRPOConfig,
+    samples: list[Sample],
+    *,
+    params: SamplingParams,
+    plan: ScoringPlan,
+    state: StepState,
+    stage_index: int,
+) -> tuple[Rollout, dict[str, list], list[float]]:
+    """G completions per sample and their rewards (named, total): what a step draws, once or per refill round."""
+    with run.generation_context():  # the unwrapped policy samples (ZeRO-3: its shards gathered meanwhile)
+        rollout = sample_rollout(run, cfg, samples, params, plan)
+    named, total = score_mixture(run, samples, rollout, state, stage_index)
+    return rollout, named, total
 
 
 def allowed_tools(samples: list[Sample]) -> list[tuple[str, ...]]:
