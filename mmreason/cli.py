@@ -1,4 +1,5 @@
-"""The `mmreason` command line: train, eval, tasks, data check / make, tiny-model, new-task, report.
+"""The `mmreason` command line: train, eval, tasks, data check / convert / distill / make, tiny-model, new-task,
+report.
 
 Every command's body imports what it needs, so `--help`, `-h` and `--version` load neither torch nor the data code.
 Output is quiet by default: library progress bars and notices are off and the log level is WARNING; `-v` turns the
@@ -288,6 +289,8 @@ def eval_cmd(
                                    "model.min_pixels)."),
     max_pixels: int = typer.Option(None, "--max-pixels", help="Image pixel budget, upper bound (default: the run's "
                                    "model.max_pixels)."),
+    budget: str = typer.Option(None, "--budget", help="A reasoning-budget level every prompt names, e.g. easy "
+                               "(one of the run's budget.levels; default: the run's budget setting)."),
     split: str = SplitOpt,
     fmt: str = FormatOpt,
     column: list[str] = ColumnOpt,
@@ -304,7 +307,7 @@ def eval_cmd(
         entry = _entry(task or "", data, split, fmt, column, media_dir)
         entry.update(val=entry.pop("train"), val_split=entry.pop("split"))
     flags = {"think": think, "min_pixels": min_pixels, "max_pixels": max_pixels, "max_new_tokens": max_new_tokens,
-             "batch_size": batch_size}
+             "batch_size": batch_size, "budget": budget}
     result = eval_checkpoint(target, task, entry, limit, flags=flags, task_files=task_file or None)
     console.print(f"evaluated {escape(str(target))} with:\n{escape(result.settings.describe())}", highlight=False,
                   soft_wrap=True)
@@ -400,6 +403,60 @@ def data_convert(
                   + (f"; left out {len(result.problems)} problem(s)" if result.problems else ""), highlight=False)
     if not result.written:
         raise typer.Exit(2)
+
+
+@data_app.command("distill")
+def data_distill(
+    target: Path = typer.Argument(..., help="A run directory (its latest checkpoint) or a checkpoint folder."),
+    data: str = typer.Option(..., "--data", help="The records to sample from: a file, a folder, a save_to_disk "
+                             "folder or a hub id; path@split picks a split (default: train)."),
+    out: Path = typer.Option(..., "--out", help="Output JSONL file (embedded media go to <out stem>_media/)."),
+    task: str = typer.Option(None, "--task", help="Task name (default: the run's task, when it has one)."),
+    samples: int = typer.Option(4, "--samples", help="Completions sampled per record (N)."),
+    min_reward: float = typer.Option(None, "--min-reward", help="Keep completions whose total reward is at least "
+                                     "this (default: the task's best total, every reward at 1)."),
+    shortest: bool = typer.Option(False, "--shortest", help="Keep only the shortest kept completion per record."),
+    temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus-sampling threshold (1.0: off)."),
+    seed: int = typer.Option(None, "--seed", help="Seed of the sampling (default: the run's seed)."),
+    max_new_tokens: int = typer.Option(None, help="Completion length limit (default: the run's eval.max_new_tokens)."),
+    batch_size: int = typer.Option(None, help="Records sampled together (default: the run's eval.batch_size)."),
+    split: str = SplitOpt,
+    fmt: str = FormatOpt,
+    column: list[str] = ColumnOpt,
+    media_dir: Path = MediaDirOpt,
+    task_file: list[Path] = TaskFiles,
+) -> None:
+    """Rejection-sampled SFT data: sample N completions per record with a trained policy, keep those whose total
+    reward reaches --min-reward, and write each as the record with its completion as `sft_target` (the verbatim SFT
+    target), so `mmreason train` on the output trains SFT on exactly the kept completions."""
+    from mmreason.config import ConfigError
+    from mmreason.data.records import DataError, format_problems
+    from mmreason.train.distill import distill
+
+    _load_user_files(task_file)
+    if out.suffix not in (".jsonl", ".ndjson"):
+        _fail(f"--out must be a .jsonl file, got {out}")
+    for bad, message in ((samples < 1, "--samples must be >= 1"), (not temperature > 0, "--temperature must be > 0"),
+                         (not 0 < top_p <= 1, "--top-p must be in (0, 1]")):
+        if bad:
+            _fail(message)
+    flags = {"max_new_tokens": max_new_tokens, "batch_size": batch_size}
+    try:
+        result = distill(target, _entry(task or "", data, split, fmt, column, media_dir), out, samples=samples,
+                         min_reward=min_reward, shortest=shortest, temperature=temperature, top_p=top_p, seed=seed,
+                         flags=flags, task_files=task_file or None)
+    except (FileNotFoundError, DataError, ConfigError) as exc:
+        _fail(str(exc))
+    if result.problems:
+        print(format_problems(result.problems, limit=20))
+    summary = (f"kept {result.written} of {result.sampled} completion(s), from {result.records_kept} of "
+               f"{result.records} {result.task} record(s)" + (f"; {result.reward_errors} reward error(s)"
+                                                               if result.reward_errors else ""))
+    if not result.written:
+        _fail(f"{summary}; nothing written: lower --min-reward or sample more (--samples)")
+    console.print(f"{escape(summary)}; wrote {escape(str(out))}"
+                  + (f" and {result.media_files} media file(s)" if result.media_files else ""), highlight=False)
 
 
 @make_app.command("synthetic")

@@ -26,8 +26,19 @@ from typing import Any, Literal
 
 import yaml
 
+from mmreason.config_schedule import (  # noqa: F401 (re-exported: part of the schema)
+    BudgetConfig,
+    Curriculum,
+    DifficultyStage,
+    FilterConfig,
+    MixturePhase,
+    RewardPhase,
+    ScheduleBy,
+    ScheduleConfig,
+)
+
 # The allowed values of the enum-like keys; `_coerce` checks them when the config is built.
-Stage = Literal["sft", "grpo"]
+Stage = Literal["sft", "grpo", "rejection_sft"]
 LossAggregation = Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"]
 # transformers' `get_scheduler` kinds that need nothing beyond the warmup and total step counts ("constant" has no
 # warmup: warmup_ratio needs "constant_with_warmup")
@@ -156,6 +167,33 @@ class SFTConfig:
 
 
 @dataclass
+class RejectionSFTConfig:
+    """Rejection-sampling SFT (Metis-RISE): sample N completions per prompt with the current policy (GRPO's engine,
+    grpo.rollout), score them with the tasks' rewards, and train SFT on those whose total reward reaches min_reward
+    (mmreason.train.rejection). Reads the data entries that feed GRPO, unless an entry names rejection_sft."""
+
+    steps: int = 50  # sampling steps, each followed by one SFT update on what was kept (none when nothing was)
+    prompts_per_step: int = 8  # prompts sampled per step, over all processes
+    samples_per_prompt: int = 8  # N: completions sampled per prompt
+    # keep a completion whose total reward is >= this (and that ended within max_new_tokens); null: its task's best
+    # total, the sum of the task's positive reward weights (every built-in reward at 1: only perfect completions)
+    min_reward: float | None = None
+    shortest_only: bool = False  # keep only the shortest kept completion of each prompt
+    temperature: float = 1.0  # sampling temperature
+    top_p: float = 1.0  # nucleus-sampling threshold (1.0: off)
+    max_new_tokens: int = 64  # completion length limit, in tokens; a completion cut at it is never kept
+    batch_size: int = 16  # kept completions per micro-batch, over all processes; a step trains on all it kept
+    lr: float = 1e-5  # peak learning rate (AdamW)
+    weight_decay: float = 0.0  # AdamW weight decay
+    warmup_ratio: float = 0.0  # share of `steps` spent warming up the learning rate (0..1)
+    scheduler: Scheduler = "constant"  # learning-rate schedule after the warmup (transformers' `get_scheduler`)
+    max_grad_norm: float = 1.0  # clip the gradient's global L2 norm to this before each update
+    eval_every: int = 0  # evaluate every this many steps; 0 = only at the end of the stage
+    save_every: int = 0  # checkpoint every this many steps; 0 = only at the end of the stage
+    max_bad_updates: int = 5  # stop after this many updates in a row skipped for a non-finite loss or gradient
+
+
+@dataclass
 class ToolsConfig:
     """Multi-turn rollouts where the policy may call its task's tools (zoom_in, crop_video, select_frames)."""
 
@@ -178,31 +216,6 @@ class VLLMConfig:
     # truncated importance sampling of the sampler / trainer mismatch (vLLM's kernels are not the trainer's):
     # per-token weights min(pi_train / pi_vllm, cap) on the policy-gradient term; 0 turns the correction off
     importance_cap: float = 2.0
-
-
-@dataclass
-class FilterConfig:
-    """Online filtering (EasyR1's online_filtering; DAPO's dynamic sampling with refill): a group trains only when
-    its mean accuracy lies strictly between `low` and `high`; prompts are drawn from the data stream until a step has
-    prompts_per_step such groups or `max_extra_prompts` more prompts were drawn (mmreason.train.online_filter)."""
-
-    enabled: bool = False  # filter the groups and refill the batch from the data stream
-    # a completion's accuracy: null = the weighted mean of its task's rewards other than the format ones (0..1 for
-    # the built-in rewards), "total" = its total reward, or a reward's name = that reward's score
-    reward: str | None = None
-    low: float = 0.0  # keep a group when low < its mean accuracy ...
-    high: float = 1.0  # ... < high (the defaults drop the groups all solved or all failed)
-    max_extra_prompts: int = 16  # prompts drawn per step beyond prompts_per_step, over all processes; 0: no refill
-
-
-@dataclass
-class RewardPhase:
-    """One phase of a reward curriculum (RewardMap): from `start` on, the named tasks' reward weights are these
-    (mmreason.train.reward_schedule)."""
-
-    start: float = 0.0  # where it begins: below 1 a share of the stage's steps (0.5: halfway), else a step number
-    stage: int | None = None  # only in this stage: its 0-based position in `stages` (None: every GRPO stage)
-    rewards: dict[str, dict[str, float]] = field(default_factory=dict)  # task -> reward name -> weight
 
 
 @dataclass
@@ -280,9 +293,12 @@ class RunConfig:
     device: str = "auto"  # a torch device: auto (CUDA when available, else CPU), cpu, cuda, cuda:1, ...
     model: ModelConfig = field(default_factory=ModelConfig)
     data: list[DataConfig] = field(default_factory=list)  # the task mixture (at least one entry)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)  # difficulty-aware data scheduling (off)
     sft: SFTConfig = field(default_factory=SFTConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    rejection_sft: RejectionSFTConfig = field(default_factory=RejectionSFTConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)  # reasoning budgets (off by default)
     # experiment trackers fed every metrics line and the evaluations' pictures, e.g. [tensorboard, wandb] (pip install
     # 'mmreason[tracking]'); rank 0 alone logs. TensorBoard writes to runs/<name>/tensorboard
     report_to: list[str] = field(default_factory=list)
@@ -511,16 +527,20 @@ def validate(cfg: RunConfig, check_paths: bool = True) -> None:
     range of every number, names, keys that must agree (`mmreason.config_ranges`), the data entries, and with
     check_paths that the run folder can be written."""
     from mmreason.config_ranges import check_values
+    from mmreason.data.schedule import check_data_schedule
     from mmreason.train.reward_schedule import check_schedule
 
     check_values(cfg, check_paths)
     check_schedule(cfg)
+    check_data_schedule(cfg)
     if not cfg.data:
         raise ConfigError("config has no `data`: give at least one {task, train} entry")
     for i, d in enumerate(cfg.data):
         validate_entry(d, f"data[{i}]")
+    from mmreason.data.entries import stage_entries
+
     for stage in dict.fromkeys(cfg.stages):
-        if not any(d.stages is None or stage in d.stages for d in cfg.data):
+        if not stage_entries(cfg.data, stage):
             raise ConfigError(f"no data entry feeds the {stage} stage: leave `stages` out of one entry or add {stage}")
     _validate_rollout(cfg.grpo)
     _validate_family(cfg.model)

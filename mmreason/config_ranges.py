@@ -71,6 +71,11 @@ RANGES: dict[str, Range] = {
     "model.tiny.vision_depth": ONE_OR_MORE,
     "data[].weight": POSITIVE,
     "data[].max_val": ONE_OR_MORE,
+    "schedule.prior": Range(0, 1, why="a difficulty: 0 easiest, 1 hardest"),
+    "schedule.start": Range(0, 1, why="a difficulty: 0 easiest, 1 hardest"),
+    "schedule.end": Range(0, 1, why="a difficulty: 0 easiest, 1 hardest"),
+    "schedule.width": Range(0, why="0: the target alone"),
+    "schedule.floor": Range(0, 1, why="the least weight, relative to a prompt on target"),
     "sft.steps": Range(1, why="leave the stage out of `stages` to skip it"),
     "sft.batch_size": ONE_OR_MORE,
     "sft.grad_accum": Range(1, why="micro-batches per update"),
@@ -107,6 +112,22 @@ RANGES: dict[str, Range] = {
     "grpo.vllm.importance_cap": Range(0, why="0: no correction"),
     "grpo.tools.max_turns": ONE_OR_MORE,
     "grpo.tools.max_pixels": ONE_OR_MORE,
+    "rejection_sft.steps": Range(1, why="leave the stage out of `stages` to skip it"),
+    "rejection_sft.prompts_per_step": ONE_OR_MORE,
+    "rejection_sft.samples_per_prompt": ONE_OR_MORE,
+    "rejection_sft.temperature": Range(0, above=True, why="sampling divides the logits by it"),
+    "rejection_sft.top_p": Range(0, 1, above=True),
+    "rejection_sft.max_new_tokens": ONE_OR_MORE,
+    "rejection_sft.batch_size": ONE_OR_MORE,
+    "rejection_sft.lr": POSITIVE,
+    "rejection_sft.weight_decay": ZERO_OR_MORE,
+    "rejection_sft.warmup_ratio": RATIO,
+    "rejection_sft.max_grad_norm": POSITIVE,
+    "rejection_sft.eval_every": EVERY,
+    "rejection_sft.save_every": EVERY,
+    "rejection_sft.max_bad_updates": BAD_UPDATES,
+    "budget.length_weight": FINITE,
+    "budget.difficulty_weight": FINITE,
     "eval.max_new_tokens": ONE_OR_MORE,
     "eval.batch_size": ONE_OR_MORE,
 }
@@ -135,6 +156,7 @@ def check_values(cfg: RunConfig, check_paths: bool = True) -> None:
             raise ConfigError(f"grpo.reward_schedule[{i}].rewards is empty: give task -> reward -> weight")
         for task, weights in phase.rewards.items():
             _check_weights(weights, f"grpo.reward_schedule[{i}].rewards.{task}")
+    _check_budget(cfg)
     if check_paths:
         check_output_dir(cfg)
 
@@ -161,7 +183,7 @@ def _check_strings(cfg: RunConfig) -> None:
     if not _DEVICE_RE.match(cfg.device):
         raise ConfigError(f"device must be auto, cpu, cuda or cuda:N (a torch device), got {show_value(cfg.device)}")
     if not cfg.stages:
-        raise ConfigError("stages is empty: a run needs at least one of sft, grpo")
+        raise ConfigError("stages is empty: a run needs at least one of sft, grpo, rejection_sft")
     for key in ("name", "attn_implementation"):
         if not getattr(cfg.model, key).strip():
             raise ConfigError(f"model.{key} is empty")
@@ -188,6 +210,9 @@ def _check_pairs(cfg: RunConfig) -> None:
                           "group is kept when low < its mean accuracy < high")
     if grpo.filter.reward is not None and not grpo.filter.reward.strip():
         raise ConfigError("grpo.filter.reward is empty: give a reward name, total, or leave it out (accuracy)")
+    min_reward = cfg.rejection_sft.min_reward  # optional (null: each task's best total), so not in RANGES
+    if min_reward is not None and not math.isfinite(min_reward):
+        raise ConfigError(f"rejection_sft.min_reward must be a finite number or null, got {show_value(min_reward)}")
     if grpo.rollout == "vllm" and grpo.vllm.max_model_len <= grpo.max_new_tokens:
         raise ConfigError(f"grpo.vllm.max_model_len ({grpo.vllm.max_model_len}) must exceed grpo.max_new_tokens "
                           f"({grpo.max_new_tokens}): it holds the prompt and the completion")
@@ -199,6 +224,22 @@ def _check_weights(weights: dict[str, Any], where: str) -> None:
         if not (isinstance(name, str) and name and number and math.isfinite(weight)):
             raise ConfigError(f"{where} maps reward names to finite weights, got {show_value(name)}: "
                               f"{show_value(weight)}")
+
+
+def _check_budget(cfg: RunConfig) -> None:
+    budget = cfg.budget
+    levels = budget.levels
+    ok = isinstance(levels, dict) and levels and all(
+        isinstance(k, str) and k.strip() and isinstance(v, int) and not isinstance(v, bool) and v >= 1
+        for k, v in levels.items())
+    if not ok:
+        raise ConfigError(f"budget.levels maps level names (easiest first) to word budgets >= 1, e.g. {{easy: 32, "
+                          f"hard: 256}}; got {show_value(levels)}")
+    if budget.force is not None and budget.force not in levels:
+        raise ConfigError(f"budget.force must be one of the levels ({', '.join(levels)}), got "
+                          f"{show_value(budget.force)}")
+    if budget.enabled and not cfg.think:
+        raise ConfigError("budget.enabled needs think: true (the tag opens the <think> part)")
 
 
 def check_output_dir(cfg: RunConfig) -> None:

@@ -12,6 +12,8 @@ Importing this package registers every built-in reward in `mmreason.registry.REW
     math_verify                                 (math_answer)   -- column solution
     tiou                                        (temporal)      -- columns solution, duration?
     tool_success, tool_discipline               (tool_use)      -- columns tool_calls, tool_errors, budget_exceeded
+    budget_length, budget_difficulty            (budget)        -- columns budget_words, budget_tag?,
+                                                                   difficulty_label?, prompt_pass_rate?
 
 Contract: `fn(completions, **columns) -> list[float | None]`, one score per completion in [0, 1]; each column is a
 per-completion list; unknown columns are ignored; a row whose `solution` is None scores None (not applicable);
@@ -27,6 +29,7 @@ functions, so a record a task accepts is ground truth its rewards accept. `parse
 
 # Every module is imported so that its @register_reward decorators run.
 from . import (  # noqa: F401
+    budget,
     choice,
     classification,
     counting,

@@ -26,7 +26,7 @@ BAD_LITERALS = [
     ("data_errors", "fatl", "skip, fatal", "fatal"),
     ("model.dtype", "bfloat61", "float32, bfloat16, float16", "bfloat16"),
     ("model.dtype", "fp16", "float32, bfloat16, float16", None),
-    ("stages[1]", "gpro", "sft, grpo", "grpo"),
+    ("stages[1]", "gpro", "sft, grpo, rejection_sft", "grpo"),
 ]
 
 
@@ -107,7 +107,8 @@ def test_literal_fields_resolve_and_their_defaults_are_allowed():
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             values = default if isinstance(default, list) else [default]
             assert set(values) <= set(typing.get_args(tp)), f"{cls.__name__}.{f.name}"
-    assert literal_fields == 7  # stages, data_errors, model.dtype, sft/grpo scheduler, loss_agg, rollout
+    # stages, data_errors, model.dtype, sft/grpo/rejection_sft scheduler, loss_agg, rollout, schedule.by/curriculum
+    assert literal_fields == 10
 
 
 def test_defaults():

@@ -35,6 +35,11 @@ BAD_VALUES = [
     ("model.tiny.vision_depth=-1", "model.tiny.vision_depth must be >= 1, got -1"),
     ("data.0.weight=0", "data[0].weight must be > 0, got 0.0"),
     ("data.0.max_val=0", "data[0].max_val must be >= 1, got 0"),
+    ("schedule.prior=1.5", "schedule.prior must be in [0, 1] (a difficulty: 0 easiest, 1 hardest), got 1.5"),
+    ("schedule.start=-0.1", "schedule.start must be in [0, 1] (a difficulty: 0 easiest, 1 hardest), got -0.1"),
+    ("schedule.end=2", "schedule.end must be in [0, 1] (a difficulty: 0 easiest, 1 hardest), got 2.0"),
+    ("schedule.width=-1", "schedule.width must be >= 0 (0: the target alone), got -1.0"),
+    ("schedule.floor=1.01", "schedule.floor must be in [0, 1] (the least weight, relative to a prompt on target)"),
     ("sft.steps=-5", "sft.steps must be >= 1 (leave the stage out of `stages` to skip it), got -5"),
     ("sft.batch_size=0", "sft.batch_size must be >= 1, got 0"),
     ("sft.grad_accum=0", "sft.grad_accum must be >= 1 (micro-batches per update), got 0"),
@@ -71,6 +76,22 @@ BAD_VALUES = [
     ("grpo.vllm.importance_cap=-1", "grpo.vllm.importance_cap must be >= 0 (0: no correction), got -1.0"),
     ("grpo.tools.max_turns=0", "grpo.tools.max_turns must be >= 1, got 0"),
     ("grpo.tools.max_pixels=0", "grpo.tools.max_pixels must be >= 1, got 0"),
+    ("rejection_sft.steps=0", "rejection_sft.steps must be >= 1 (leave the stage out of `stages` to skip it), got 0"),
+    ("rejection_sft.prompts_per_step=0", "rejection_sft.prompts_per_step must be >= 1, got 0"),
+    ("rejection_sft.samples_per_prompt=0", "rejection_sft.samples_per_prompt must be >= 1, got 0"),
+    ("rejection_sft.temperature=0", "rejection_sft.temperature must be > 0 (sampling divides the logits by it)"),
+    ("rejection_sft.top_p=1.5", "rejection_sft.top_p must be in (0, 1], got 1.5"),
+    ("rejection_sft.max_new_tokens=0", "rejection_sft.max_new_tokens must be >= 1, got 0"),
+    ("rejection_sft.batch_size=0", "rejection_sft.batch_size must be >= 1, got 0"),
+    ("rejection_sft.lr=0", "rejection_sft.lr must be > 0, got 0.0"),
+    ("rejection_sft.weight_decay=-1", "rejection_sft.weight_decay must be >= 0, got -1.0"),
+    ("rejection_sft.warmup_ratio=2", "rejection_sft.warmup_ratio must be in [0, 1], got 2.0"),
+    ("rejection_sft.max_grad_norm=0", "rejection_sft.max_grad_norm must be > 0, got 0.0"),
+    ("rejection_sft.eval_every=-1", "rejection_sft.eval_every must be >= 0 (0: only at the end of the stage)"),
+    ("rejection_sft.save_every=-1", "rejection_sft.save_every must be >= 0 (0: only at the end of the stage)"),
+    ("rejection_sft.max_bad_updates=0", "rejection_sft.max_bad_updates must be >= 1, got 0"),
+    ("budget.length_weight=.nan", "budget.length_weight must be a finite number, got nan"),
+    ("budget.difficulty_weight=.inf", "budget.difficulty_weight must be a finite number, got inf"),
     ("eval.max_new_tokens=0", "eval.max_new_tokens must be >= 1, got 0"),
     ("eval.batch_size=0", "eval.batch_size must be >= 1, got 0"),
 ]
@@ -92,6 +113,7 @@ BAD_OTHERS = [
     ("grpo.tools.rewards={tool_success: [1]}", "grpo.tools.rewards maps reward names to finite weights"),
     ("grpo.filter.low=1", "grpo.filter.low (1.0) must be < grpo.filter.high (1.0): a group is kept when low <"),
     ("grpo.filter.reward=' '", "grpo.filter.reward is empty"),
+    ("rejection_sft.min_reward=.nan", "rejection_sft.min_reward must be a finite number or null, got nan"),
     ("data.0.weight=.inf", "data[0].weight must be > 0, got inf"),
 ]
 
@@ -133,7 +155,7 @@ def _numeric_fields(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, 
 
 def test_every_numeric_field_has_a_range_and_a_bad_value_in_the_table():
     fields = dict(_numeric_fields())
-    assert len(fields) == 54
+    assert len(fields) == 75
     assert set(fields) == set(RANGES), set(fields) ^ set(RANGES)
     tested = {o.split("=")[0].replace("data.0.", "data[].") for o, _ in BAD_VALUES}
     assert tested == set(RANGES)

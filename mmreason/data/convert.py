@@ -46,7 +46,7 @@ def convert(entry: dict[str, Any], out: str | Path, ctx: SampleContext | None = 
     problems = check_records(dataset, task, dataset.context(ctx))
     bad = {(p.line, p.id) for p in problems}
     result = Converted(out=out, problems=problems)
-    media_dir = out.parent / f"{out.stem}_media"
+    media_dir = media_folder(out)
     kept = []
     for record in dataset.records:
         if (record["_line"], record["id"]) in bad:
@@ -57,6 +57,11 @@ def convert(entry: dict[str, Any], out: str | Path, ctx: SampleContext | None = 
     write_jsonl(kept, out)
     result.written = len(kept)
     return result
+
+
+def media_folder(out: Path) -> Path:
+    """Where media stored inside the data go when records are written to `out`: `<out stem>_media/` beside it."""
+    return out.parent / f"{out.stem}_media"
 
 
 def portable_media(record: dict[str, Any], base_dir: Path, out_dir: Path, media_dir: Path) -> tuple[dict, int]:

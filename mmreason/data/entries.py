@@ -1,6 +1,6 @@
 """A config's data entries (`data[i]`) as datasets: which data each reads (train or held-out split, format, column
-mapping, media root), the sample context each gives its task (system prompt, prompt template), which stages use it,
-and the rule that training and held-out data never mix.
+mapping, media root), the sample context each gives its task (system prompt, prompt template), which stages use it
+(`stage_entries`), and the rule that training and held-out data never mix.
 
 An entry is a `mmreason.config.DataConfig` or the same fields as a mapping (as `run.json` stores them).
 """
@@ -73,6 +73,20 @@ def uses_stage(entry: Any, stage: str) -> bool:
     """Whether the entry feeds stage kind `stage` (an entry without `stages` feeds every stage)."""
     stages = field_of(entry, "stages")
     return not stages or stage in stages
+
+
+# sampling stages that read another stage kind's entries unless some entry names them: rejection-sampling SFT
+# samples prompts and scores them with rewards, so it reads what GRPO reads (an `sft`-only entry, e.g. a
+# chain-of-thought set, need not have what the rewards read)
+READS_LIKE = {"rejection_sft": "grpo"}
+
+
+def stage_entries(entries: Sequence[Any], stage: str) -> list[int]:
+    """Indexes of the entries that feed stage kind `stage` (`uses_stage`); a kind of READS_LIKE that no entry names
+    in its `stages` reads the entries of the kind it reads like."""
+    named = any(stage in (field_of(e, "stages") or ()) for e in entries)
+    kind = stage if named else READS_LIKE.get(stage, stage)
+    return [i for i, e in enumerate(entries) if uses_stage(e, kind)]
 
 
 def check_disjoint(entries: Sequence[Any]) -> None:

@@ -3,7 +3,8 @@
 Owns what a data entry (`data[i]` of a config) changes on the way: the peer format's adapter
 (`mmreason.data.formats`), the column mapping (task field -> the user's column), the gold answer's normalisation
 (`<answer>`-wrapped answers, `<think>` reasoning), the media check (a media column the task would not read is an
-error, never silently dropped), and the prompt overrides of the entry (a system prompt, a prompt template).
+error, never silently dropped), the prompt overrides of the entry (a system prompt, a prompt template), and a
+record's verbatim SFT target, its `sft_target` field (`apply_target`).
 
 Order for a row: column mapping (so an adapter or a task sees the names it reads), then the adapter, then the
 normalisation. `make_sample` is the one way every stage, evaluation and `data check` turn a record into a Sample,
@@ -20,10 +21,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mmreason.data.budget import apply_budget
 from mmreason.data.sample import DEFAULT_CONTEXT_TOKENS, MAX_IMAGES, RecordLimits, Sample, SampleContext, user_messages
 from mmreason.rewards.parse import extract_answer, extract_think, short_repr
 
 MEDIA_FIELDS = ("image", "images", "video", "videos")  # record fields that hold media
+SFT_TARGET = "sft_target"  # a record's verbatim SFT assistant text, replacing the one built from its gold answer
 TEMPLATE_FIELDS = ("prompt", "instruction")  # what a prompt template may use besides the record's own fields
 # text over this many characters per token of its bound is refused before tokenizing (and without a tokenizer):
 # prose averages about 4 characters per token, so only text far over the bound is caught by characters alone
@@ -105,8 +108,24 @@ def make_sample(task: Any, record: dict[str, Any], ctx: SampleContext) -> Sample
     if problem is not None:
         raise ValueError(problem)
     check_image_count(_record_images(record), ctx.limits)  # before any image is loaded
-    sample = apply_prompt_overrides(task.to_sample(record, ctx), record, ctx)
+    sample = apply_budget(apply_prompt_overrides(task.to_sample(record, ctx), record, ctx), record, ctx.budget)
+    sample = apply_target(sample, record)
     check_sample_size(sample, ctx)
+    return sample
+
+
+def apply_target(sample: Sample, record: dict[str, Any]) -> Sample:
+    """The sample with the record's `sft_target`, when it has one, as its SFT assistant text, verbatim: a completion
+    kept by rejection sampling (`mmreason data distill`) trains exactly as it was sampled, whatever the task's gold
+    answer would be formatted as (its `solution` still feeds the rewards). Not `target`: tables often have a column
+    of that name meaning something else."""
+    target = record.get(SFT_TARGET)
+    if target is None:
+        return sample
+    if not isinstance(target, str) or not target.strip():
+        raise ValueError(f"field {SFT_TARGET!r} must be the SFT assistant text (a non-empty string), got "
+                         f"{short_repr(target, 80)}")
+    sample.target = target
     return sample
 
 

@@ -57,6 +57,7 @@ class SampleContext:
     prompt_template: replaces the task's user text: a format string over `{prompt}` (the task's own text),
         `{instruction}` (the answer-format instruction) and the record's fields, e.g. "{problem} {instruction}".
     limits: how large a record's sample may be (`RecordLimits`; a run derives them from its model and config).
+    budget: reasoning-budget levels the prompt asks for (`mmreason.data.budget`; the run's `budget` config).
     """
 
     think: bool = True
@@ -72,6 +73,7 @@ class SampleContext:
     system_prompt: str | None = None
     prompt_template: str | None = None
     limits: RecordLimits = field(default_factory=RecordLimits)
+    budget: Any = None  # a `mmreason.data.budget.Budget`: reasoning-budget tags asked for (None: none)
 
 
 @dataclass

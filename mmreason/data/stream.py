@@ -1,6 +1,7 @@
 """The trainer's source of samples: a seeded, weighted mixture of (task, dataset) sources whose order depends only
 on (seed, epoch), whose cursor is saved in checkpoints, and which skips (and counts) records a task cannot turn into
-a sample, so one bad record never ends a long run.
+a sample, so one bad record never ends a long run. With a `Schedule` (`mmreason.data.schedule`) and the progress its
+trainer sets before each step, draws follow difficulty and per-stage task weights instead.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from mmreason.data.prepare import make_sample
 from mmreason.data.records import DataError, Dataset, printable
 from mmreason.data.sample import Sample, SampleContext
+from mmreason.data.schedule import SALT, Plan, Schedule
 from mmreason.registry import get_task
 
 logger = logging.getLogger(__name__)
@@ -72,6 +74,11 @@ class SampleStream:
     "task: ExceptionType", and each record is logged once. A whole epoch of consecutive failures raises DataError.
     rank/world_size: with several processes, each takes the positions p with p % world_size == rank.
     sample.meta gets "source", "epoch" and "position" (for the rollout store).
+
+    schedule: after `set_progress(stage_index, step, steps, stats)`, a position whose step has a `Plan` draws its
+    source and record from it with a generator seeded by (seed, epoch, position), so the order is a pure function of
+    those and of the progress and pass rates given; sample.meta then also gets "difficulty". Without a schedule, or
+    with no progress set (`set_progress(None)`), the order is the unscheduled one above.
     """
 
     def __init__(
@@ -82,6 +89,7 @@ class SampleStream:
         epoch_size: int | None = None,
         rank: int = 0,
         world_size: int = 1,
+        schedule: Schedule | None = None,
     ) -> None:
         if not sources:
             raise DataError("a SampleStream needs at least one source")
@@ -99,6 +107,9 @@ class SampleStream:
         self.skip_reasons: Counter[str] = Counter()
         self._logged: set[tuple[str, str]] = set()
         self._order: tuple[int, np.ndarray, np.ndarray] | None = None
+        self.schedule = schedule
+        self.plan: Plan | None = None  # the current step's plan (None: the unscheduled order)
+        self.drawn_difficulties: list[float] = []  # difficulties of the scheduled draws since set_progress
 
     def __iter__(self) -> SampleStream:
         return self
@@ -106,7 +117,7 @@ class SampleStream:
     def __next__(self) -> tuple[Any, Sample]:
         failures = 0
         while True:
-            epoch, position, source, record = self._advance()
+            epoch, position, source, record, difficulty = self._advance()
             try:
                 sample = make_sample(source.task, record, source.ctx)
             except Exception as exc:  # one bad record must not end a long run: count it, log it once, go on
@@ -119,6 +130,9 @@ class SampleStream:
                     ) from exc
                 continue
             sample.meta.update(source=source.name, epoch=epoch, position=position)
+            if difficulty is not None:
+                sample.meta["difficulty"] = difficulty
+                self.drawn_difficulties.append(difficulty)
             return source.task, sample
 
     @property
@@ -130,6 +144,15 @@ class SampleStream:
         """The next n items."""
         return [next(self) for _ in range(n)]
 
+    def set_progress(self, stage_index: int | None, step: int = 0, steps: int = 1, stats: Any = None) -> None:
+        """Where training is, set by the trainer before each step's draws: the stage's 0-based position in `stages`,
+        the 0-based step and the stage's steps, and the pass rates (a `PromptStats`) as they are now. None as the
+        stage: no progress (the unscheduled order). A no-op without a schedule."""
+        if self.schedule is None:
+            return
+        self.drawn_difficulties = []
+        self.plan = None if stage_index is None else self.schedule.plan(stage_index, step, steps, stats)
+
     def epoch_order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """(source index, record index) of every position of `epoch`; a pure function of (seed, epoch)."""
         rng = np.random.default_rng([self.seed, epoch])
@@ -139,8 +162,9 @@ class SampleStream:
         perm = rng.permutation(self.epoch_size)
         return src[perm], idx[perm]
 
-    def _advance(self) -> tuple[int, int, Source, dict[str, Any]]:
-        """The next position of this rank (moving to the next epoch when the current one is done)."""
+    def _advance(self) -> tuple[int, int, Source, dict[str, Any], float | None]:
+        """The next position of this rank (moving to the next epoch when the current one is done), its source and
+        record, and the record's difficulty when the step's plan drew it (None: the unscheduled order)."""
         while True:
             if self.position >= self.epoch_size:
                 self.epoch, self.position = self.epoch + 1, 0
@@ -148,10 +172,13 @@ class SampleStream:
             self.position += 1
             if position % self.world_size == self.rank:
                 break
+        if self.plan is not None:
+            s, r, difficulty = self.plan.draw(np.random.default_rng([self.seed, self.epoch, position, SALT]))
+            return self.epoch, position, self.sources[s], self.sources[s].dataset.records[r], difficulty
         if self._order is None or self._order[0] != self.epoch:
             self._order = (self.epoch, *self.epoch_order(self.epoch))
         source = self.sources[int(self._order[1][position])]
-        return self.epoch, position, source, source.dataset.records[int(self._order[2][position])]
+        return self.epoch, position, source, source.dataset.records[int(self._order[2][position])], None
 
     def _skip(self, source: Source, record: dict[str, Any], exc: Exception) -> None:
         self.skipped += 1
@@ -168,8 +195,8 @@ class SampleStream:
         return [[s.name, len(s.dataset), float(s.weight)] for s in self.sources]
 
     def state_dict(self) -> dict[str, Any]:
-        """The cursor and counters (JSON-serialisable), for checkpoints."""
-        return {
+        """The cursor and counters (JSON-serialisable), for checkpoints (with a schedule, its fingerprint too)."""
+        state: dict[str, Any] = {
             "epoch": self.epoch,
             "position": self.position,
             "seed": self.seed,
@@ -179,13 +206,17 @@ class SampleStream:
             "skip_reasons": dict(self.skip_reasons),
             "sources": self._fingerprint(),
         }
+        if self.schedule is not None:
+            state["schedule"] = self.schedule.fingerprint()
+        return state
 
     def load_state_dict(self, state: dict[str, Any], *, strict: bool = True) -> None:
-        """Continue from a saved cursor. With strict, a different seed, epoch size or set of sources is an error
-        (resuming on other data would not continue the same sequence)."""
+        """Continue from a saved cursor. With strict, a different seed, epoch size, set of sources or schedule is an
+        error (resuming on other data would not continue the same sequence)."""
         if strict:
             mine = {"seed": self.seed, "epoch_size": self.epoch_size, "world_size": self.world_size,
-                    "sources": self._fingerprint()}
+                    "sources": self._fingerprint(),
+                    "schedule": self.schedule.fingerprint() if self.schedule is not None else None}
             diff = [k for k, v in mine.items() if k in state and _as_json(state[k]) != _as_json(v)]
             if diff:
                 details = "; ".join(f"{k}: saved {state[k]!r}, now {mine[k]!r}" for k in diff)

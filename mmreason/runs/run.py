@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from mmreason.config import RunConfig, save_config
-from mmreason.data.entries import check_disjoint, entry_context, entry_ref, read_entry, uses_stage
+from mmreason.data.budget import Budget
+from mmreason.data.entries import check_disjoint, entry_context, entry_ref, read_entry, stage_entries
 from mmreason.data.prepare import record_limits
 from mmreason.data.records import (
     DataError,
@@ -30,6 +31,7 @@ from mmreason.data.records import (
     format_problems,
 )
 from mmreason.data.sample import Sample, SampleContext
+from mmreason.data.schedule import Schedule
 from mmreason.data.stream import SampleStream, Source
 from mmreason.models.policy import Policy, unwrap_model
 from mmreason.registry import get_task
@@ -144,7 +146,8 @@ def seed_everything(seed: int) -> None:
 def sample_context(cfg: RunConfig, family: str, base_dir: Path, policy: Policy | None = None) -> SampleContext:
     """The context the run's records become samples in; with `policy`, the record limits follow its context length
     and prompt text is counted with its tokenizer (`mmreason.data.prepare.record_limits`)."""
-    completion = max(cfg.grpo.max_new_tokens if "grpo" in cfg.stages else 0, cfg.eval.max_new_tokens)
+    sampled = [getattr(cfg, kind).max_new_tokens for kind in ("grpo", "rejection_sft") if kind in cfg.stages]
+    completion = max([*sampled, cfg.eval.max_new_tokens])
     tokenizer = getattr(policy.processor, "tokenizer", None) if policy is not None else None
     return SampleContext(
         think=cfg.think,
@@ -153,7 +156,16 @@ def sample_context(cfg: RunConfig, family: str, base_dir: Path, policy: Policy |
         min_pixels=cfg.model.min_pixels,
         max_pixels=cfg.model.max_pixels,
         limits=record_limits(cfg.model, family, context_length(policy), completion, tokenizer),
+        budget=run_budget(cfg),
     )
+
+
+def run_budget(cfg: RunConfig) -> Budget | None:
+    """The reasoning budget the run's prompts ask for (`budget` config), None when off."""
+    if not cfg.budget.enabled:
+        return None
+    levels = {name.strip().lower(): words for name, words in cfg.budget.levels.items()}
+    return Budget(levels, cfg.budget.force.strip().lower() if cfg.budget.force else None)
 
 
 def context_length(policy: Policy | None) -> int | None:
@@ -173,10 +185,13 @@ def reward_weights(run: Run, task_name: str) -> dict[str, float]:
 
 def config_reward_weights(cfg: RunConfig, task_name: str) -> dict[str, float]:
     """`reward_weights` of a config: its first entry of the task with `rewards`, else the task's defaults."""
-    for d in cfg.data:
-        if d.task == task_name and d.rewards:
-            return dict(d.rewards)
-    return get_task(task_name).reward_weights(cfg.think)
+    weights = next((dict(d.rewards) for d in cfg.data if d.task == task_name and d.rewards), None)
+    if weights is None:
+        weights = get_task(task_name).reward_weights(cfg.think)
+    if cfg.budget.enabled:  # every task keeps to its reasoning budget (an entry's own weights for them win)
+        weights = {"budget_length": cfg.budget.length_weight, "budget_difficulty": cfg.budget.difficulty_weight,
+                   **weights}
+    return weights
 
 
 def run_reward_names(cfg: RunConfig) -> list[str]:
@@ -235,12 +250,14 @@ def build_streams(cfg: RunConfig, ctx: SampleContext, rank: int = 0, world_size:
     by_entries: dict[tuple[int, ...], SampleStream] = {}
     streams = {}
     for kind in dict.fromkeys(cfg.stages):
-        chosen = tuple(i for i, d in enumerate(cfg.data) if uses_stage(d, kind))
+        chosen = tuple(stage_entries(cfg.data, kind))
         if chosen not in by_entries:
             sources = [Source(get_task(cfg.data[i].task), datasets[i], cfg.data[i].weight,
                               entry_context(cfg.data[i], ctx)) for i in chosen]
             by_entries[chosen] = SampleStream(sources, seed=cfg.seed, rank=rank, world_size=world_size)
         streams[kind] = by_entries[chosen]
+    if cfg.schedule.enabled and "grpo" in streams:  # the GRPO stages draw by difficulty and per-stage task weights
+        streams["grpo"].schedule = Schedule(cfg.schedule, streams["grpo"].sources)
     return streams
 
 

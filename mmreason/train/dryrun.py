@@ -219,10 +219,11 @@ def estimate_memory(cfg: RunConfig, facts: ModelFacts, sizes: SampleSizes) -> li
                       checkpointing tokens x L x h b + one layer's tokens x 17 h b
         logits      = tokens x vocab x (b + 4)                          (the logits and their float32 log-softmax)
 
-    SFT: tokens = sft.batch_size x the longest prompt + answer. GRPO: rows = prompts_per_step x G, each the longest
-    prompt P plus max_new_tokens C; the loss forward holds prompts x (P + G C) tokens when the prompt prefix is
-    shared, rows x (P + C) otherwise (gradient checkpointing repeats the prompt). peak = static + KV cache of the
-    rollout or activations + logits of the loss, whichever is larger. Left out: the vision encoder's activations,
+    SFT: tokens = sft.batch_size x the longest prompt + answer. Rejection-sampling SFT: a rollout of prompts_per_step x
+    N rows, a loss of batch_size rows, each the longest prompt + max_new_tokens. GRPO: rows = prompts_per_step x G,
+    each the longest prompt P plus max_new_tokens C; the loss forward holds prompts x (P + G C) tokens when the prompt
+    prefix is shared, rows x (P + C) otherwise (gradient checkpointing repeats the prompt). peak = static + KV cache of
+    the rollout or activations + logits of the loss, whichever is larger. Left out: the vision encoder's activations,
     the CUDA context and allocator slack, and accelerate / DeepSpeed sharding (all of it is per process, unsharded).
     """
     text = facts.config.get_text_config() if hasattr(facts.config, "get_text_config") else facts.config
@@ -242,6 +243,13 @@ def estimate_memory(cfg: RunConfig, facts: ModelFacts, sizes: SampleSizes) -> li
             loss_tokens = g.prompts_per_step * (prompt + g.group_size * g.max_new_tokens) if shared else rows * seq
             rollout = rows * seq * _kv_bytes_per_token(text, b)
             shape = f"{g.prompts_per_step} prompts x G={g.group_size}, {prompt} prompt + {g.max_new_tokens} new tokens"
+        elif stage == "rejection_sft":  # sampled like GRPO, then SFT on batch_size kept completions per micro-batch
+            r = cfg.rejection_sft
+            seq = prompt + r.max_new_tokens
+            rows = r.prompts_per_step * r.samples_per_prompt
+            loss_tokens, rollout = r.batch_size * seq, rows * seq * _kv_bytes_per_token(text, b)
+            shape = (f"{r.prompts_per_step} prompts x N={r.samples_per_prompt}, {prompt} prompt + {r.max_new_tokens} "
+                     f"new tokens; SFT micro-batch {r.batch_size}")
         else:
             longest = max(sizes.sft or sizes.prompt or [0])
             loss_tokens, rollout = cfg.sft.batch_size * longest, 0

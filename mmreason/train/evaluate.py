@@ -162,6 +162,7 @@ class EvalSettings:
     max_pixels: int
     max_new_tokens: int
     batch_size: int
+    budget: str | None = None  # the reasoning-budget level every prompt names (None: the run's budget setting)
     rewards: dict[str, float] = field(default_factory=dict)
     task_files: list[str] = field(default_factory=list)
     origin: dict[str, str] = field(default_factory=dict)
@@ -175,6 +176,7 @@ class EvalSettings:
                 f"pixels: {self.min_pixels}..{self.max_pixels} ({o.get('min_pixels')}/{o.get('max_pixels')})",
                 f"max_new_tokens: {self.max_new_tokens} ({o.get('max_new_tokens')}), batch_size: {self.batch_size}"
                 f" ({o.get('batch_size')})",
+                *([f"budget: {self.budget} ({o.get('budget')})"] if self.budget else []),
                 f"rewards: {', '.join(f'{k}={v:g}' for k, v in self.rewards.items())} ({o.get('rewards')})",
                 f"task files: {', '.join(self.task_files) or 'none'} ({o.get('task_files')})",
             ]
@@ -219,18 +221,30 @@ def eval_settings(
         "max_pixels": cfg.model.max_pixels,
         "max_new_tokens": cfg.eval.max_new_tokens,
         "batch_size": cfg.eval.batch_size,
+        "budget": cfg.budget.force if cfg.budget.enabled else None,
     }
     values, origin = {}, {}
     for key, value in from_run.items():
         given = flags.get(key)
         values[key] = value if given is None else given
         origin[key] = "flag" if given is not None else ("run" if run_cfg is not None else "default")
-    think_cfg = dataclasses.replace(cfg, think=values["think"])
+    think_cfg = dataclasses.replace(cfg, think=values["think"], budget=forced_budget(cfg, values["budget"]))
     rewards = config_reward_weights(think_cfg, task_name)
     own = run_cfg is not None and any(d.task == task_name and d.rewards for d in cfg.data)
     origin["rewards"] = "run" if own else "task defaults"
     origin["task_files"] = task_files_origin
     return EvalSettings(**values, rewards=rewards, task_files=task_files, origin=origin)
+
+
+def forced_budget(cfg: Any, level: str | None) -> Any:
+    """The run's budget config with every prompt naming `level` (None: unchanged); a level the run's budget does
+    not have is a ConfigError."""
+    if level is None:
+        return cfg.budget
+    levels = {name.strip().lower() for name in cfg.budget.levels}
+    if level.strip().lower() not in levels:
+        raise ConfigError(f"--budget {level!r} is not a level of the run's budget ({', '.join(cfg.budget.levels)})")
+    return dataclasses.replace(cfg.budget, enabled=True, force=level.strip().lower())
 
 
 def run_entry(run_cfg: Any, task_name: str) -> dict[str, Any]:
@@ -296,7 +310,7 @@ def eval_checkpoint(
     task_name = eval_task(run_cfg, task_name)
     task = get_task(task_name)
     settings = eval_settings(run_cfg, task_name, flags or {}, files, origin if files else "none")
-    cfg = _effective_config(run_cfg, settings)
+    cfg = effective_config(run_cfg, settings)
     policy = load_checkpoint_policy(ckpt, cfg.model)
     entry = run_entry(run_cfg, task_name) if data is None else data if isinstance(data, dict) else {"val": str(data)}
     dataset = read_entry(entry, "val")
@@ -314,11 +328,12 @@ def eval_checkpoint(
     return EvalResult(metrics, run_dir, stage, settings, task_name)
 
 
-def _effective_config(run_cfg: Any, settings: EvalSettings) -> Any:
+def effective_config(run_cfg: Any, settings: EvalSettings) -> Any:
     """The run's config (or the defaults) with the evaluation's settings in it."""
     from mmreason.config import RunConfig
 
     cfg = run_cfg if run_cfg is not None else RunConfig()
     model = dataclasses.replace(cfg.model, min_pixels=settings.min_pixels, max_pixels=settings.max_pixels)
     evaluation = dataclasses.replace(cfg.eval, max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size)
-    return dataclasses.replace(cfg, think=settings.think, model=model, eval=evaluation)
+    return dataclasses.replace(cfg, think=settings.think, model=model, eval=evaluation,
+                               budget=forced_budget(cfg, settings.budget))

@@ -36,6 +36,7 @@ import torch
 
 from mmreason.config import ConfigError, GRPOConfig
 from mmreason.data.sample import Sample
+from mmreason.data.schedule import schedule_metrics
 from mmreason.models.policy import Reference, unwrap_model
 from mmreason.models.vision_cache import step_cache
 from mmreason.registry import get_task
@@ -54,16 +55,15 @@ from mmreason.runs.run import Run, data_metrics, log_metrics, reward_weights
 from mmreason.runs.store import completion_row
 from mmreason.train.dist import split_per_rank
 from mmreason.train.online_filter import draw_batch
+from mmreason.train.prompt_stats import prompt_key
 from mmreason.train.reward_schedule import scheduled_weights
 from mmreason.train.rl import group_advantages, grpo_loss, loss_mask, truncated_is_weights, zero_variance_groups
 from mmreason.train.step import (
     backward,
-    make_optimizer,
-    make_scheduler,
     optimizer_step,
     peak_memory_mb,
     periodic,
-    prepare_training,
+    stage_optimizer,
     step_bar,
     stop_if_diverging,
 )
@@ -135,6 +135,9 @@ def score_mixture(
     and the stage's index, each task's weights follow `grpo.reward_schedule` (`mmreason.train.reward_schedule`).
     A reward that raises on its first call in this process stops the run (RewardError): it would never score."""
     texts, g, extra = rollout.texts, rollout.group_size, rollout.columns
+    if run.cfg.budget.enabled:  # the budget's difficulty reward reads each prompt's pass rate so far
+        rates = [run.prompt_stats.pass_rate(prompt_key(s)) for s in samples]
+        extra = {**extra, "prompt_pass_rate": [rates[i // g] for i in range(len(texts))]}
     ids = completion_id_lists(rollout)
     tools = rollout.multi_turn
     by_task: dict[str, list[int]] = defaultdict(list)
@@ -235,11 +238,7 @@ def run_grpo(
     stage = f"grpo-{stage_index}"
     # prompts_per_step is global: each rank takes its share, all G completions of a prompt on the same rank
     local_prompts = split_per_rank(cfg.prompts_per_step, run.world_size, "grpo.prompts_per_step")
-    optimizer = make_optimizer(policy.trainable_parameters(), cfg.lr, cfg.weight_decay)
-    scheduler = make_scheduler(optimizer, cfg.scheduler, cfg.warmup_ratio, cfg.steps)
-    if resume_state is not None:
-        resume_state(optimizer, scheduler)
-    optimizer = prepare_training(run, optimizer, cfg.max_grad_norm)
+    optimizer, scheduler = stage_optimizer(run, cfg, resume_state)
     if cfg.beta > 0 and run.shards_params and not policy.is_lora:  # a deep copy of sharded weights is no reference
         raise ConfigError("grpo.beta > 0 under ZeRO-3 / FSDP needs model.lora.enabled (the KL reference is the base)")
     reference = Reference(policy, cfg.beta)
@@ -249,6 +248,8 @@ def run_grpo(
     bar = step_bar(run, "grpo", stage_index, start_step, cfg.steps)
     for step in bar:
         t0 = time.perf_counter()
+        # schedule: the step's plan from where training is and the pass rates so far (checkpointed: a resume redraws)
+        run.stream.set_progress(stage_index, step, cfg.steps, run.prompt_stats)
         roll = functools.partial(scored_rollout, run, cfg, params=params, plan=plan, state=StepState(step, cfg.steps),
                                  stage_index=stage_index)
         # the step's image / video features, computed once for sampling, old / reference log-probs and the updates
@@ -267,13 +268,15 @@ def run_grpo(
         dt = time.perf_counter() - t0
         rows = batch.with_pass_rates(store_rows(run, samples, rollout, named, total, adv, stage, step + 1))
         rows = gather_rows(run, rows)
-        metrics = {**_step_metrics(run, rows, named, keep_groups, upd, dt), **batch.metrics}
+        metrics = {**_step_metrics(run, rows, named, keep_groups, upd, dt), **batch.metrics,
+                   **schedule_metrics(run.stream, run.sum)}
         metrics["lr"] = scheduler.get_last_lr()[0]
         log_metrics(run, "grpo", step + 1, metrics)
         if run.is_main:
             run.store.append(rows, stage, step + 1)
         bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", loss=f"{upd.get('loss', float('nan')):.3f}")
         periodic(run, cfg, stage_index, "grpo", step + 1, optimizer, scheduler)
+    run.stream.set_progress(None)  # a later stage sharing the stream draws its unscheduled order
     return optimizer, scheduler
 
 

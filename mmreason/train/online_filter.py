@@ -5,10 +5,11 @@ filtering), drawing more prompts until the step has `grpo.prompts_per_step` kept
 or `grpo.filter.max_extra_prompts` more prompts were drawn; the step then trains on the kept groups it has.
 
 A completion's accuracy (`accuracy_scores`), by `grpo.filter.reward`:
-    null (default)  the weighted mean of its task's rewards other than the format ones (names starting with
-                    "format"), missing scores 0: in [0, 1] when those rewards are (every built-in reward is), 1 when
-                    all are at their best. A task with only format rewards uses all of them; one with no positive
-                    weight, its total reward. Tool rewards (grpo.tools.rewards) never count.
+    null (default)  the weighted mean of its task's rewards other than the format and reasoning-budget ones
+                    (names starting with "format" or "budget_"), missing scores 0: in [0, 1] when those rewards
+                    are (every built-in reward is), 1 when all are at their best. A task with only format
+                    rewards uses all of them; one with no positive weight, its total reward. Tool rewards
+                    (grpo.tools.rewards) never count.
     "total"         its total reward, as the advantages see it (the bounds are then on that scale).
     a reward name   that reward's score (missing: 0); every task of the stage must have it (or, with tools, it is
                     one of grpo.tools.rewards).
@@ -91,7 +92,8 @@ def passes(accuracy: Sequence[float], low: float, high: float) -> bool:
 def accuracy_weights(weights: dict[str, float]) -> dict[str, float] | None:
     """The rewards (and weights) the default accuracy averages, from a task's reward weights; None: use the total."""
     positive = {n: w for n, w in weights.items() if w > 0}
-    chosen = {n: w for n, w in positive.items() if not n.startswith("format")} or positive
+    # how an answer is written (format, reasoning budget) is not whether it is right
+    chosen = {n: w for n, w in positive.items() if not n.startswith(("format", "budget_"))} or positive
     return chosen or None
 
 

@@ -20,12 +20,10 @@ from mmreason.train.dist import split_per_rank
 from mmreason.train.rl import token_logprobs
 from mmreason.train.step import (
     backward,
-    make_optimizer,
-    make_scheduler,
     optimizer_step,
     peak_memory_mb,
     periodic,
-    prepare_training,
+    stage_optimizer,
     step_bar,
     stop_if_diverging,
 )
@@ -63,11 +61,7 @@ def run_sft(
     run: Run, cfg: SFTConfig, stage_index: int, start_step: int = 0, resume_state: Any = None
 ) -> tuple[Any, Any]:
     """Train `cfg.steps` optimizer steps (continuing from `start_step` on resume)."""
-    optimizer = make_optimizer(run.policy.trainable_parameters(), cfg.lr, cfg.weight_decay)
-    scheduler = make_scheduler(optimizer, cfg.scheduler, cfg.warmup_ratio, cfg.steps)
-    if resume_state is not None:
-        resume_state(optimizer, scheduler)
-    optimizer = prepare_training(run, optimizer, cfg.max_grad_norm)
+    optimizer, scheduler = stage_optimizer(run, cfg, resume_state)
     split_per_rank(cfg.batch_size, run.world_size, "sft.batch_size")  # fail before the first step, not in it
     run.policy.model.train()
     bad_updates = 0
@@ -101,6 +95,16 @@ def sft_step(run: Run, cfg: SFTConfig, optimizer: torch.optim.Optimizer) -> dict
     """
     local = split_per_rank(cfg.batch_size, run.world_size, "sft.batch_size")
     micro = [sft_batch(run.policy.processor, _take_trainable(run, local), run.device) for _ in range(cfg.grad_accum)]
+    return sft_update(run, micro, optimizer, cfg.max_grad_norm)
+
+
+def sft_update(
+    run: Run, micro: list[dict[str, torch.Tensor]], optimizer: torch.optim.Optimizer, max_grad_norm: float
+) -> dict[str, float]:
+    """One optimizer update on `micro` (`sft_batch` outputs; every rank passes as many): the token-mean
+    cross-entropy of their assistant tokens over all ranks and micro-batches; a non-finite loss or gradient skips
+    it. Also the update of rejection-sampling SFT (`mmreason.train.rejection`), whose targets are kept completions.
+    Returns {"loss", "tokens", "grad_norm", "updates_skipped"}."""
     n_tokens = max(run.sum(sum(b["assistant_mask"][:, 1:].sum() for b in micro)), 1.0)
     total, finite = 0.0, True
     for batch in micro:
@@ -108,5 +112,5 @@ def sft_step(run: Run, cfg: SFTConfig, optimizer: torch.optim.Optimizer) -> dict
         # every micro-batch's backward (or the skip of a non-finite one) is decided on all ranks together
         finite = backward(run, loss_sum / n_tokens * run.world_size) and finite
         total += float(loss_sum.detach())
-    step = optimizer_step(run, optimizer, finite, cfg.max_grad_norm)
+    step = optimizer_step(run, optimizer, finite, max_grad_norm)
     return {"loss": run.sum(total) / n_tokens, "tokens": int(n_tokens), **step}

@@ -41,12 +41,13 @@ from mmreason.train.dist import Dist, mixed_precision_for
 from mmreason.train.dryrun import check_sources
 from mmreason.train.evaluate import evaluate
 from mmreason.train.grpo import run_grpo
+from mmreason.train.rejection import plan_line, run_rejection_sft
 from mmreason.train.sft import run_sft
 
 log = logging.getLogger(__name__)
 console = Console(stderr=True)
 
-STAGE_FNS = {"sft": run_sft, "grpo": run_grpo}
+STAGE_FNS = {"sft": run_sft, "grpo": run_grpo, "rejection_sft": run_rejection_sft}
 
 
 def plan(cfg: RunConfig) -> str:
@@ -66,6 +67,8 @@ def plan(cfg: RunConfig) -> str:
             f", rollout={sc.rollout}"
             if stage == "grpo"
             else f", batch={sc.batch_size}x{sc.grad_accum}"
+            if stage == "sft"
+            else plan_line(sc)
         )
         lines.append(f"stage {i}: {stage} for {sc.steps} steps, lr={sc.lr}{extra}")
     return "\n".join(lines)

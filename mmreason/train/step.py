@@ -45,6 +45,17 @@ def make_scheduler(optimizer: torch.optim.Optimizer, kind: str, warmup_ratio: fl
     return get_scheduler(kind, optimizer, num_warmup_steps=warmup, num_training_steps=max(total, 1))
 
 
+def stage_optimizer(run: Run, cfg: Any, resume_state: Any = None) -> tuple[Any, Any]:
+    """A training stage's (optimizer, lr scheduler) from its config section (lr, weight_decay, scheduler,
+    warmup_ratio, steps, max_grad_norm): AdamW over the trainable parameters, restored by `resume_state` on a
+    resume, then prepared for this launch (`prepare_training`)."""
+    optimizer = make_optimizer(run.policy.trainable_parameters(), cfg.lr, cfg.weight_decay)
+    scheduler = make_scheduler(optimizer, cfg.scheduler, cfg.warmup_ratio, cfg.steps)
+    if resume_state is not None:
+        resume_state(optimizer, scheduler)
+    return prepare_training(run, optimizer, cfg.max_grad_norm), scheduler
+
+
 def prepare_training(run: Run, optimizer: Any, max_grad_norm: float | None = None) -> Any:
     """Wrap the policy and its optimizer for this launch (DDP / DeepSpeed / FSDP through accelerate; unchanged in
     one process): sets `run.train_model` (the model the loss goes through) and returns the optimizer to step.
