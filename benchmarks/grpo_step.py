@@ -19,6 +19,7 @@ off-policy old log-probs so that clipping is active) to TRL's own `_compute_loss
 
     .venv/bin/python benchmarks/grpo_step.py                                   # CPU: the tiny preset
     .venv/bin/python benchmarks/grpo_step.py --arch qwen3_vl                   # CPU: the tiny Qwen3-VL
+    .venv/bin/python benchmarks/grpo_step.py --preset mid --groups 8 16        # CPU: ~100M, Qwen2.5-VL proportions
     .venv/bin/python benchmarks/grpo_step.py --device cuda --preset 3b         # GPU: bf16, Qwen2.5-VL-3B shapes
     .venv/bin/python benchmarks/grpo_step.py --device cuda --preset 3b --arch qwen3_vl   # Qwen3-VL-4B shapes
 
@@ -125,14 +126,30 @@ SHAPES: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
 }
 
 
-def shaped_config(arch: str, tokenizer: Any) -> Any:
-    """The `3b` preset's config of family `arch`: the family's tiny config (its token ids, patch and merge sizes)
-    with the text and vision shapes of the checkpoint `SHAPES` names (Qwen2.5-VL-3B: 36 x 2048 text layers, 32 x
-    1280 vision blocks; Qwen3-VL-4B: 36 x 2560, 24 x 1024 with DeepStack)."""
+# The `mid` preset: about 100M parameters with Qwen2.5-VL-3B's proportions (vision ~20% of the weights, a windowed
+# vision tower with full attention every 3rd block, GQA text layers), where on a CPU model compute dominates a step
+# rather than Python overhead; with 448x448 images (256 vision tokens each).
+MID_SHAPES: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    "qwen2_5_vl": (
+        "Qwen2.5-VL proportions, ~100M",
+        dict(hidden_size=640, intermediate_size=3456, num_hidden_layers=12, num_attention_heads=10,
+             num_key_value_heads=2, max_position_embeddings=32768, rms_norm_eps=1e-6,
+             rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [8, 12, 12]}),
+        dict(depth=6, hidden_size=512, intermediate_size=1368, num_heads=8, out_hidden_size=640,
+             fullatt_block_indexes=[2, 5], window_size=112),
+    ),
+}
+PRESET_SHAPES = {"3b": SHAPES, "mid": MID_SHAPES}
+
+
+def shaped_config(arch: str, tokenizer: Any, preset: str = "3b") -> Any:
+    """The `3b` (or `mid`) preset's config of family `arch`: the family's tiny config (its token ids, patch and
+    merge sizes) with the text and vision shapes `PRESET_SHAPES` gives (3b: the checkpoint's, Qwen2.5-VL-3B: 36 x
+    2048 text layers, 32 x 1280 vision blocks; Qwen3-VL-4B: 36 x 2560, 24 x 1024 with DeepStack)."""
     from mmreason.models.tiny import build_config
 
     tiny = build_config(tokenizer, arch)
-    _, text, vision = SHAPES[arch]
+    _, text, vision = PRESET_SHAPES[preset][arch]
     tree = tiny.to_dict()
     tree["text_config"].pop("layer_types", None)  # derived from the layer count: rebuilt for the new one
     tree["text_config"].update(text)
@@ -157,7 +174,7 @@ def build_model(
     _, processor = build_tiny(arch=arch, hidden_size=64, layers=1, vision_depth=1, seed=0)
     torch.manual_seed(0)
     with torch.device(device):
-        model = AutoModelForImageTextToText.from_config(shaped_config(arch, processor.tokenizer), dtype=dtype)
+        model = AutoModelForImageTextToText.from_config(shaped_config(arch, processor.tokenizer, preset), dtype=dtype)
     return model.train(), processor
 
 
@@ -522,7 +539,7 @@ def table(results: list[dict[str, Any]]) -> str:
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--preset", choices=("tiny", "3b"), default="tiny")
+    p.add_argument("--preset", choices=("tiny", "mid", "3b"), default="tiny")
     p.add_argument(
         "--arch", choices=family_names(), default="qwen2_5_vl", help=f"model family (3b preset: {', '.join(SHAPES)})"
     )
@@ -546,8 +563,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workdir", default="runs/bench")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
-    if args.preset == "3b" and args.arch not in SHAPES:
-        p.error(f"--preset 3b has the shapes of {', '.join(SHAPES)} only, not {args.arch}")
+    if args.preset in PRESET_SHAPES and args.arch not in PRESET_SHAPES[args.preset]:
+        p.error(f"--preset {args.preset} has the shapes of {', '.join(PRESET_SHAPES[args.preset])} only, not "
+                f"{args.arch}")
     return args
 
 
