@@ -48,6 +48,14 @@ def test_begun_phases_lay_their_weights_over_the_configured_ones_in_order():
     assert BASE == {"format": 0.5, "count_match": 1.0}  # never changed in place
 
 
+def test_format_names_the_prompt_styles_format_reward():
+    phase = [RewardPhase(0.0, None, {"counting": {"format": 0.0}})]
+    answer_only = {"format_nothink": 0.5, "count_match": 1.0}
+    assert scheduled_weights(answer_only, "counting", phase, 1, 0, 10, think=False) == {"format_nothink": 0.0,
+                                                                                       "count_match": 1.0}
+    assert scheduled_weights(BASE, "counting", phase, 1, 0, 10, think=True) == {"format": 0.0, "count_match": 1.0}
+
+
 def _write(tmp_path: Path, schedule: list, stages: list[str] | None = None) -> Path:
     data = tmp_path / "d.jsonl"
     data.write_text("")

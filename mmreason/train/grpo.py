@@ -150,7 +150,7 @@ def score_mixture(
         weights = reward_weights(run, task)
         if state is not None and stage_index is not None:
             weights = scheduled_weights(weights, task, run.cfg.grpo.reward_schedule, stage_index, state.global_step,
-                                        state.max_steps)
+                                        state.max_steps, run.cfg.think)
         weights = {**weights, **(run.cfg.grpo.tools.rewards if tools else {})}
         task_named, task_total = score_completions(
             weights,
