@@ -5,11 +5,12 @@ quickstart's recipe shape), three seeds; held-out main metric before, after SFT 
     .venv/bin/python benchmarks/learning.py --tasks counting math --seeds 0
 
 Per task the table gives the mean (sd over seeds) of the main held-out metric at each point, the GRPO gain (after
-GRPO minus after SFT, per seed), the SFT stage's spread across seeds (the sd after SFT) and whether the mean gain
-exceeds that spread; plus the share of GRPO groups whose rewards were all equal over the first 20 steps (no signal:
-the usual reason a task does not move) and the share of the held-out answers after GRPO that are its most common
-answer (near 1: the policy answers the same whatever the image). Results go to <out>/learning.json and
-<out>/learning.md. Not a test: the runs take minutes each.
+GRPO minus after SFT, per seed), the SFT stage's spread across seeds (the sd after SFT) and whether the task learns:
+the mean gain exceeds that spread, every seed gains and the policy has not collapsed onto one answer (COLLAPSED);
+plus the share of GRPO groups whose rewards were all equal over the first 20 steps (no signal: the usual reason a
+task does not move) and the share of the held-out answers after GRPO that are its most common answer (near 1: the
+policy answers the same whatever the image). Results go to <out>/learning.json and <out>/learning.md. Not a test: the
+runs take minutes each.
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ RECIPES: dict[str, Recipe] = {
     "temporal_grounding": Recipe("mean_tiou", n=300),
 }
 MAX_VAL = 100
+# a policy that gives one answer to this share of the held-out images or more has collapsed: whatever its metric
+# gained (a constant box or city near the data's centre earns something), it did not learn the task
+COLLAPSED = 0.9
 
 
 def base_config(task: str, recipe: Recipe, data: Path, seed: int, out: Path, max_new_tokens: int) -> dict[str, Any]:
@@ -165,6 +169,14 @@ def held_out(run_dir: Path, task: str, metric: str) -> dict[str, float]:
     return {names[k]: v for k, v in evaluations(run_dir, task, metric).items() if k in names}
 
 
+def held_out_or_empty(run_dir: Path, config: dict[str, Any]) -> dict[str, float]:
+    """`held_out` of a run folder that has metrics, else {}."""
+    task = config["data"][0]["task"]
+    if not (run_dir / "metrics.jsonl").is_file():
+        return {}
+    return held_out(run_dir, task, RECIPES[task].metric)
+
+
 def zero_variance_share(run_dir: Path, first_steps: int = 20) -> float:
     """Share of GRPO groups whose rewards were all equal over the first steps (they give no gradient)."""
     frames = [pd.read_parquet(f) for f in sorted((run_dir / "rollouts").glob("*.parquet"))]
@@ -195,12 +207,13 @@ def summarise(task: str, recipe: Recipe, results: list[dict[str, Any]]) -> dict[
              if {"sft", "grpo"} <= set(r["held_out"])]
     gain = statistics.fmean(gains) if gains else float("nan")
     spread = stats("sft")[1]
+    modal = statistics.fmean(r.get("modal_answer", float("nan")) for r in results)
     return {
         "task": task, "metric": recipe.metric, "higher_is_better": recipe.higher_is_better,
         "before": stats("before"), "sft": stats("sft"), "grpo": stats("grpo"), "gains": gains, "gain": gain,
-        "sft_spread": spread, "learns": bool(gains) and gain > spread and all(g > 0 for g in gains),
-        "zero_variance_share": statistics.fmean(r["zero_variance"] for r in results),
-        "modal_answer_share": statistics.fmean(r.get("modal_answer", float("nan")) for r in results),
+        "sft_spread": spread, "zero_variance_share": statistics.fmean(r["zero_variance"] for r in results),
+        "modal_answer_share": modal,
+        "learns": bool(gains) and gain > spread and all(g > 0 for g in gains) and not modal >= COLLAPSED,
     }
 
 
@@ -246,6 +259,8 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "learning")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (each in its own process)")
+    parser.add_argument("--keep-finished", action="store_true",
+                        help="do not train again the runs under --out that finished (after-GRPO evaluation on record)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads per run (0: torch's default; with --jobs N on N cores, 1)")
     parser.add_argument("--grpo-steps", type=int, default=None, help="override every recipe's GRPO steps")
@@ -268,6 +283,8 @@ def main() -> None:
         tokens = answer_tokens(task, data)
         print(f"{task}: {recipe.metric}, max_new_tokens {tokens}", flush=True)
         configs += [base_config(task, recipe, data, seed, args.out, tokens) for seed in args.seeds]
+    if args.keep_finished:  # runs whose after-GRPO evaluation is on record are not trained again
+        configs = [c for c in configs if "grpo" not in held_out_or_empty(args.out / "runs" / c["name"], c)]
     # each run in its own process with `threads` torch threads: on a small machine several one-thread runs finish
     # sooner than one run at a time with every core (a tiny model's ops are too small to spread over threads)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
