@@ -16,7 +16,8 @@ Importing this package registers every built-in reward in `mmreason.registry.REW
                                                                    difficulty_label?, prompt_pass_rate?
 
 Contract: `fn(completions, **columns) -> list[float | None]`, one score per completion in [0, 1]; each column is a
-per-completion list; unknown columns are ignored; a row whose `solution` is None scores None (not applicable);
+per-completion list; unknown columns are ignored; a row whose `solution` is None scores None (not applicable;
+`budget_difficulty` also when the prompt's level is unknown);
 a completion that does not parse scores 0.0 and no completion string ever raises; bad ground truth raises
 `ColumnError` naming the reward, row and column.
 

@@ -65,7 +65,8 @@ def check_budgets(value: Any, name: str = "budget_words") -> dict[str, int]:
 def level_for_difficulty(levels: Sequence[str], difficulty: float) -> str:
     """The level of a difficulty in [0, 1] (0 easiest): ceil(d * n) - 1 of n levels (at least the first), so with
     two levels up to 0.5 is the easy one."""
-    index = min(len(levels) - 1, max(0, math.ceil(difficulty * len(levels)) - 1))
+    clipped = min(1.0, max(0.0, difficulty))  # a pass rate outside [0, 1] (bad input) must not overflow ceil
+    index = min(len(levels) - 1, max(0, math.ceil(clipped * len(levels)) - 1))
     return levels[index]
 
 

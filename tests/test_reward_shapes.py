@@ -17,7 +17,7 @@ import torch
 from typer.testing import CliRunner
 
 from mmreason import cli
-from mmreason.config import ConfigError
+from mmreason.config import BudgetConfig, ConfigError
 from mmreason.data.sample import Sample
 from mmreason.registry import REWARDS, RegistryError, register_reward
 from mmreason.rollout.scoring import (
@@ -119,7 +119,8 @@ def test_trl_reward_through_score_completions_and_the_grpo_loop(registered):
 
     # the GRPO loop's call: per-task rows, completion ids cut to each row's own tokens
     run = SimpleNamespace(
-        cfg=SimpleNamespace(data=[SimpleNamespace(task="counting", rewards={name: 1.0})], strict_rewards=False),
+        cfg=SimpleNamespace(data=[SimpleNamespace(task="counting", rewards={name: 1.0})], strict_rewards=False,
+                            budget=BudgetConfig()),
         reward_errors=RewardErrors(),
     )
     rollout = Rollout(

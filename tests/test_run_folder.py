@@ -268,10 +268,10 @@ def test_an_update_leaving_non_finite_weights_is_undone_or_stops_the_run(monkeyp
 def test_a_run_whose_every_update_is_non_finite_stops_with_one_line_and_finite_checkpoints(
     base, monkeypatch, capsys
 ):
-    import mmreason.train.sft as sft
+    import mmreason.train.step as step
 
-    real = sft.make_optimizer
-    monkeypatch.setattr(sft, "make_optimizer", lambda params, lr, wd: real(params, math.inf, wd))
+    real = step.make_optimizer
+    monkeypatch.setattr(step, "make_optimizer", lambda params, lr, wd: real(params, math.inf, wd))
     code, out = _main(monkeypatch, capsys, "train", str(base / "cfg.json"), "name=diverging", "sft.max_bad_updates=2")
     assert code == 1 and "Traceback" not in out, out
     assert _error_lines(out) == ["error: sft stopped at step 2: 2 updates in a row were skipped for a non-finite "
