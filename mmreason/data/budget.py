@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from mmreason.data.sample import Sample
+from mmreason.data.sample import Sample, with_user_text
 from mmreason.rewards.budget import format_tag, level_for_difficulty
 
 THINK_OPEN = "<think>"
@@ -53,29 +53,13 @@ def budget_instruction(budget: Budget) -> str:
             f"thinking within its budget: {limits}.")
 
 
-def _with_instruction(messages: list[dict[str, Any]], text: str) -> list[dict[str, Any]]:
-    out = [dict(m) for m in messages]
-    last = next(m for m in reversed(out) if m.get("role") == "user")
-    if isinstance(last["content"], str):
-        last["content"] += text
-        return out
-    content = [dict(c) for c in last["content"]]
-    texts = [c for c in content if c.get("type") == "text"]
-    if texts:
-        texts[-1]["text"] += text
-    else:
-        content.append({"type": "text", "text": text.strip()})
-    last["content"] = content
-    return out
-
-
 def apply_budget(sample: Sample, record: dict[str, Any], budget: Budget | None) -> Sample:
     """The sample with the budget's instruction, columns and tagged SFT target (module doc); unchanged without one."""
     if budget is None:
         return sample
     levels = list(budget.levels)
     label = record_level(record, levels)
-    sample.messages = _with_instruction(sample.messages, budget_instruction(budget))
+    sample.messages = with_user_text(sample.messages, budget_instruction(budget))
     sample.columns.update(budget_words=dict(budget.levels), budget_tag=budget.force, difficulty_label=label)
     level = budget.force or label
     if level and sample.target and sample.target.lstrip().startswith(THINK_OPEN):

@@ -113,6 +113,24 @@ class Sample:
         return "\n".join(p for p in parts if p)
 
 
+def with_user_text(messages: list[dict[str, Any]], text: str) -> list[dict[str, Any]]:
+    """A copy of the chat messages with `text` appended to the last user turn's last text part (a new text part,
+    stripped, when the turn has none); the input is left as it is."""
+    out = [dict(m) for m in messages]
+    last = next(m for m in reversed(out) if m.get("role") == "user")
+    if isinstance(last["content"], str):
+        last["content"] += text
+        return out
+    content = [dict(c) for c in last["content"]]
+    texts = [c for c in content if c.get("type") == "text"]
+    if texts:
+        texts[-1]["text"] = texts[-1]["text"] + text
+    else:
+        content.append({"type": "text", "text": text.strip()})
+    last["content"] = content
+    return out
+
+
 def user_messages(text: str, n_images: int = 0, video: bool = False) -> list[dict[str, Any]]:
     """One user turn of `text` and its media.
 

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from transformers import LogitsProcessor
 
-from mmreason.data.sample import Sample
+from mmreason.data.sample import Sample, with_user_text
 from mmreason.models.family import family_for_processor
 from mmreason.processors import MEDIA_KEYS, build_inputs, collate, processor_inputs
 from mmreason.rollout.engine import eos_token_ids, prompt_generators, suppressed_token_ids
@@ -48,19 +48,7 @@ def tool_instructions(allowed: tuple[str, ...]) -> str:
 
 def with_tools(messages: list[dict[str, Any]], allowed: tuple[str, ...]) -> list[dict[str, Any]]:
     """A copy of the chat messages with the tool instructions added to the last user text."""
-    out = [dict(m) for m in messages]
-    last = next(m for m in reversed(out) if m.get("role") == "user")
-    if isinstance(last["content"], str):
-        last["content"] += tool_instructions(allowed)
-        return out
-    content = [dict(c) for c in last["content"]]
-    texts = [c for c in content if c.get("type") == "text"]
-    if texts:
-        texts[-1]["text"] = texts[-1]["text"] + tool_instructions(allowed)
-    else:
-        content.append({"type": "text", "text": tool_instructions(allowed).strip()})
-    last["content"] = content
-    return out
+    return with_user_text(messages, tool_instructions(allowed))
 
 
 @dataclass
