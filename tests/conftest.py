@@ -26,3 +26,9 @@ def tiny_processor(tiny_dir):
     # Without torchvision, AutoProcessor can silently return only the tokenizer: the type is asserted.
     assert isinstance(processor, Qwen2_5_VLProcessor), f"got {type(processor).__name__}"
     return processor
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> str:
+    """Where `family_models.load` saves each family's tiny model (once per session)."""
+    return str(tmp_path_factory.mktemp("families"))

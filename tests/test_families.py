@@ -7,21 +7,23 @@ tested here."""
 from __future__ import annotations
 
 import copy
-import functools
 import json
 from pathlib import Path
 
 import pytest
 import torch
-from mmreason.processors import build_inputs, resize_image
+from family_models import FAMILIES
+from family_models import load as _load
+from family_models import samples as _samples
+from family_models import saved as _saved
+from mmreason.processors import build_inputs
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from mmreason.config import GRPOConfig, ModelConfig
 from mmreason.data.sample import Sample, SampleContext
-from mmreason.models.family import family_names, get_family
+from mmreason.models.family import get_family
 from mmreason.models.policy import Policy, Reference, apply_lora
-from mmreason.models.tiny import build_tiny
 from mmreason.registry import get_reward, get_task
 from mmreason.rollout import multiturn
 from mmreason.rollout.engine import completion_logprobs, encode_prompts, generate, repeat_prompts
@@ -31,43 +33,7 @@ from mmreason.runs.run import Run
 from mmreason.train.grpo import ScoringPlan, loss_mask_for, rollout_logprobs, update_policy
 from mmreason.train.sft import sft_batch, sft_token_loss
 
-FAMILIES = list(family_names())
 G = 3
-
-
-@functools.cache
-def _saved(arch: str, root: str) -> Path:
-    out = Path(root) / arch
-    build_tiny(out, arch=arch)
-    return out
-
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory) -> str:
-    return str(tmp_path_factory.mktemp("families"))
-
-
-def _load(arch: str, root: str):
-    folder = _saved(arch, root)
-    return AutoModelForImageTextToText.from_pretrained(folder).eval(), AutoProcessor.from_pretrained(folder)
-
-
-def _image(arch: str, size: tuple[int, int], color: tuple[int, int, int]) -> Image.Image:
-    """An image resized as the family's processors expect (sides multiples of its image factor, or its square)."""
-    family = get_family(arch)
-    factor = family.image_factor
-    return resize_image(Image.new("RGB", size, color), factor * factor, factor * factor * 16, family=family).image
-
-
-def _samples(arch: str) -> list[Sample]:
-    def msg(n: int, text: str) -> list[dict]:
-        return [{"role": "user", "content": [{"type": "image"}] * n + [{"type": "text", "text": text}]}]
-
-    a, b = _image(arch, (64, 64), (200, 30, 30)), _image(arch, (96, 64), (30, 200, 30))
-    return [
-        Sample("a", "counting", msg(1, "How many shapes are in the image? Count them."), [a], target="3"),
-        Sample("b", "counting", msg(2, "How many?"), [b, a], target="4"),  # two images, most left padding
-    ]
 
 
 @pytest.mark.parametrize("arch", FAMILIES)

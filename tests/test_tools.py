@@ -264,7 +264,8 @@ def grounding_data(tmp_path_factory):
     return out
 
 
-def _tool_config(tmp_path, data) -> list[str]:
+def _tool_config(tmp_path, data, share_prefix: bool = True) -> list[str]:
+    """share_prefix: False takes the re-encoding rollout, whose turn sampler (`generate_turn`) a test can script."""
     import json as _json
 
     cfg = {
@@ -282,6 +283,7 @@ def _tool_config(tmp_path, data) -> list[str]:
             "group_size": 2,
             "max_new_tokens": 48,
             "tools": {"enabled": True, "max_turns": 1},
+            "share_prefix": share_prefix,
         },
         "eval": {"max_new_tokens": 4, "batch_size": 2, "at_start": False},
     }
@@ -315,7 +317,7 @@ def test_grpo_with_tools_scripted_zoom_reaches_store_with_images(tmp_path, groun
         return [(list(ids), True) for _ in trajs]
 
     monkeypatch.setattr(multiturn, "generate_turn", scripted)
-    _train(_tool_config(tmp_path, grounding_data))
+    _train(_tool_config(tmp_path, grounding_data, share_prefix=False))
     monkeypatch.setattr(multiturn, "generate_turn", real)
     run_dir = tmp_path / "runs" / "tools"
     df = store.read(run_dir, stage="grpo-0")

@@ -67,6 +67,9 @@ class ModelFamily:
     # what a prompt's cache holds per sequence, repeated G times for a shared prefix: kv (attention keys/values) or
     # hybrid (also linear-attention recurrent and convolution states)
     cache: Literal["kv", "hybrid"] = "kv"
+    # the token types shape the attention mask (Gemma 3's bidirectional image blocks): a forward on top of a cache
+    # must then get them for the whole sequence, cache included, since transformers indexes them by absolute position
+    mask_from_token_types: bool = False
     # (old, new) replacements applied to a rendered chat template before the processor expands its placeholders:
     # where a checkpoint's template and its processor disagree on how a placeholder is written
     prompt_fixes: tuple[tuple[str, str], ...] = ()

@@ -42,6 +42,7 @@ FAMILY = ModelFamily(
     video=False,  # Gemma3Processor has no video processor
     assistant_role="model",
     token_type_key="token_type_ids",  # 1 on image soft tokens: they attend to each other bidirectionally
+    mask_from_token_types=True,
     images_kwargs=(("do_pan_and_scan", False),),
     vision_modules=("vision_tower", "multi_modal_projector"),
 )

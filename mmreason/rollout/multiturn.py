@@ -22,6 +22,7 @@ from transformers import LogitsProcessor
 
 from mmreason.data.sample import Sample, with_user_text
 from mmreason.models.family import family_for_processor
+from mmreason.models.policy import family_of
 from mmreason.processors import MEDIA_KEYS, build_inputs, collate, processor_inputs
 from mmreason.rollout.engine import eos_token_ids, prompt_generators, suppressed_token_ids
 from mmreason.rollout.prefix import next_tokens
@@ -101,18 +102,50 @@ def tool_turn(processor: Any, result: ToolResult) -> dict[str, Any]:
     return {"input_ids": out["input_ids"], "token_types": _token_types(out, family.token_type_key), "media": media}
 
 
+def _row(t: Trajectory, start: int, stop: int | None, vision: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
+    """Tokens start..stop of a trajectory as one processed row, with the vision inputs of `vision` (the chunks
+    whose placeholders those tokens hold, in order)."""
+    ids = t.ids[start:stop]
+    row = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
+    if t.token_type_key is not None:
+        row[t.token_type_key] = torch.tensor([t.mm[start:stop]])
+    for chunk in vision:
+        for key, value in chunk.items():
+            row[key] = torch.cat([row[key], value]) if key in row else value
+    return row
+
+
 def batch_inputs(trajs: list[Trajectory], pad_id: int, side: str) -> dict[str, torch.Tensor]:
     """Collate trajectories (their current tokens and every image so far) for generation or scoring."""
-    rows = []
-    for t in trajs:
-        row = {"input_ids": torch.tensor([t.ids]), "attention_mask": torch.ones(1, len(t.ids), dtype=torch.long)}
-        if t.token_type_key is not None:
-            row[t.token_type_key] = torch.tensor([t.mm])
-        for chunk in t.vision:
-            for key, value in chunk.items():
-                row[key] = torch.cat([row[key], value]) if key in row else value
-        rows.append(row)
-    return collate(rows, pad_id=pad_id, side=side)
+    return collate([_row(t, 0, None, t.vision) for t in trajs], pad_id=pad_id, side=side)
+
+
+@dataclass
+class TurnLayout:
+    """Trajectories laid out for scoring with each prompt encoded once (`turn_state.shared_trajectory_logprobs`):
+    the P prompts (left-padded, with their images) and each row's continuation, everything after its prompt (the
+    policy's segments and the tool turns with their images; right-padded [B, C], images in row order).
+    `positions` memoizes the continuation's rotary positions once a model has computed them."""
+
+    prompts: dict[str, torch.Tensor]
+    continuation: dict[str, torch.Tensor]
+    prompt_lengths: torch.Tensor  # [B] unpadded prompt length of each row
+    group_size: int
+    positions: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def turn_layout(trajs: list[Trajectory], group_size: int, pad_id: int, device: torch.device) -> TurnLayout:
+    """Prompt + continuation layout of G trajectories per prompt (contiguous; a group's rows share their prompt)."""
+    lengths = [t.policy.index(1) if 1 in t.policy else len(t.ids) for t in trajs]
+    prompts = collate([_row(t, 0, n, t.vision[:1]) for t, n in zip(trajs[::group_size], lengths[::group_size],
+                                                                     strict=True)], pad_id=pad_id, side="left")
+    rest = collate([_row(t, n, None, t.vision[1:]) for t, n in zip(trajs, lengths, strict=True)], pad_id, "right")
+    return TurnLayout(
+        {k: v.to(device) for k, v in prompts.items()},
+        {k: v.to(device) for k, v in rest.items()},
+        torch.tensor(lengths, device=device),
+        group_size,
+    )
 
 
 def _segment(ids: torch.Tensor, stops: list[int], pad_id: int) -> tuple[list[int], bool]:
@@ -351,13 +384,31 @@ def tool_rollout(
     allowed: tuple[str, ...] | list[tuple[str, ...]],
     params: SamplingParams,
     device: torch.device,
+    *,
+    keep_state: bool = False,
     **kwargs: Any,
 ) -> Rollout:
-    """Sample G multi-turn trajectories per sample (`sample_trajectories`, kwargs: max_turns and the tool image
-    pixel budget) and lay them out as a `Rollout` scored on whole sequences: completion_mask [B, L-1] marks the
-    policy's own tokens, aligned with the next-token log-probs of the full sequence."""
-    trajs = sample_trajectories(model, processor, samples, allowed, params, **kwargs)
+    """Sample G multi-turn trajectories per sample (kwargs: max_turns and the tool image pixel budget) and lay
+    them out as a `Rollout` scored on whole sequences: completion_mask [B, L-1] marks the policy's own tokens,
+    aligned with the next-token log-probs of the full sequence.
+
+    keep_state: each prompt prefilled once for its G trajectories and each trajectory's cache kept across its
+    turns (`turn_state.sample_kept`), where the model's cache allows it (`keeps_state`); otherwise every turn
+    re-encodes the whole conversation (`sample_trajectories`)."""
+    if keep_state and keeps_state(model):
+        from mmreason.rollout.turn_state import sample_kept  # turn_state builds on this module
+
+        trajs = sample_kept(model, processor, samples, allowed, params, **kwargs)
+    else:
+        trajs = sample_trajectories(model, processor, samples, allowed, params, **kwargs)
     return trajectories_rollout(trajs, params.group_size, processor.tokenizer.pad_token_id, device)
+
+
+def keeps_state(model: Any) -> bool:
+    """Whether a trajectory's cache can be kept across turns: attention caches, whose masked holes (rows waiting
+    while others finish their turn) change nothing. A hybrid cache's linear-attention state decays over masked
+    positions too, so those families re-encode every turn."""
+    return family_of(model).cache == "kv"
 
 
 def trajectories_rollout(trajs: list[Trajectory], group_size: int, pad_id: int, device: torch.device) -> Rollout:
@@ -373,4 +424,5 @@ def trajectories_rollout(trajs: list[Trajectory], group_size: int, pad_id: int, 
         sequences=batch,
         trajectories=trajs,
         columns=trajectory_columns(trajs),
+        layout=turn_layout(trajs, group_size, pad_id, device),
     )

@@ -62,6 +62,16 @@ def prompt_positions(model: Any, inputs: dict[str, Tensor]) -> tuple[Tensor, Ten
     prompt + completion sequence (the unshared scoring, and SFT). HF generate's `rope_deltas` continue after the
     largest position instead; the two differ only when a video's temporal positions run past the text after it.
     """
+    position_ids = sequence_positions(model, inputs)
+    if position_ids.dim() == 3:
+        return position_ids, position_ids[0, :, -1] + 1  # left padding: the last column is the last prompt token
+    return position_ids, inputs["attention_mask"].long().sum(-1)
+
+
+def sequence_positions(model: Any, inputs: dict[str, Tensor]) -> Tensor:
+    """Rotary positions of padded sequences (left or right padding; padding positions are masked, their values
+    arbitrary): [3, N, L] from the model's own `get_rope_index` for Qwen-VL models, else [N, L] counted along the
+    attention mask. The one place positions are computed outside the model's forward."""
     mask = inputs["attention_mask"]
     if family_of(model).rope == "mrope":
         owner = _rope_owner(model)
@@ -69,9 +79,8 @@ def prompt_positions(model: Any, inputs: dict[str, Tensor]) -> tuple[Tensor, Ten
             raise TypeError(f"{type(model).__name__}: 3-D rotary positions need get_rope_index and mm_token_type_ids")
         extra = {k: inputs[k] for k in _ROPE_KEYS if k in inputs}
         position_ids, _ = owner.get_rope_index(inputs["input_ids"], attention_mask=mask, **extra)
-        return position_ids, position_ids[0, :, -1] + 1  # left padding: the last column is the last prompt token
-    position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
-    return position_ids, mask.long().sum(-1)
+        return position_ids
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def completion_positions(next_pos: Tensor, group_size: int, start: int, length: int, three_d: bool) -> Tensor:

@@ -19,8 +19,10 @@ from mmreason.data.sample import Sample
 # shared_prefix: each prompt encoded once per group, its KV cache repeated for the G completions (rollout.prefix);
 # repeated_prompt: the prompt rows repeated G times (the plain forward; also under gradient checkpointing, which
 # drops the KV cache, and under DDP, whose hooks allow one forward per backward);
-# trajectory: full multi-turn sequences, tool turns between the policy's tokens (rollout.multiturn).
-ScoringPath = Literal["shared_prefix", "repeated_prompt", "trajectory"]
+# trajectory: full multi-turn sequences, tool turns between the policy's tokens (rollout.multiturn);
+# shared_trajectory: multi-turn, each prompt encoded once per group and the rest of every trajectory on top of its
+# cache (rollout.turn_state).
+ScoringPath = Literal["shared_prefix", "repeated_prompt", "trajectory", "shared_trajectory"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ class Rollout:
     sequences: dict[str, torch.Tensor] | None = None  # multi-turn: right-padded full trajectories [B, L] to score
     trajectories: list[Any] | None = None  # multi-turn: the `multiturn.Trajectory` of each row (turns, tool images)
     columns: dict[str, list] = field(default_factory=dict)  # extra per-row reward columns (tool-call counts)
+    layout: Any = None  # multi-turn: the `multiturn.TurnLayout` the shared-prompt scoring reads
 
     @property
     def multi_turn(self) -> bool:

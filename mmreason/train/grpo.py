@@ -50,6 +50,7 @@ from mmreason.rollout.engine import (
 from mmreason.rollout.multiturn import tool_rollout, trajectory_logprobs, turns_json
 from mmreason.rollout.prefix import shared_completion_logprobs
 from mmreason.rollout.scoring import StepState, score_completions
+from mmreason.rollout.turn_state import shared_trajectory_logprobs
 from mmreason.rollout.types import Rollout, SamplingParams, ScoringPath
 from mmreason.runs.run import Run, data_metrics, log_metrics, reward_weights
 from mmreason.runs.store import completion_row
@@ -89,8 +90,8 @@ def uses_tools(run: Run, cfg: GRPOConfig) -> bool:
 def scoring_plan(run: Run, cfg: GRPOConfig) -> ScoringPlan:
     """The stage's scoring paths, decided once (and logged once).
 
-    Multi-turn rollouts score whole trajectories. Otherwise with grpo.share_prefix the no-grad passes share each
-    group's prompt prefix; the loss does too, except under gradient checkpointing (transformers drops the KV cache
+    With grpo.share_prefix the no-grad passes share each group's prompt prefix (multi-turn rollouts too,
+    `_multi_turn_plan`); the loss does too, except under gradient checkpointing (transformers drops the KV cache
     of checkpointed layers), with several processes (DDP registers a backward hook per forward: the shared
     loss's two forwards, prefill + extend, before one backward would trip it) and for hybrid-cache families (with
     transformers' reference kernels the shared loss equals the repeated one up to float32 rounding, see
@@ -98,7 +99,7 @@ def scoring_plan(run: Run, cfg: GRPOConfig) -> ScoringPlan:
     causal-conv1d's single-token state update writes in place and has no backward); those repeat the prompt rows
     (same values up to rounding)."""
     if uses_tools(run, cfg):
-        plan = ScoringPlan("trajectory", "trajectory")
+        plan = _multi_turn_plan(run, cfg)
     elif not cfg.share_prefix:
         plan = ScoringPlan("repeated_prompt", "repeated_prompt")
     elif run.policy.family.cache == "hybrid":
@@ -119,6 +120,17 @@ def scoring_plan(run: Run, cfg: GRPOConfig) -> ScoringPlan:
     if run.is_main:
         log.info("grpo scoring: loss on %s, old/reference log-probs on %s", plan.loss, plan.frozen)
     return plan
+
+
+def _multi_turn_plan(run: Run, cfg: GRPOConfig) -> ScoringPlan:
+    """Multi-turn scoring: with grpo.share_prefix each prompt is encoded once per group and the rest of every
+    trajectory runs on top of its cache (the loss too, under the single-turn loss's conditions); hybrid caches
+    score whole trajectories (the rollout keeps no state for them either, `multiturn.keeps_state`)."""
+    if not cfg.share_prefix or run.policy.family.cache == "hybrid":
+        return ScoringPlan("trajectory", "trajectory")
+    if _checkpointing(run.policy.model) or run.world_size > 1:
+        return ScoringPlan("trajectory", "shared_trajectory")
+    return ScoringPlan("shared_trajectory", "shared_trajectory")
 
 
 def sampling_params(run: Run, cfg: GRPOConfig) -> SamplingParams:
@@ -306,7 +318,7 @@ def sample_rollout(run: Run, cfg: GRPOConfig, samples: list[Sample], params: Sam
     """G completions per prompt from the stage's engine: multi-turn trajectories with tools, vLLM, or the HF model
     (one shared-prefix prefill per group with grpo.share_prefix, else HF generate on repeated prompts)."""
     policy = run.policy
-    if plan.loss == "trajectory":
+    if plan.loss in ("trajectory", "shared_trajectory"):
         return tool_rollout(
             policy.model,
             policy.processor,
@@ -314,6 +326,7 @@ def sample_rollout(run: Run, cfg: GRPOConfig, samples: list[Sample], params: Sam
             allowed_tools(samples),
             params,
             run.device,
+            keep_state=cfg.share_prefix,
             max_turns=cfg.tools.max_turns,
             min_pixels=run.cfg.model.min_pixels,
             max_pixels=cfg.tools.max_pixels,
@@ -426,9 +439,13 @@ def rollout_logprobs(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs [B, T] (and entropies) of the rollout's completion tokens under `model`, along `path`: each prompt
     encoded once per group (shared_prefix), its rows repeated G times (repeated_prompt; same values and gradients),
-    or the whole multi-turn sequences (trajectory; T = L - 1, masked by `completion_mask`)."""
+    or the whole multi-turn sequences (trajectory; T = L - 1, masked by `completion_mask`), each prompt encoded once
+    per group under them (shared_trajectory; same values and gradients)."""
     if path == "trajectory":
         return trajectory_logprobs(model, rollout.sequences, temperature, suppressed, with_entropy)
+    if path == "shared_trajectory":
+        return shared_trajectory_logprobs(model, rollout.layout, rollout.sequences, temperature, suppressed,
+                                          with_entropy)
     args = (rollout.completion_ids, rollout.completion_mask, temperature)
     if path == "shared_prefix":
         inputs, g = rollout.prompts.inputs, rollout.group_size
