@@ -5,6 +5,11 @@ Trajectories are kept at the token level (the policy's own tokens are never re-t
 that is 1 only on tokens the policy generated: tool-output tokens (text and vision) carry no loss. The tool turn is
 rendered as a user turn `<tool_response>...</tool_response>` so it works with any chat template.
 
+`sample_trajectories` re-encodes each trajectory, every image so far included, at every turn (HF generate);
+`mmreason.rollout.turn_state` keeps each trajectory's cache across turns instead (`tool_rollout(keep_state=True)`)
+and scores with each prompt encoded once per group (`TurnLayout`). Both take and return the `Trajectory` of this
+module.
+
 Shapes: B trajectories (P prompts x G), L the longest full sequence; `trajectory_batch` lays rows out right-padded
 with every row's images concatenated in row order, the order the model assigns them to placeholders.
 """

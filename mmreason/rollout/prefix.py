@@ -20,8 +20,9 @@ Shapes: P prompts, G completions each, B = P * G rows (row b belongs to prompt b
 (left-padded), T completion length, V vocabulary size.
 
 What this does not cover: gradient checkpointing (transformers drops the KV cache of checkpointed layers, so the
-caller must use the unshared path; `extend` raises rather than silently attending to nothing), and prompts that are
-themselves different per completion (multi-turn tool outputs). Hybrid caches give the unshared log-probs (left
+caller must use the unshared path; `extend` raises rather than silently attending to nothing). Multi-turn
+trajectories, whose continuations hold tool turns and their images, build on these pieces in
+`mmreason.rollout.turn_state`. Hybrid caches give the unshared log-probs (left
 padding too: the linear-attention layers zero padded positions, so a padded prompt's states are its unpadded ones),
 but the GRPO loss of a hybrid-cache family repeats the prompts (`train.grpo.scoring_plan` says why).
 """
