@@ -20,11 +20,9 @@ Contenders:
 - `trl`: GRPOTrainer(tools=[zoom_in]) with transformers generate, whose tool loop appends the tool's message (the
   image as a content part) and generates again from the whole conversation.
 
-`--profile` times mmreason's step by part instead (sampling, rewards, old / reference log-probs, the loss forward,
-backward, optimizer step), for both mmreason paths.
+Where mmreason's step time goes, part by part: benchmarks/profile_split.py.
 
     .venv/bin/python benchmarks/multiturn_step.py                    # G=8, 2 prompts, 5 timed steps each
-    .venv/bin/python benchmarks/multiturn_step.py --profile          # mmreason's split
     .venv/bin/python benchmarks/multiturn_step.py --device cuda      # on a GPU (bf16)
 
 Needs TRL (`pip install -e '.[bench]'`).
@@ -33,12 +31,10 @@ Needs TRL (`pip install -e '.[bench]'`).
 from __future__ import annotations
 
 import argparse
-import functools
 import json
+import statistics
 import sys
-import time
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +42,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from grpo_step import build_model, fresh, interleaved, measure  # noqa: E402
+from grpo_step import build_model, fresh, interleaved  # noqa: E402
 
 from mmreason.config import GRPOConfig  # noqa: E402
 from mmreason.data.sample import Sample  # noqa: E402
@@ -238,55 +234,6 @@ def trl_trainer(model: Any, processor: Any, samples: list[Sample], args: argpars
     return trainer
 
 
-# ------------------------------------------------------------------------------------------------ profile
-PARTS = {"sampling": (multiturn, "tool_rollout"), "old / reference log-probs": (grpo, "_frozen_logprobs"),
-         "loss forward": (grpo, "rollout_logprobs"), "backward": (grpo, "backward"),
-         "optimizer step": (grpo, "optimizer_step"), "rewards": (sys.modules[__name__], "answer_reward")}
-
-
-def profiled(step: Callable[[], None], steps: int, device: torch.device) -> dict[str, float]:
-    """Median seconds per part of `steps` steps (after one warm-up), each part timed by wrapping its function."""
-    spent: dict[str, float] = defaultdict(float)
-    inside: list[str] = []  # the loss forward calls rollout_logprobs; inside the frozen pass it counts there
-
-    def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(fn)
-        def wrapper(*a: Any, **k: Any) -> Any:
-            if inside:
-                return fn(*a, **k)
-            inside.append(name)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                spent[name] += time.perf_counter() - t0
-                inside.pop()
-
-        return wrapper
-
-    originals = {name: getattr(mod, attr) for name, (mod, attr) in PARTS.items()}
-    for name, (mod, attr) in PARTS.items():
-        setattr(mod, attr, timed(name, originals[name]))
-    per_step: list[dict[str, float]] = []
-    try:
-        for _ in range(steps + 1):
-            spent.clear()
-            seconds, _ = measure(step, device)
-            per_step.append({**spent, "total": seconds})
-    finally:
-        for name, (mod, attr) in PARTS.items():
-            setattr(mod, attr, originals[name])
-    timed_steps = per_step[1:]
-    keys = [*PARTS, "total"]
-    out = {k: sorted(s.get(k, 0.0) for s in timed_steps)[len(timed_steps) // 2] for k in keys}
-    out["other"] = out["total"] - sum(out[k] for k in PARTS)
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--group", type=int, default=8)
@@ -296,7 +243,6 @@ def main() -> None:
     parser.add_argument("--max-completion-length", type=int, default=512, help="TRL's budget for all turns")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--profile", action="store_true", help="mmreason's step split by part, no TRL")
     parser.add_argument("--workdir", default="/tmp/mmreason-multiturn-bench")
     parser.add_argument("--out", type=Path, default=None, help="write the results as json here")
     args = parser.parse_args()
@@ -311,19 +257,20 @@ def main() -> None:
              for name, share in (("mmreason", True), ("mmreason-reencode", False))}
     result: dict[str, Any] = {"device": str(device), "arch": ARCH, "group": args.group, "prompts": args.prompts,
                               "torch_threads": torch.get_num_threads()}
-    if args.profile:
-        result["profile"] = {name: profiled(step, args.reps, device) for name, step in steps.items()}
-    else:
-        trainer = trl_trainer(fresh(base, device), processor, samples, args, args.reps + 1)
-        series = interleaved(trainer, steps, device)
-        result["steps"] = {name: s.summary() for name, s in series.items()}
-        trl = result["steps"]["trl"]
-        trl["tool_calls_per_trajectory"] = TRL_CALLS[0] / ((args.reps + 1) * args.prompts * args.group)
-        if trl["tool_calls_per_trajectory"] != 2:
-            raise RuntimeError(f"TRL's script did not run: {trl['tool_calls_per_trajectory']} calls per trajectory")
-        for name in steps:
-            result["steps"][name]["time_vs_trl"] = result["steps"][name]["median_s"] / trl["median_s"]
-            result["steps"][name]["memory_vs_trl"] = result["steps"][name]["peak_mb"] / max(trl["peak_mb"], 1e-9)
+    trainer = trl_trainer(fresh(base, device), processor, samples, args, args.reps + 1)
+    series = interleaved(trainer, steps, device)
+    result["steps"] = {name: s.summary() for name, s in series.items()}
+    trl = result["steps"]["trl"]
+    trl["tool_calls_per_trajectory"] = TRL_CALLS[0] / ((args.reps + 1) * args.prompts * args.group)
+    if trl["tool_calls_per_trajectory"] != 2:
+        raise RuntimeError(f"TRL's script did not run: {trl['tool_calls_per_trajectory']} calls per trajectory")
+    for name in steps:
+        # each mmreason step ran right after a TRL step: the median of these pairwise ratios is robust to load from
+        # other processes that drifts during the run
+        pairs = zip(series[name].seconds[1:], series["trl"].seconds[1:], strict=True)
+        result["steps"][name]["time_vs_trl"] = statistics.median(a / b for a, b in pairs)
+        result["steps"][name]["memory_vs_trl"] = result["steps"][name]["peak_mb"] / max(trl["peak_mb"], 1e-9)
+        result["steps"][name]["sequence_len"] = steps[name].last.get("sequence_len")
     print(json.dumps(result, indent=2))
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))
