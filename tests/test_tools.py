@@ -331,11 +331,14 @@ def test_grpo_with_tools_scripted_zoom_reaches_store_with_images(tmp_path, groun
     assert all(torch.isfinite(torch.tensor(m["loss"])) for m in grpo)
 
 
-def test_grpo_with_tools_real_sampling_two_steps(tmp_path, grounding_data):
+@pytest.mark.parametrize(("share_prefix", "path"), [(True, "shared_trajectory"), (False, "trajectory")])
+def test_grpo_with_tools_real_sampling_two_steps(tmp_path, grounding_data, share_prefix, path):
     from mmreason.runs import store
-    _train(_tool_config(tmp_path, grounding_data))
+    _train(_tool_config(tmp_path, grounding_data, share_prefix))
     df = store.read(tmp_path / "runs" / "tools", stage="grpo-0")
     assert len(df) == 8 and "turns" in df and "reward_tool_success" in df
+    log = (tmp_path / "runs" / "tools" / "train.log").read_text()
+    assert f"grpo scoring: loss on {path}, old/reference log-probs on {path}" in log
 
 
 def test_report_shows_every_turn_with_tool_images(tmp_path, grounding_data, monkeypatch):
