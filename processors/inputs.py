@@ -42,8 +42,12 @@ def render_prompt(processor, messages: list[dict[str, Any]], add_generation_prom
     """The chat-template text of `messages` (media as single placeholder tokens, expanded later by the processor),
     rendered with the processor's model family's `chat_template_kwargs` and with its `prompt_fixes` applied."""
     family = family_for_processor(processor)
+    # only the variables the template reads: transformers hands any other keyword to the processor call and warns
+    # on every prompt (a template without `enable_thinking` ignores it anyway)
+    template = str(processor.chat_template or "")
+    extra = {k: v for k, v in family.chat_template_kwargs if k in template}
     text = processor.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=add_generation_prompt, **dict(family.chat_template_kwargs)
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt, **extra
     )
     return family.fix_prompt(text)
 
