@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from transformers.cache_utils import LinearAttentionCacheLayerMixin
+from transformers.cache_utils import DynamicLayer, LinearAttentionCacheLayerMixin
 
 from mmreason.models.policy import family_of, unwrap_model
 from mmreason.train.rl import sampling_logits, token_entropy, token_logprobs
@@ -123,6 +123,41 @@ def repeat_cache(cache: Any, rows: Tensor) -> None:
     for layer in cache.layers:
         if isinstance(layer, LinearAttentionCacheLayerMixin):
             layer.update_recurrent_state = MethodType(_replace_recurrent_state, layer)
+
+
+def growable(cache: Any) -> Any:
+    """Let the cache's plain attention layers grow into preallocated buffers (doubling when full) instead of
+    concatenating their whole keys and values at every new token, which makes decoding quadratic in copies; the
+    values are the same. For sampling only (no grad): the buffers are written in place. Sliding-window, hybrid and
+    other layers keep their own update."""
+    for layer in cache.layers:
+        if type(layer) is DynamicLayer and layer.is_initialized:
+            layer.buffers = [layer.keys, layer.values]
+            layer.update = MethodType(_buffered_update, layer)
+            layer.reorder_cache = MethodType(_buffered_reorder, layer)
+    return cache
+
+
+def _buffered_update(layer: Any, keys: Tensor, values: Tensor, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+    n, add = layer.keys.shape[-2], keys.shape[-2]
+    if n + add > layer.buffers[0].shape[-2]:
+        capacity = max(2 * layer.buffers[0].shape[-2], n + add)
+        grown = []
+        for old in layer.buffers:
+            new = old.new_empty(*old.shape[:2], capacity, old.shape[-1])
+            new[..., :n, :] = old[..., :n, :]
+            grown.append(new)
+        layer.buffers = grown
+    layer.buffers[0][..., n : n + add, :] = keys
+    layer.buffers[1][..., n : n + add, :] = values
+    layer.keys, layer.values = (b[..., : n + add, :] for b in layer.buffers)
+    return layer.keys, layer.values
+
+
+def _buffered_reorder(layer: Any, rows: Tensor) -> None:
+    n = layer.keys.shape[-2]
+    layer.buffers = [b.index_select(0, rows.to(b.device)) for b in layer.buffers]
+    layer.keys, layer.values = (b[..., :n, :] for b in layer.buffers)
 
 
 def _replace_recurrent_state(layer: Any, recurrent_states: Tensor, state_idx: int = 0, **kwargs: Any) -> Tensor:
@@ -245,6 +280,7 @@ def sample_shared(
     """
     position_ids, next_pos = prompt_positions(model, inputs)
     logits, cache = prefill(model, inputs, position_ids, group_size)
+    growable(cache)
     logits = logits.repeat_interleave(group_size, dim=0)
     mask = inputs["attention_mask"].repeat_interleave(group_size, dim=0)
     b, device = mask.shape[0], mask.device

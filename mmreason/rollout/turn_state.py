@@ -37,7 +37,7 @@ from mmreason.models.policy import family_of
 from mmreason.processors import TOKEN_TYPE_KEYS
 from mmreason.rollout.engine import eos_token_ids, prompt_generators, suppressed_token_ids
 from mmreason.rollout.multiturn import TOOL_CALL_END, Trajectory, TurnLayout, advance, batch_inputs, start
-from mmreason.rollout.prefix import next_tokens, prefill, prompt_positions, sequence_positions
+from mmreason.rollout.prefix import growable, next_tokens, prefill, prompt_positions, sequence_positions
 from mmreason.rollout.tools import ToolBudget
 from mmreason.rollout.types import SamplingParams
 from mmreason.train.rl import sampling_logits, token_entropy, token_logprobs
@@ -73,6 +73,7 @@ def _start_rows(model: Any, trajs: list[Trajectory], group_size: int, pad_id: in
     inputs = {k: v.to(model.device) for k, v in batch_inputs(trajs[::group_size], pad_id, "left").items()}
     positions, next_pos = prompt_positions(model, inputs)
     logits, cache = prefill(model, inputs, positions, group_size)
+    growable(cache)
     mask = inputs["attention_mask"].repeat_interleave(group_size, dim=0)
     n = [len(t.ids) for t in trajs]
     key = trajs[0].token_type_key
