@@ -135,6 +135,7 @@ class TurnLayout:
     prompts: dict[str, torch.Tensor]
     continuation: dict[str, torch.Tensor]
     prompt_lengths: torch.Tensor  # [B] unpadded prompt length of each row
+    policy: torch.Tensor  # [B, C] bool: the continuation tokens the policy wrote (the only ones scored)
     group_size: int
     positions: dict[str, torch.Tensor] = field(default_factory=dict)
 
@@ -145,10 +146,14 @@ def turn_layout(trajs: list[Trajectory], group_size: int, pad_id: int, device: t
     prompts = collate([_row(t, 0, n, t.vision[:1]) for t, n in zip(trajs[::group_size], lengths[::group_size],
                                                                      strict=True)], pad_id=pad_id, side="left")
     rest = collate([_row(t, n, None, t.vision[1:]) for t, n in zip(trajs, lengths, strict=True)], pad_id, "right")
+    width = rest["input_ids"].shape[1]
+    policy = torch.tensor([t.policy[n:] + [0] * (width - len(t.policy) + n) for t, n in zip(trajs, lengths,
+                                                                                           strict=True)])
     return TurnLayout(
         {k: v.to(device) for k, v in prompts.items()},
         {k: v.to(device) for k, v in rest.items()},
         torch.tensor(lengths, device=device),
+        policy.bool().to(device),
         group_size,
     )
 

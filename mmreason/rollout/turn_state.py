@@ -247,7 +247,7 @@ def shared_trajectory_logprobs(
     as `multiturn.scoring_batch` lays them out; mask them with its policy_mask[:, 1:]), each prompt encoded once.
 
     The continuation's first token is scored by its prompt's last logits, the others by the continuation forward
-    over the shared cache; positions before a row's prompt ends are 0 (they carry no loss)."""
+    over the shared cache; only the policy's tokens are scored: every other position is 0 (none carries loss)."""
     g = layout.group_size
     prompt_pos, _ = prompt_positions(model, layout.prompts)
     first, cache = prefill(model, layout.prompts, prompt_pos, g)
@@ -259,19 +259,27 @@ def shared_trajectory_logprobs(
     if key is not None and family_of(model).mask_from_token_types:  # indexed by cache position: the whole sequence's
         extra[key] = torch.cat([layout.prompts[key].repeat_interleave(g, dim=0), cont[key]], dim=1)
     positions = _continuation_positions(model, layout, sequences)
+    # logits only where a policy token is predicted (row b's rest position k predicts its token k + 1): the tool
+    # turns' tokens, often hundreds of vision tokens, never meet the vocabulary projection
+    need = torch.cat([layout.policy[:, 1:], torch.zeros_like(layout.policy[:, :1])], dim=1)
     rest = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
-                 **extra).logits[:, :-1]
-    parts = [first.repeat_interleave(g, dim=0)[:, None], rest]  # scored part by part: no [B, C, V] concatenation
-    logp, entropy = [], []
-    for i, logits in enumerate(parts):
-        scaled = sampling_logits(logits, temperature, suppressed)
-        logp.append(token_logprobs(scaled, ids[:, i : i + logits.shape[1]]))
-        if with_entropy:
-            entropy.append(token_entropy(scaled))
+                 logits_to_keep=need, **extra).logits  # [N, V]: the kept positions, row by row
+    first = sampling_logits(first.repeat_interleave(g, dim=0), temperature, suppressed)  # predicts token 0
+    rest = sampling_logits(rest.reshape(-1, first.shape[-1]), temperature, suppressed)
+    at_first = torch.zeros_like(layout.policy)
+    at_first[:, 0] = True
+    at_rest = torch.cat([torch.zeros_like(layout.policy[:, :1]), need[:, :-1]], dim=1)
     length = sequences["input_ids"].shape[1] - 1
-    out = _to_sequence(torch.cat(logp, dim=1), cont_mask, layout.prompt_lengths, length)
-    return out, (_to_sequence(torch.cat(entropy, dim=1), cont_mask, layout.prompt_lengths, length)
-                 if with_entropy else None)
+
+    def laid_out(first_values: Tensor, rest_values: Tensor) -> Tensor:
+        values = torch.zeros(ids.shape, dtype=first_values.dtype, device=ids.device)
+        values = values.masked_scatter(at_first, first_values) + values.masked_scatter(at_rest, rest_values)
+        return _to_sequence(values, cont_mask, layout.prompt_lengths, length)
+
+    first, rest = first[:, None], rest[None]  # [B, 1, V] and [1, N, V]: the [B, T, V] layout of rl's functions
+    logp = laid_out(token_logprobs(first, ids[:, :1]).flatten(), token_logprobs(rest, ids[at_rest][None]).flatten())
+    entropy = laid_out(token_entropy(first).flatten(), token_entropy(rest).flatten()) if with_entropy else None
+    return logp, entropy
 
 
 def _to_sequence(values: Tensor, cont_mask: Tensor, prompt_lengths: Tensor, length: int) -> Tensor:
