@@ -174,6 +174,33 @@ def _feed_chunks(model: Any, st: _Rows, trajs: list[Trajectory], pad_id: int) ->
     st.fed, st.fed_media = lengths, [len(t.vision) for t in running]
 
 
+def _run_turns(model: Any, processor: Any, trajs: list[Trajectory], row_allowed: list[tuple[str, ...]],
+               budgets: list[ToolBudget], gens: list[torch.Generator] | None, params: SamplingParams,
+               max_turns: int) -> None:
+    """Prefill, then turn after turn: a segment per running row, its tool call run, the rows that go on fed their
+    new tokens. Under inference mode (less autograd bookkeeping per decoding step) except where the tool turns are
+    built: their tensors (tool images) are inputs of the loss later. The vision cache keeps nothing computed in
+    inference mode."""
+    g, tok = params.group_size, processor.tokenizer
+    pad_id = tok.pad_token_id
+    stops = eos_token_ids(processor, model) + [tok.convert_tokens_to_ids(TOOL_CALL_END)]
+    with torch.inference_mode():
+        st = _start_rows(model, trajs, g, pad_id)
+        banned = torch.zeros(st.logits.shape[-1], dtype=torch.bool, device=st.mask.device)
+        banned[suppressed_token_ids(processor)] = True
+        for turn in range(max_turns + 1):
+            row_gens = None if gens is None else [gens[r // g] for r in st.rows]
+            segments = _sample_segment(model, st, row_gens, params, stops, banned, pad_id)
+            with torch.inference_mode(False):
+                for r, (segment, stopped) in zip(st.rows, segments, strict=True):
+                    advance(processor, trajs[r], segment, stopped, row_allowed[r], budgets[r])
+            keep = [k for k, r in enumerate(st.rows) if not trajs[r].done]
+            if not keep or turn == max_turns:
+                return
+            st.keep(keep)
+            _feed_chunks(model, st, trajs, pad_id)
+
+
 @torch.no_grad()
 def sample_kept(
     model: Any,
@@ -189,31 +216,17 @@ def sample_kept(
     """G multi-turn trajectories per sample (row b belongs to sample b // G), each prompt prefilled once and each
     trajectory's cache kept across its turns; the same arguments and trajectories as
     `multiturn.sample_trajectories` (with `params.seed`, the same tokens from the same per-prompt generators)."""
-    g, tok = params.group_size, processor.tokenizer
-    pad_id = tok.pad_token_id
+    g = params.group_size
     per_sample = allowed if isinstance(allowed, list) else [allowed] * len(samples)
     trajs = [start(processor, s, a) for s, a in zip(samples, per_sample, strict=True) for _ in range(g)]
     row_allowed = [a for a in per_sample for _ in range(g)]
     family = family_for_processor(processor)
     budgets = [ToolBudget(max_turns, max_pixels, min_pixels, family=family) for _ in trajs]
     gens = None if params.seed is None else prompt_generators(params.seed, samples, model.device)
-    stops = eos_token_ids(processor, model) + [tok.convert_tokens_to_ids(TOOL_CALL_END)]
     was_training = model.training
     model.eval()
     try:
-        st = _start_rows(model, trajs, g, pad_id)
-        banned = torch.zeros(st.logits.shape[-1], dtype=torch.bool, device=st.mask.device)
-        banned[suppressed_token_ids(processor)] = True
-        for turn in range(max_turns + 1):
-            row_gens = None if gens is None else [gens[r // g] for r in st.rows]
-            segments = _sample_segment(model, st, row_gens, params, stops, banned, pad_id)
-            for r, (segment, stopped) in zip(st.rows, segments, strict=True):
-                advance(processor, trajs[r], segment, stopped, row_allowed[r], budgets[r])
-            keep = [k for k, r in enumerate(st.rows) if not trajs[r].done]
-            if not keep or turn == max_turns:
-                break
-            st.keep(keep)
-            _feed_chunks(model, st, trajs, pad_id)
+        _run_turns(model, processor, trajs, row_allowed, budgets, gens, params, max_turns)
     finally:
         if was_training:
             model.train()
