@@ -249,3 +249,30 @@ def test_grpo_update_is_the_same_with_and_without_prefix_sharing(tiny25):
         assert metrics[0][key] == pytest.approx(metrics[1][key], rel=1e-4, abs=1e-6), key
     for name, value in weights[1].items():
         torch.testing.assert_close(weights[0][name], value, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_a_growable_cache_holds_what_concatenation_holds():
+    """The samplers' buffered KV cache against transformers' concatenating one: the same keys and values after
+    tokens that outgrow the buffer twice and a row reorder (rows dropped and repeated) in between."""
+    from transformers.cache_utils import DynamicCache
+
+    from mmreason.rollout.prefix import growable
+
+    torch.manual_seed(0)
+    steps = [torch.randn(3, 2, n, 4) for n in (5, 1, 1, 7, 1, 30)]
+    plain, grown = DynamicCache(), DynamicCache()
+    plain.update(steps[0], steps[0] + 1, 0)
+    grown.update(steps[0], steps[0] + 1, 0)
+    growable(grown)
+    for i, k in enumerate(steps[1:]):
+        if i == 2:  # drop row 1, repeat row 2: the layout turn_state's keep and prefix's repeat produce
+            rows = torch.tensor([0, 2, 2])
+            plain.reorder_cache(rows)
+            grown.reorder_cache(rows)
+        pk, pv = plain.update(k, k + 1, 0)
+        gk, gv = grown.update(k, k + 1, 0)
+        assert torch.equal(pk, gk) and torch.equal(pv, gv)
+    layer = grown.layers[0]
+    assert layer.keys.data_ptr() == layer.buffers[0].data_ptr()  # the keys are a view of the buffer
+    assert layer.buffers[0].shape[-2] == 45  # capacity 5 -> 10 -> 20 -> 45 (doubling, or what one update needs)
+    assert grown.get_seq_length() == plain.get_seq_length() == 45
