@@ -58,7 +58,7 @@ from mmreason.train.step import make_optimizer  # noqa: E402
 
 ARCH = "qwen3_vl"
 PROMPT = "Where is the red square? Zoom in to look closer, then answer with its box inside <answer></answer> tags."
-CALLS = ([0, 0, 224, 224], [112, 112, 336, 336])  # the two zooms, pixels of the 448 x 448 prompt image
+CALLS = ([0, 0, 224, 224], [112, 112, 336, 336])  # the two zooms, pixels of the prompt image
 ANSWER = "<answer>[112, 112, 336, 336]</answer>"
 TOOL_PIXELS = 224 * 224  # each crop is resized to at most this: 7 x 7 = 49 vision tokens (32-pixel merged patches)
 
@@ -67,9 +67,10 @@ def _call_text(bbox: list[int]) -> str:
     return '<tool_call>\n{"name": "zoom_in", "arguments": {"bbox": ' + json.dumps(bbox) + "}}\n</tool_call>"
 
 
-def make_samples(n: int) -> list[Sample]:
-    """n prompts on one 448 x 448 image (a red square on grey: the content does not matter to a random model)."""
-    image = Image.new("RGB", (448, 448), (128, 128, 128))
+def make_samples(n: int, side: int = 448) -> list[Sample]:
+    """n prompts on one side x side image (a red square on grey: the content does not matter to a random model);
+    the zoom boxes stay inside its top-left 336 x 336."""
+    image = Image.new("RGB", (side, side), (128, 128, 128))
     image.paste((220, 30, 30), (112, 112, 336, 336))
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROMPT}]}]
     out = []
@@ -241,6 +242,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5, help="timed steps per contender (after one warm-up)")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="per turn (mmreason)")
     parser.add_argument("--max-completion-length", type=int, default=512, help="TRL's budget for all turns")
+    parser.add_argument("--image-size", type=int, default=448,
+                        help="side of the prompt image in pixels (a multiple of 32; 448: 196 vision tokens)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--workdir", default="/tmp/mmreason-multiturn-bench")
@@ -251,11 +254,12 @@ def main() -> None:
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     base, processor = build_model("tiny", dtype, arch=ARCH, device="cpu")
-    samples = make_samples(args.prompts)
+    samples = make_samples(args.prompts, args.image_size)
     multiturn.next_tokens = turn_state.next_tokens = scripted_draw
     steps = {name: MTStep(fresh(base, device), processor, samples, mm_config(args, share), device)
              for name, share in (("mmreason", True), ("mmreason-reencode", False))}
     result: dict[str, Any] = {"device": str(device), "arch": ARCH, "group": args.group, "prompts": args.prompts,
+                              "image_size": args.image_size,
                               "torch_threads": torch.get_num_threads()}
     trainer = trl_trainer(fresh(base, device), processor, samples, args, args.reps + 1)
     series = interleaved(trainer, steps, device)
