@@ -255,6 +255,11 @@ def main() -> None:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     base, processor = build_model("tiny", dtype, arch=ARCH, device="cpu")
     samples = make_samples(args.prompts, args.image_size)
+    # TRL lets the processor resize its images: raise the processor's pixel limit to the image, so that TRL sees the
+    # pixels mmreason sees (mmreason hands the processor images it has already sized and turns resizing off)
+    size = dict(processor.image_processor.size)
+    size["longest_edge"] = max(size.get("longest_edge") or 0, args.image_size**2)
+    processor.image_processor.size = size
     multiturn.next_tokens = turn_state.next_tokens = scripted_draw
     steps = {name: MTStep(fresh(base, device), processor, samples, mm_config(args, share), device)
              for name, share in (("mmreason", True), ("mmreason-reencode", False))}
