@@ -9,8 +9,13 @@ every turn; both sample the same tokens from the same per-prompt generators (tes
 
 Scoring (`shared_trajectory_logprobs`): the G trajectories of a prompt share one prefill of it; the rest of every
 trajectory (the policy's segments and the tool turns, tool images included) runs as one continuation forward on
-top of that cache. The log-probs come back in `multiturn.trajectory_logprobs`' layout ([B, L-1] over the
-right-padded full sequences) and equal them up to float rounding, gradients included.
+top of that cache, its vocabulary projection only where a policy token is predicted (a tool turn's hundreds of
+vision tokens never reach the lm_head). The log-probs come back in `multiturn.trajectory_logprobs`' layout
+([B, L-1] over the right-padded full sequences) and equal them on the policy's tokens up to float rounding,
+gradients included (every other position is 0).
+
+Sampling decodes under inference mode into a growable cache (`prefix.growable`); the tool turns are built outside
+inference mode, since their tensors feed the loss later.
 
 Positions: every token sits where the model's own rule puts it over the trajectory's whole sequence
 (`prefix.sequence_positions`: Qwen's 3-D `get_rope_index`, else 1-D), computed on the full sequences and sliced,
