@@ -42,19 +42,16 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from grpo_step import build_model, fresh, interleaved  # noqa: E402
+from grpo_step import MMStep, build_model, fresh, interleaved  # noqa: E402
 
 from mmreason.config import GRPOConfig  # noqa: E402
 from mmreason.data.sample import Sample  # noqa: E402
 from mmreason.models.family import get_family  # noqa: E402
-from mmreason.models.policy import Policy, Reference  # noqa: E402
 from mmreason.rollout import multiturn, turn_state  # noqa: E402
 from mmreason.rollout.tools import ToolBudget, ToolCall, run_tool  # noqa: E402
 from mmreason.rollout.types import SamplingParams  # noqa: E402
-from mmreason.runs.run import Run  # noqa: E402
 from mmreason.train import grpo  # noqa: E402
 from mmreason.train.rl import group_advantages  # noqa: E402
-from mmreason.train.step import make_optimizer  # noqa: E402
 
 ARCH = "qwen3_vl"
 PROMPT = "Where is the red square? Zoom in to look closer, then answer with its box inside <answer></answer> tags."
@@ -160,20 +157,17 @@ def answer_reward(texts: list[str]) -> list[float]:
     return [float(ANSWER in t) for t in texts]
 
 
-class MTStep:
-    """mmreason's multi-turn GRPO step: `grpo.run_grpo`'s body for a tool task (minus the store and metrics)."""
+class MTStep(MMStep):
+    """mmreason's multi-turn GRPO step: `grpo.run_grpo`'s body for a tool task (minus the store and metrics). The
+    single-turn step's policy, optimizer and reference, with the multi-turn scoring path, seeded sampling (each
+    prompt's rows then draw together, as the script needs) and the script."""
 
     def __init__(self, model: Any, processor: Any, samples: list[Sample], cfg: GRPOConfig, device: torch.device):
-        self.policy = Policy.wrap(model, processor, "bench")
-        self.run = Run.local(self.policy)
-        self.optimizer = make_optimizer(self.policy.trainable_parameters(), cfg.lr, cfg.weight_decay)
-        self.reference = Reference(self.policy, cfg.beta)
-        self.samples, self.cfg, self.device = samples, cfg, device
+        super().__init__(model, processor, samples, cfg, device)
         path = "shared_trajectory" if cfg.share_prefix else "trajectory"
         self.plan = grpo.ScoringPlan(path, path)
         self.params = SamplingParams(cfg.group_size, cfg.max_new_tokens, cfg.temperature, cfg.top_p, seed=0)
         self.script = MMScript(processor.tokenizer, get_family(ARCH).turn_end)
-        self.last: dict[str, float] = {}
 
     def __call__(self) -> None:
         cfg, g, policy = self.cfg, self.cfg.group_size, self.policy

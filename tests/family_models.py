@@ -1,18 +1,25 @@
 """The tiny offline model of every supported family, saved once per test session, and two image prompts in each
-family's own image sizes: what the per-family tests (test_families.py, test_turn_state.py) run on."""
+family's own image sizes: what the per-family tests (test_families.py, test_turn_state.py) run on, and the
+update-equality check they share."""
 
 from __future__ import annotations
 
+import copy
 import functools
 from pathlib import Path
 
+import pytest
+import torch
 from mmreason.processors import resize_image
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from mmreason.data.sample import Sample
 from mmreason.models.family import family_names, get_family
+from mmreason.models.policy import Policy, Reference
 from mmreason.models.tiny import build_tiny
+from mmreason.runs.run import Run
+from mmreason.train.grpo import ScoringPlan, update_policy
 
 FAMILIES = list(family_names())
 
@@ -46,3 +53,21 @@ def samples(arch: str) -> list[Sample]:
         Sample("a", "counting", msg(1, "How many shapes are in the image? Count them."), [a], target="3"),
         Sample("b", "counting", msg(2, "How many?"), [b, a], target="4"),  # two images, most left padding
     ]
+
+
+def assert_same_update(model, processor, rollout, adv, mask, cfg, paths: tuple[str, str]) -> None:
+    """One GRPO update (`update_policy`, SGD) from copies of `model` along each scoring path (the loss and the
+    no-grad passes alike): the same loss, KL and entropy, and the same weights after it."""
+    results = []
+    for path in paths:
+        policy = Policy.wrap(copy.deepcopy(model), processor)
+        optimizer = torch.optim.SGD(policy.trainable_parameters(), lr=cfg.lr)
+        upd, applied = update_policy(Run.local(policy), optimizer, Reference(policy, cfg.beta), rollout, adv, mask,
+                                     cfg, ScoringPlan(path, path))
+        assert applied == [True] * cfg.num_iterations
+        results.append((upd, policy.model.state_dict()))
+    (a, wa), (b, wb) = results
+    for key in ("loss", "kl", "entropy"):
+        assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+    for name, value in wb.items():
+        torch.testing.assert_close(wa[name], value, atol=1e-6, rtol=1e-4, msg=name)

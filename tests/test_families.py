@@ -6,13 +6,12 @@ tested here."""
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
 import pytest
 import torch
-from family_models import FAMILIES
+from family_models import FAMILIES, assert_same_update
 from family_models import load as _load
 from family_models import samples as _samples
 from family_models import saved as _saved
@@ -23,14 +22,13 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from mmreason.config import GRPOConfig, ModelConfig
 from mmreason.data.sample import Sample, SampleContext
 from mmreason.models.family import get_family
-from mmreason.models.policy import Policy, Reference, apply_lora
+from mmreason.models.policy import Policy, apply_lora
 from mmreason.registry import get_reward, get_task
 from mmreason.rollout import multiturn
 from mmreason.rollout.engine import completion_logprobs, encode_prompts, generate, repeat_prompts
 from mmreason.rollout.prefix import shared_completion_logprobs
 from mmreason.rollout.types import SamplingParams
-from mmreason.runs.run import Run
-from mmreason.train.grpo import ScoringPlan, loss_mask_for, rollout_logprobs, update_policy
+from mmreason.train.grpo import loss_mask_for, rollout_logprobs
 from mmreason.train.sft import sft_batch, sft_token_loss
 
 G = 3
@@ -71,20 +69,7 @@ def test_grpo_step_is_the_same_shared_and_repeated(arch, tiny_root):
     adv = torch.linspace(-1.0, 1.0, 2 * G)
     mask = loss_mask_for(rollout, torch.ones(2 * G, dtype=torch.bool), mask_truncated=False)
     cfg = GRPOConfig(num_iterations=2, beta=0.1, lr=0.1, max_new_tokens=6, temperature=0.9)
-    results = []
-    for path in ("shared_prefix", "repeated_prompt"):
-        policy = Policy.wrap(copy.deepcopy(model), processor)
-        optimizer = torch.optim.SGD(policy.trainable_parameters(), lr=cfg.lr)
-        plan = ScoringPlan(path, path)
-        upd, applied = update_policy(Run.local(policy), optimizer, Reference(policy, cfg.beta), rollout, adv, mask,
-                                     cfg, plan)
-        assert applied == [True, True]
-        results.append((upd, policy.model.state_dict()))
-    (a, wa), (b, wb) = results
-    for key in ("loss", "kl", "entropy"):
-        assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
-    for name, value in wb.items():
-        torch.testing.assert_close(wa[name], value, atol=1e-6, rtol=1e-4, msg=name)
+    assert_same_update(model, processor, rollout, adv, mask, cfg, ("shared_prefix", "repeated_prompt"))
 
 
 @pytest.mark.parametrize("arch", FAMILIES)

@@ -15,15 +15,13 @@ from collections import defaultdict
 
 import pytest
 import torch
-from family_models import FAMILIES, load, samples
+from family_models import FAMILIES, assert_same_update, load, samples
 
 from mmreason.config import GRPOConfig
 from mmreason.models.family import get_family
-from mmreason.models.policy import Policy, Reference
 from mmreason.rollout import multiturn, turn_state
 from mmreason.rollout.types import SamplingParams
-from mmreason.runs.run import Run
-from mmreason.train.grpo import ScoringPlan, loss_mask_for, rollout_logprobs, update_policy
+from mmreason.train.grpo import loss_mask_for, rollout_logprobs
 
 G, T = 2, 0.8
 KEEPS = [a for a in FAMILIES if get_family(a).cache == "kv"]
@@ -135,19 +133,7 @@ def test_grpo_update_is_the_same_on_shared_and_full_trajectories(arch, tiny_root
     adv = torch.linspace(-1.0, 1.0, 2 * G)
     mask = loss_mask_for(rollout, torch.ones(2 * G, dtype=torch.bool), mask_truncated=False)
     cfg = GRPOConfig(num_iterations=2, beta=0.1, lr=0.1, max_new_tokens=160, temperature=T)
-    results = []
-    for path in ("shared_trajectory", "trajectory"):
-        policy = Policy.wrap(copy.deepcopy(model), processor)
-        optimizer = torch.optim.SGD(policy.trainable_parameters(), lr=cfg.lr)
-        upd, applied = update_policy(Run.local(policy), optimizer, Reference(policy, cfg.beta), rollout, adv, mask,
-                                     cfg, ScoringPlan(path, path))
-        assert applied == [True, True]
-        results.append((upd, policy.model.state_dict()))
-    (a, wa), (b, wb) = results
-    for key in ("loss", "kl", "entropy"):
-        assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
-    for name, value in wb.items():
-        torch.testing.assert_close(wa[name], value, atol=1e-6, rtol=1e-4, msg=name)
+    assert_same_update(model, processor, rollout, adv, mask, cfg, ("shared_trajectory", "trajectory"))
 
 
 def test_kept_state_real_sampling_is_seeded_like_re_encoding(tiny_root):

@@ -307,14 +307,10 @@ def sample_trajectories(
     (`engine.prompt_generators`), so they do not depend on the other samples of the batch, nor on their turn counts.
     """
     group_size = params.group_size
-    generators = None if params.seed is None else prompt_generators(params.seed, samples, model.device)
-    per_sample = allowed if isinstance(allowed, list) else [allowed] * len(samples)
+    trajs, row_allowed, budgets, generators = begin(model, processor, samples, allowed, params, max_turns, min_pixels,
+                                                    max_pixels)
     was_training = model.training
     model.eval()
-    trajs = [start(processor, s, a) for s, a in zip(samples, per_sample, strict=True) for _ in range(group_size)]
-    row_allowed = [a for a in per_sample for _ in range(group_size)]
-    family = family_for_processor(processor)
-    budgets = [ToolBudget(max_turns, max_pixels, min_pixels, family=family) for _ in trajs]
     for _ in range(max_turns + 1):
         active = [i for i, t in enumerate(trajs) if not t.done]
         if not active:
@@ -328,12 +324,39 @@ def sample_trajectories(
         )
         for i, (segment, stopped) in zip(active, segments, strict=True):
             advance(processor, trajs[i], segment, stopped, row_allowed[i], budgets[i])
-    for t in trajs:
-        if not t.done:  # still calling tools after the last allowed turn
-            t.budget_exceeded, t.done = True, True
+    close(trajs)
     if was_training:
         model.train()
     return trajs
+
+
+def begin(
+    model: Any,
+    processor: Any,
+    samples: list[Sample],
+    allowed: tuple[str, ...] | list[tuple[str, ...]],
+    params: SamplingParams,
+    max_turns: int,
+    min_pixels: int,
+    max_pixels: int,
+) -> tuple[list[Trajectory], list[tuple[str, ...]], list[ToolBudget], list[torch.Generator] | None]:
+    """What every multi-turn sampler starts from: G trajectories per sample (their prompts with the tool
+    instructions), each row's allowed tools and tool budget, and the per-prompt generators (None without a seed)."""
+    g = params.group_size
+    per_sample = allowed if isinstance(allowed, list) else [allowed] * len(samples)
+    trajs = [start(processor, s, a) for s, a in zip(samples, per_sample, strict=True) for _ in range(g)]
+    row_allowed = [a for a in per_sample for _ in range(g)]
+    family = family_for_processor(processor)
+    budgets = [ToolBudget(max_turns, max_pixels, min_pixels, family=family) for _ in trajs]
+    generators = None if params.seed is None else prompt_generators(params.seed, samples, model.device)
+    return trajs, row_allowed, budgets, generators
+
+
+def close(trajs: list[Trajectory]) -> None:
+    """End the trajectories still calling tools after the last allowed turn (over the tool budget)."""
+    for t in trajs:
+        if not t.done:
+            t.budget_exceeded, t.done = True, True
 
 
 def trajectory_logprobs(

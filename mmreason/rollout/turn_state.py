@@ -37,11 +37,10 @@ import torch
 from torch import Tensor
 
 from mmreason.data.sample import Sample
-from mmreason.models.family import family_for_processor
 from mmreason.models.policy import family_of
 from mmreason.processors import TOKEN_TYPE_KEYS
-from mmreason.rollout.engine import eos_token_ids, prompt_generators, suppressed_token_ids
-from mmreason.rollout.multiturn import TOOL_CALL_END, Trajectory, TurnLayout, advance, batch_inputs, start
+from mmreason.rollout.engine import eos_token_ids, suppressed_token_ids
+from mmreason.rollout.multiturn import TOOL_CALL_END, Trajectory, TurnLayout, advance, batch_inputs, begin, close
 from mmreason.rollout.prefix import growable, next_tokens, prefill, prompt_positions, sequence_positions
 from mmreason.rollout.tools import ToolBudget
 from mmreason.rollout.types import SamplingParams
@@ -221,13 +220,8 @@ def sample_kept(
     """G multi-turn trajectories per sample (row b belongs to sample b // G), each prompt prefilled once and each
     trajectory's cache kept across its turns; the same arguments and trajectories as
     `multiturn.sample_trajectories` (with `params.seed`, the same tokens from the same per-prompt generators)."""
-    g = params.group_size
-    per_sample = allowed if isinstance(allowed, list) else [allowed] * len(samples)
-    trajs = [start(processor, s, a) for s, a in zip(samples, per_sample, strict=True) for _ in range(g)]
-    row_allowed = [a for a in per_sample for _ in range(g)]
-    family = family_for_processor(processor)
-    budgets = [ToolBudget(max_turns, max_pixels, min_pixels, family=family) for _ in trajs]
-    gens = None if params.seed is None else prompt_generators(params.seed, samples, model.device)
+    trajs, row_allowed, budgets, gens = begin(model, processor, samples, allowed, params, max_turns, min_pixels,
+                                              max_pixels)
     was_training = model.training
     model.eval()
     try:
@@ -235,9 +229,7 @@ def sample_kept(
     finally:
         if was_training:
             model.train()
-    for t in trajs:
-        if not t.done:  # still calling tools after the last allowed turn
-            t.budget_exceeded, t.done = True, True
+    close(trajs)
     return trajs
 
 

@@ -47,7 +47,7 @@ from mmreason.rollout.engine import (
     repeat_prompts,
     suppressed_token_ids,
 )
-from mmreason.rollout.multiturn import tool_rollout, trajectory_logprobs, turns_json
+from mmreason.rollout.multiturn import keeps_state, tool_rollout, trajectory_logprobs, turns_json
 from mmreason.rollout.prefix import shared_completion_logprobs
 from mmreason.rollout.scoring import StepState, score_completions
 from mmreason.rollout.turn_state import shared_trajectory_logprobs
@@ -126,7 +126,7 @@ def _multi_turn_plan(run: Run, cfg: GRPOConfig) -> ScoringPlan:
     """Multi-turn scoring: with grpo.share_prefix each prompt is encoded once per group and the rest of every
     trajectory runs on top of its cache (the loss too, under the single-turn loss's conditions); hybrid caches
     score whole trajectories (the rollout keeps no state for them either, `multiturn.keeps_state`)."""
-    if not cfg.share_prefix or run.policy.family.cache == "hybrid":
+    if not cfg.share_prefix or not keeps_state(run.policy.model):
         return ScoringPlan("trajectory", "trajectory")
     if _checkpointing(run.policy.model) or run.world_size > 1:
         return ScoringPlan("trajectory", "shared_trajectory")
