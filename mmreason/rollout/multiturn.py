@@ -97,6 +97,12 @@ def start(processor: Any, sample: Sample, allowed: tuple[str, ...] = ()) -> Traj
     return Trajectory(sample, ids, _token_types(prompt, key), [0] * len(ids), [media], token_type_key=key)
 
 
+def _fresh_copy(t: Trajectory) -> Trajectory:
+    """A trajectory of its own from a just-started one: its token lists copied, its prompt's vision inputs shared
+    (never written to)."""
+    return Trajectory(t.sample, list(t.ids), list(t.mm), list(t.policy), list(t.vision), t.token_type_key)
+
+
 def tool_turn(processor: Any, result: ToolResult) -> dict[str, Any]:
     """Tokens, per-token vision types ("token_types") and vision inputs ("media") of the end of the assistant turn +
     a user turn holding the tool's answer + the next assistant header, as the processor's model family writes them;
@@ -344,7 +350,8 @@ def begin(
     instructions), each row's allowed tools and tool budget, and the per-prompt generators (None without a seed)."""
     g = params.group_size
     per_sample = allowed if isinstance(allowed, list) else [allowed] * len(samples)
-    trajs = [start(processor, s, a) for s, a in zip(samples, per_sample, strict=True) for _ in range(g)]
+    prompts = [start(processor, s, a) for s, a in zip(samples, per_sample, strict=True)]  # processed once
+    trajs = [_fresh_copy(t) for t in prompts for _ in range(g)]
     row_allowed = [a for a in per_sample for _ in range(g)]
     family = family_for_processor(processor)
     budgets = [ToolBudget(max_turns, max_pixels, min_pixels, family=family) for _ in trajs]
