@@ -103,6 +103,9 @@ class ModelConfig:
     # attention kernel passed to transformers: eager | sdpa | flash_attention_2 (or any other kernel it accepts)
     attn_implementation: str = "sdpa"
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, more time
+    # faster forwards that compute the same values (`mmreason.models.fast_paths`: the Qwen patch embedding as a
+    # matrix product, blocked causal attention under padding masks on CPUs); false runs transformers' modules as is
+    fast_paths: bool = True
     # coordinate convention of boxes in prompts and rewards: auto (from the config's model_type) or a model family
     # name (checked by the model-family registry)
     family: str = "auto"

@@ -1,5 +1,6 @@
 """The fast paths (`mmreason.models.fast_paths`) compute what the stock modules compute: the patch embedding as a
-matrix product, blocked causal attention; on their own and inside every family's tiny model, values and gradients."""
+matrix product, grouped-query attention under masks; on their own and inside every family's tiny model, values and
+gradients alike."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from mmreason.processors import build_inputs, collate
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from mmreason.models import fast_paths
-from mmreason.models.fast_paths import BLOCK_SDPA, MatmulPatchConv3d, apply_fast_paths, block_sdpa, query_blocks
+from mmreason.models.fast_paths import GROUPED_SDPA, MatmulPatchConv3d, apply_fast_paths, grouped_sdpa
 
 
 def test_patch_conv_is_a_matrix_product_on_one_kernel_inputs():
@@ -52,31 +53,16 @@ def _causal(n_queries: int, n_keys: int) -> torch.Tensor:
     return torch.ones(n_queries, n_keys, dtype=torch.bool).tril(n_keys - n_queries)
 
 
-@pytest.mark.parametrize(
-    ("mask", "blocks", "expected"),
-    [
-        (_causal(8, 12), 4, [(0, 2, 6), (2, 4, 8), (4, 6, 10), (6, 8, 12)]),
-        (_causal(7, 7), 2, [(0, 4, 4), (4, 7, 7)]),
-        (torch.ones(6, 10, dtype=torch.bool), 3, [(0, 2, 10), (2, 4, 10), (4, 6, 10)]),  # no causal structure
-        (torch.zeros(4, 5, dtype=torch.bool), 2, [(0, 2, 1), (2, 4, 1)]),  # nothing attended: one key, all masked
-        (torch.eye(4, 6, dtype=torch.bool).flip(1), 2, [(0, 2, 6), (2, 4, 4)]),  # the reach need not grow
-    ],
-)
-def test_query_blocks(mask, blocks, expected):
-    assert query_blocks(mask[None, None], blocks) == expected
-
-
 class _Attn(torch.nn.Module):
     def __init__(self, groups: int):
         super().__init__()
         self.num_key_value_groups, self.is_causal = groups, True
 
 
-@pytest.mark.parametrize("groups", [1, 2])
-@pytest.mark.parametrize("kind", ["causal_padded", "random", "bidirectional"])
-def test_block_sdpa_equals_sdpa(groups, kind, monkeypatch):
+@pytest.mark.parametrize("groups", [2, 4])
+@pytest.mark.parametrize("kind", ["causal_padded", "random", "bidirectional", "additive"])
+def test_grouped_sdpa_equals_sdpa(groups, kind):
     """Values and gradients of queries [B, H, Q, D] on a cached prefix, against transformers' sdpa forward."""
-    monkeypatch.setattr(fast_paths, "MIN_QUERIES", 1)
     torch.manual_seed(1)
     b, heads, q, k, d = 3, 4, 37, 60, 8
     mask = _causal(q, k).expand(b, 1, q, k).clone()
@@ -85,14 +71,16 @@ def test_block_sdpa_equals_sdpa(groups, kind, monkeypatch):
         mask[2, ..., 40:] = False  # right padding of the continuation (keys only)
     elif kind == "random":
         mask = torch.rand(b, 1, q, k) > 0.3
-    else:
+    elif kind == "bidirectional":
         mask[:] = True
+    else:
+        mask = torch.where(mask, torch.randn(mask.shape), torch.finfo(torch.float32).min)
     query = torch.randn(b, heads, q, d, requires_grad=True)
     key = torch.randn(b, heads // groups, k, d, requires_grad=True)
     value = torch.randn(b, heads // groups, k, d, requires_grad=True)
     module = _Attn(groups)
     results = []
-    for fn in (sdpa_attention_forward, block_sdpa):
+    for fn in (sdpa_attention_forward, grouped_sdpa):
         out, _ = fn(module, query, key, value, mask, scaling=0.3)
         grads = torch.autograd.grad((out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum(), (query, key, value))
         results.append((out, grads))
@@ -102,17 +90,16 @@ def test_block_sdpa_equals_sdpa(groups, kind, monkeypatch):
         torch.testing.assert_close(a, r, atol=1e-6, rtol=1e-5)
 
 
-def test_block_sdpa_hands_other_calls_to_sdpa(monkeypatch):
+def test_grouped_sdpa_hands_other_calls_to_sdpa(monkeypatch):
     calls = []
     monkeypatch.setattr(fast_paths, "sdpa_attention_forward", lambda *a, **k: calls.append(k) or ("stock", None))
-    q, kv = torch.randn(1, 2, 200, 8), torch.randn(1, 2, 220, 8)
-    mask = _causal(200, 220)[None, None]
-    assert block_sdpa(_Attn(1), q[:, :, :1], kv, kv, mask[..., :1, :])[0] == "stock"  # decoding
-    assert block_sdpa(_Attn(1), q, kv, kv, None)[0] == "stock"  # no mask: the causal kernel
-    assert block_sdpa(_Attn(1), q, kv, kv, mask, dropout=0.1)[0] == "stock"
-    assert block_sdpa(_Attn(1), q, kv, kv, mask.float())[0] == "stock"  # additive masks
-    assert len(calls) == 4
-    assert block_sdpa(_Attn(1), q, kv, kv, mask)[0].shape == (1, 200, 2, 8)
+    q, kv = torch.randn(1, 4, 20, 8), torch.randn(1, 2, 22, 8)
+    mask = _causal(20, 22)[None, None]
+    assert grouped_sdpa(_Attn(2), q[:, :, :1], kv, kv, mask[..., :1, :])[0] == "stock"  # decoding
+    assert grouped_sdpa(_Attn(2), q, kv, kv, None)[0] == "stock"  # no mask: transformers groups them itself
+    assert grouped_sdpa(_Attn(1), q, q, q, mask[..., :20])[0] == "stock"  # no groups
+    assert len(calls) == 3
+    assert grouped_sdpa(_Attn(2), q, kv, kv, mask)[0].shape == (1, 20, 4, 8)
 
 
 def _batch(arch, processor):
@@ -121,15 +108,14 @@ def _batch(arch, processor):
 
 
 @pytest.mark.parametrize("arch", FAMILIES)
-def test_every_family_scores_alike_with_fast_paths(arch, tiny_root, monkeypatch):
+def test_every_family_scores_alike_with_fast_paths(arch, tiny_root):
     """A padded two-prompt forward of the family's tiny model: the same logits and gradients with the fast paths;
-    the block attention is the language model's only, and never written to a saved config."""
-    monkeypatch.setattr(fast_paths, "MIN_QUERIES", 1)
+    the grouped attention is the language model's only, and never written to a saved config."""
     model, processor = load(arch, tiny_root)
     fast = copy.deepcopy(model)
     assert apply_fast_paths(fast) >= 1
     impls = {getattr(getattr(m, "config", None), "_attn_implementation", None) for m in fast.modules()}
-    assert BLOCK_SDPA in impls
+    assert GROUPED_SDPA in impls
     assert fast.config._attn_implementation == model.config._attn_implementation
     batch = _batch(arch, processor)
     outs = []
@@ -151,4 +137,16 @@ def test_saved_model_loads_with_stock_attention(tiny_root, tmp_path):
     model, _ = load("qwen2_5_vl", tiny_root)
     apply_fast_paths(model)
     model.save_pretrained(tmp_path)
-    assert BLOCK_SDPA not in json.dumps(json.loads((tmp_path / "config.json").read_text()))
+    assert GROUPED_SDPA not in json.dumps(json.loads((tmp_path / "config.json").read_text()))
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_model_fast_paths_switch(on, tiny_root):
+    from family_models import saved
+
+    from mmreason.config import ModelConfig
+    from mmreason.models.fast_paths import uses_fast_paths
+    from mmreason.models.policy import build_policy
+
+    policy = build_policy(ModelConfig(name=str(saved("qwen3_vl", tiny_root)), fast_paths=on), device="cpu")
+    assert uses_fast_paths(policy.model) is on

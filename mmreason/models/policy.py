@@ -39,10 +39,11 @@ class Policy:
     source: str
 
     @classmethod
-    def wrap(cls, model: Any, processor: Any, source: str = "") -> Policy:
+    def wrap(cls, model: Any, processor: Any, source: str = "", fast_paths: bool = True) -> Policy:
         """A policy around a loaded model and processor, its family checked against both (`resolve_family`), with
-        the model's fast paths on (`fast_paths.apply_fast_paths`)."""
-        apply_fast_paths(unwrap_model(model))
+        the model's fast paths on unless told otherwise (`fast_paths.apply_fast_paths`)."""
+        if fast_paths:
+            apply_fast_paths(unwrap_model(model))
         return cls(model, processor, resolve_family(unwrap_model(model).config, processor), source)
 
     @property
@@ -209,7 +210,8 @@ def build_policy(
         str(source), dtype=DTYPES[cfg.dtype], attn_implementation=cfg.attn_implementation
     )
     model.to(resolve_device(device))
-    apply_fast_paths(model)
+    if cfg.fast_paths:
+        apply_fast_paths(model)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
@@ -262,7 +264,8 @@ def load_checkpoint_policy(path: str | Path, cfg: ModelConfig, device: str = "au
         processor = load_processor(path if (path / "preprocessor_config.json").is_file() else base, cfg)
         family = resolve_family(model.config, processor, cfg.family)
         model.to(resolve_device(device))
-        apply_fast_paths(model)
+        if cfg.fast_paths:
+            apply_fast_paths(model)
         return Policy(model=model, processor=processor, family=family, source=str(path))
     sub = ModelConfig(**{**cfg.__dict__, "name": str(path), "lora": cfg.lora.__class__()})
     return build_policy(sub, device=device)

@@ -113,7 +113,7 @@ def tool_turn(processor: Any, result: ToolResult) -> dict[str, Any]:
     return {"input_ids": out["input_ids"], "token_types": _token_types(out, family.token_type_key), "media": media}
 
 
-def _row(t: Trajectory, start: int, stop: int | None, vision: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
+def row_inputs(t: Trajectory, start: int, stop: int | None, vision: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
     """Tokens start..stop of a trajectory as one processed row, with the vision inputs of `vision` (the chunks
     whose placeholders those tokens hold, in order)."""
     ids = t.ids[start:stop]
@@ -128,7 +128,7 @@ def _row(t: Trajectory, start: int, stop: int | None, vision: list[dict[str, tor
 
 def batch_inputs(trajs: list[Trajectory], pad_id: int, side: str) -> dict[str, torch.Tensor]:
     """Collate trajectories (their current tokens and every image so far) for generation or scoring."""
-    return collate([_row(t, 0, None, t.vision) for t in trajs], pad_id=pad_id, side=side)
+    return collate([row_inputs(t, 0, None, t.vision) for t in trajs], pad_id=pad_id, side=side)
 
 
 @dataclass
@@ -149,9 +149,10 @@ class TurnLayout:
 def turn_layout(trajs: list[Trajectory], group_size: int, pad_id: int, device: torch.device) -> TurnLayout:
     """Prompt + continuation layout of G trajectories per prompt (contiguous; a group's rows share their prompt)."""
     lengths = [t.policy.index(1) if 1 in t.policy else len(t.ids) for t in trajs]
-    prompts = collate([_row(t, 0, n, t.vision[:1]) for t, n in zip(trajs[::group_size], lengths[::group_size],
-                                                                     strict=True)], pad_id=pad_id, side="left")
-    rest = collate([_row(t, n, None, t.vision[1:]) for t, n in zip(trajs, lengths, strict=True)], pad_id, "right")
+    firsts = zip(trajs[::group_size], lengths[::group_size], strict=True)
+    prompts = collate([row_inputs(t, 0, n, t.vision[:1]) for t, n in firsts], pad_id=pad_id, side="left")
+    rows = zip(trajs, lengths, strict=True)
+    rest = collate([row_inputs(t, n, None, t.vision[1:]) for t, n in rows], pad_id=pad_id, side="right")
     width = rest["input_ids"].shape[1]
     policy = torch.tensor([t.policy[n:] + [0] * (width - len(t.policy) + n) for t, n in zip(trajs, lengths,
                                                                                            strict=True)])

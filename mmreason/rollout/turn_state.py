@@ -38,9 +38,18 @@ from torch import Tensor
 
 from mmreason.data.sample import Sample
 from mmreason.models.policy import family_of
-from mmreason.processors import TOKEN_TYPE_KEYS
+from mmreason.processors import TOKEN_TYPE_KEYS, collate
 from mmreason.rollout.engine import eos_token_ids, suppressed_token_ids
-from mmreason.rollout.multiturn import TOOL_CALL_END, Trajectory, TurnLayout, advance, batch_inputs, begin, close
+from mmreason.rollout.multiturn import (
+    TOOL_CALL_END,
+    Trajectory,
+    TurnLayout,
+    advance,
+    batch_inputs,
+    begin,
+    close,
+    row_inputs,
+)
 from mmreason.rollout.prefix import growable, next_tokens, prefill, prompt_positions, sequence_positions
 from mmreason.rollout.tools import ToolBudget
 from mmreason.rollout.types import SamplingParams
@@ -141,41 +150,33 @@ def _sample_segment(model: Any, st: _Rows, gens: list[torch.Generator] | None, p
 
 def _feed_chunks(model: Any, st: _Rows, trajs: list[Trajectory], pad_id: int) -> None:
     """Every running row's tokens not yet in the cache (the end of its segment, the tool turn and its images) as
-    one left-padded chunk [R, n], at the positions the row's full sequence gives them."""
+    one left-padded chunk [R, n]. Positions: the model's own rule over the chunk alone, shifted to start at the row's
+    next position. That is where the rule puts them over the whole sequence: text continues from the largest
+    position so far, and an image's grid starts there (`get_rope_index`; 1-D positions simply count on)."""
     running = [trajs[r] for r in st.rows]
     device = st.mask.device
-    full = sequence_positions(model, {k: v.to(device) for k, v in batch_inputs(running, pad_id, "right").items()})
-    width = max(len(t.ids) - f for t, f in zip(running, st.fed, strict=True))
-    ids = torch.full((len(running), width), pad_id, dtype=torch.long, device=device)
-    types = torch.zeros_like(ids)
-    mask = torch.zeros_like(ids)
-    pos = torch.zeros((3, *ids.shape) if st.three_d else ids.shape, dtype=full.dtype, device=device)
-    media: dict[str, list[Tensor]] = {}
-    for k, (t, f) in enumerate(zip(running, st.fed, strict=True)):
-        n = len(t.ids) - f
-        ids[k, width - n :] = torch.tensor(t.ids[f:], device=device)
-        types[k, width - n :] = torch.tensor(t.mm[f:], device=device)
-        mask[k, width - n :] = 1
-        pos[..., k, width - n :] = full[..., k, f : len(t.ids)]
-        for chunk in t.vision[st.fed_media[k] :]:
-            for key, value in chunk.items():
-                media.setdefault(key, []).append(value)
-    extra = {key: torch.cat(values).to(device) for key, values in media.items()}
+    rows = [row_inputs(t, f, None, t.vision[m:]) for t, f, m in zip(running, st.fed, st.fed_media, strict=True)]
+    chunk = {k: v.to(device) for k, v in collate(rows, pad_id=pad_id, side="left").items()}
+    mask = chunk.pop("attention_mask")
+    pos = sequence_positions(model, {**chunk, "attention_mask": mask})
+    pos = pos + (st.next_pos.view(1, -1, 1) if st.three_d else st.next_pos[:, None])
+    key = running[0].token_type_key
+    extra = {k: v for k, v in chunk.items() if k not in ("input_ids", key)}  # the new images' inputs
     if st.types is not None:  # the whole sequence's types: transformers indexes them by cache position
-        st.types = torch.cat([st.types, types.to(st.types)], dim=1)
-        extra[running[0].token_type_key] = st.types
-    elif running[0].token_type_key is not None:
-        extra[running[0].token_type_key] = types
+        st.types = torch.cat([st.types, chunk[key].to(st.types)], dim=1)
+        extra[key] = st.types
+    elif key is not None:
+        extra[key] = chunk[key]
     st.mask = torch.cat([st.mask, mask], dim=1)
-    expected = st.cache.get_seq_length() + width
-    out = model(input_ids=ids, attention_mask=st.mask, position_ids=pos, cache=st.cache, use_cache=True,
-                logits_to_keep=1, **extra)
+    expected = st.cache.get_seq_length() + mask.shape[1]
+    out = model(input_ids=chunk["input_ids"], attention_mask=st.mask, position_ids=pos, cache=st.cache,
+                use_cache=True, logits_to_keep=1, **extra)
     if st.cache.get_seq_length() != expected:
         raise RuntimeError(f"the trajectory cache was not extended (length {st.cache.get_seq_length()}, {expected=})")
     st.logits = out.logits[:, -1]
-    lengths = [len(t.ids) for t in running]
-    st.next_pos = torch.stack([full[..., k, : lengths[k]].max() + 1 for k in range(len(running))])
-    st.fed, st.fed_media = lengths, [len(t.vision) for t in running]
+    top = pos.amax(0) if st.three_d else pos  # [R, n] the largest position of each token over the three axes
+    st.next_pos = top.masked_fill(mask == 0, -1).amax(-1) + 1
+    st.fed, st.fed_media = [len(t.ids) for t in running], [len(t.vision) for t in running]
 
 
 def _run_turns(model: Any, processor: Any, trajs: list[Trajectory], row_allowed: list[tuple[str, ...]],
