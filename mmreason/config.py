@@ -104,7 +104,7 @@ class ModelConfig:
     attn_implementation: str = "sdpa"
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, more time
     # faster forwards that compute the same values (`mmreason.models.fast_paths`: the Qwen patch embedding as a
-    # matrix product, blocked causal attention under padding masks on CPUs); false runs transformers' modules as is
+    # matrix product, grouped-query attention under padding masks on CPUs); false runs transformers' modules as is
     fast_paths: bool = True
     # coordinate convention of boxes in prompts and rewards: auto (from the config's model_type) or a model family
     # name (checked by the model-family registry)

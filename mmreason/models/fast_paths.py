@@ -1,6 +1,6 @@
 """Faster forwards for model computations whose stock implementation is slow for what they compute; each gives the
 same values up to float summation order (tests/test_fast_paths.py), and `apply_fast_paths` switches a loaded model
-to all of them (`Policy.wrap`, `build_policy`).
+to all of them (`Policy.wrap`, `build_policy`, `load_checkpoint_policy`).
 
 1. The patch embedding of the Qwen vision towers (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE, Qwen3.5) is an
    `nn.Conv3d` whose kernel equals its stride, applied to inputs of exactly one kernel each ([N, C, T, P, P] ->

@@ -18,8 +18,9 @@ Sampling decodes under inference mode into a growable cache (`prefix.growable`);
 inference mode, since their tensors feed the loss later.
 
 Positions: every token sits where the model's own rule puts it over the trajectory's whole sequence
-(`prefix.sequence_positions`: Qwen's 3-D `get_rope_index`, else 1-D), computed on the full sequences and sliced,
-so a cached turn sees exactly the positions of the re-encoding path and of the loss.
+(`prefix.sequence_positions`: Qwen's 3-D `get_rope_index`, else 1-D), so a cached turn sees exactly the positions
+of the re-encoding path and of the loss. The loss slices them from the full sequences; sampling computes a tool
+turn's on the new chunk alone and shifts them to the row's next position, which is where the rule puts them.
 
 Within a turn, rows that stopped earlier wait with masked padding in their cache rows: holes that the attention
 mask hides from every later token. A hybrid cache cannot skip them (`multiturn.keeps_state`).
@@ -157,11 +158,11 @@ def _feed_chunks(model: Any, st: _Rows, trajs: list[Trajectory], pad_id: int) ->
     device = st.mask.device
     rows = [row_inputs(t, f, None, t.vision[m:]) for t, f, m in zip(running, st.fed, st.fed_media, strict=True)]
     chunk = {k: v.to(device) for k, v in collate(rows, pad_id=pad_id, side="left").items()}
-    mask = chunk.pop("attention_mask")
-    pos = sequence_positions(model, {**chunk, "attention_mask": mask})
+    mask = chunk["attention_mask"]
+    pos = sequence_positions(model, chunk)
     pos = pos + (st.next_pos.view(1, -1, 1) if st.three_d else st.next_pos[:, None])
     key = running[0].token_type_key
-    extra = {k: v for k, v in chunk.items() if k not in ("input_ids", key)}  # the new images' inputs
+    extra = {k: v for k, v in chunk.items() if k not in ("input_ids", "attention_mask", key)}  # the new images
     if st.types is not None:  # the whole sequence's types: transformers indexes them by cache position
         st.types = torch.cat([st.types, chunk[key].to(st.types)], dim=1)
         extra[key] = st.types
