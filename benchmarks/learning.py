@@ -68,9 +68,12 @@ RECIPES: dict[str, Recipe] = {
                         why="300 SFT steps: after 150 the tiny model writes one box JSON for every image"),
     "jigsaw": Recipe("fraction"),
     "geolocation": Recipe(
-        "median_km", higher_is_better=False, sft_steps=130, config=ANCHORED,
-        why="130 SFT steps (150 solve the 8 synthetic cities outright: nothing left for GRPO) and the anchored GRPO: "
-            "with T=1, beta 0 and lr 5e-4 the policy collapses onto one short valid coordinate pair"),
+        "geoguessr_score", sft_steps=130, config=ANCHORED,
+        why="the GeoGuessr score as the metric: on 8 places an answer is on the spot or thousands of km off, so the "
+            "median km is 0 as soon as half the answers are exact and says nothing of the other half (measured: "
+            "0 km after SFT on two seeds of three, whose GRPO then gained 400-700 points); 130 SFT steps (150 solve "
+            "the 8 cities outright) and the anchored GRPO: with T=1, beta 0 and lr 5e-4 the policy collapses onto one "
+            "short valid coordinate pair"),
     "temporal_grounding": Recipe(
         "mean_tiou", n=300, grpo_steps=600, config=ANCHORED,
         why="the anchored GRPO for 600 steps: with the shared settings two seeds of three collapsed onto one segment, "
@@ -124,21 +127,23 @@ def synthetic_set(task: str, recipe: Recipe, folder: Path) -> Path:
     return folder
 
 
-def answer_tokens(task: str, data: Path, think: bool = False, budget: Any = None) -> int:
+def answer_tokens(task: str, data: Path, think: bool = False, budget: Any = None, arch: str = "qwen2_5_vl",
+                  pixels: int = 3136) -> int:
     """The longest gold answer of the set in tokens of the tiny model's tokenizer, plus a margin: what a completion
-    needs (the EOS included). `think` and `budget` (a `mmreason.data.budget.Budget`) as the run's prompts ask."""
+    needs (the EOS included). `think` and `budget` (a `mmreason.data.budget.Budget`) as the run's prompts ask;
+    `arch` and `pixels` as the run's model is (a family writes boxes in its own coordinates)."""
     from mmreason.data.records import build_samples, read_dataset
     from mmreason.data.sample import SampleContext
     from mmreason.models.tiny import build_tiny
 
-    folder = ROOT / "runs" / ".cache" / "learning-tokenizer"
+    folder = ROOT / "runs" / ".cache" / ("learning-tokenizer" + ("" if arch == "qwen2_5_vl" else f"-{arch}"))
     if not (folder / "config.json").is_file():
-        build_tiny(folder, "qwen2_5_vl")
+        build_tiny(folder, arch)
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
     ds = read_dataset(data / "train.jsonl")
-    context = SampleContext(think=think, min_pixels=3136, max_pixels=3136, budget=budget)
+    context = SampleContext(think=think, model_family=arch, min_pixels=pixels, max_pixels=pixels, budget=budget)
     samples, _ = build_samples(ds, task, ds.context(context), limit=200)
     return max(len(tokenizer(s.target)["input_ids"]) for s in samples) + 4
 
@@ -230,7 +235,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| task | metric | before | after SFT | after GRPO | GRPO gain (per seed) | SFT spread | learns | "
              "zero-variance groups | modal answer |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        d = 0 if r["metric"].endswith("_km") else 2
+        d = 0 if r["metric"].endswith(("_km", "geoguessr_score")) else 2  # km and points: whole numbers
         arrow = "higher" if r["higher_is_better"] else "lower"
         gains = ", ".join(f"{g:+.{d}f}" for g in r["gains"])
         lines.append(f"| `{r['task']}` | {r['metric']} ({arrow} is better) | {cell(r['before'], d)} | "
@@ -286,7 +291,8 @@ def main() -> None:
         if args.grpo_steps:
             recipe = Recipe(**{**recipe.__dict__, "grpo_steps": args.grpo_steps})
         data = synthetic_set(task, recipe, args.out / "data" / task)
-        tokens = answer_tokens(task, data)
+        model = base_config(task, recipe, data, 0, args.out, 0)["model"]
+        tokens = answer_tokens(task, data, arch=model["tiny"]["arch"], pixels=model["max_pixels"])
         print(f"{task}: {recipe.metric}, max_new_tokens {tokens}", flush=True)
         configs += [base_config(task, recipe, data, seed, args.out, tokens) for seed in args.seeds]
     if args.keep_finished:  # runs whose after-GRPO evaluation is on record are not trained again

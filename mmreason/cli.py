@@ -8,11 +8,13 @@ bars on and logs at INFO.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -465,17 +467,34 @@ def make_synthetic_cmd(
     out: Path = typer.Option(..., "--out", help="Output folder (images or videos + train.jsonl + val.jsonl)."),
     n: int = typer.Option(1000, "--n", help="Number of records."),
     seed: int = typer.Option(0, "--seed"),
+    option: list[str] = typer.Option(
+        [], "--option", "-o", metavar="KEY=VALUE",
+        help="A maker option, repeatable; VALUE is read as JSON where it parses (2, true, [2, 3]), else as text. "
+        "E.g. -o cells=2 (grounding), -o layout_cue=true (jigsaw), -o ops=+ (math); the options of each maker are "
+        "in mmreason.data.synthetic.make_synthetic's docstring."),
 ) -> None:
     """Procedurally generated, seeded datasets the tiny default model can learn from (no downloads)."""
     from mmreason.data.synthetic import MAKERS, make_synthetic
 
     if task not in MAKERS:
         _fail(f"no synthetic maker for task {task!r}; known: {', '.join(MAKERS)}{_did_you_mean(task, MAKERS)}")
+    options = dict(_maker_option(text) for text in option)
     try:
-        path = make_synthetic(task, out, n=n, seed=seed)
-    except ValueError as exc:  # a bad --n and the like: the maker's message says which
+        path = make_synthetic(task, out, n=n, seed=seed, **options)
+    except (ValueError, TypeError) as exc:  # a bad --n, an unknown or ill-typed --option: the message says which
         _fail(str(exc))
     console.print(f"wrote {n} {task} records to {path}")
+
+
+def _maker_option(text: str) -> tuple[str, Any]:
+    """`key=value` as (key, value): the value as JSON where it parses, else the text itself."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        _fail(f"--option must look like key=value (e.g. cells=2), got {text!r}")
+    try:
+        return key.strip(), json.loads(raw)
+    except json.JSONDecodeError:
+        return key.strip(), raw
 
 
 @make_app.command("jigsaw")

@@ -63,6 +63,7 @@ from .parse import (
 
 EARTH_RADIUS_KM = 6371.0088  # IUGG mean Earth radius
 GEOGUESSR_WORLD_SCALE_KM = 1492.7
+GEOGUESSR_MAX_POINTS = 5000.0  # a guess on the spot; distance_score is the share of it a guess earns
 TIER_WEIGHTS = {"country": 0.5, "region": 0.3, "city": 0.2}
 ACCURACY_THRESHOLDS_KM = (1.0, 25.0, 200.0, 750.0, 2500.0)  # street / city / region / country / continent
 MAX_PLACE_PARTS = 3

@@ -400,6 +400,20 @@ def test_grounding_boxes_are_exact_and_absent_objects_have_no_box(tmp_path):
     assert {len(r["solution"]) for r in ds} == {0, 1}
 
 
+@pytest.mark.parametrize("distractors", [0, 3])
+def test_grounding_cells_put_each_shape_in_its_own_cell(tmp_path, distractors):
+    from mmreason.data.synthetic import make_synthetic
+
+    out = make_synthetic("grounding", tmp_path, n=8, seed=1, val_fraction=0.0, cells=2, distractors=distractors)
+    for r in load_records(out):
+        [(x1, y1, x2, y2)] = r["solution"]
+        assert x1 // 28 == (x2 - 1) // 28 and y1 // 28 == (y2 - 1) // 28, r  # inside one 28x28 cell of 56x56
+        assert 14 <= x2 - x1 <= 22 and x2 - x1 == y2 - y1, r  # 50-80% of the cell, square
+        px = np.asarray(Image.open(out / r["image"]).convert("L"))
+        cells_drawn = sum(bool((px[i:i + 28, j:j + 28] < 250).any()) for i in (0, 28) for j in (0, 28))
+        assert cells_drawn == 1 + distractors
+
+
 def test_jigsaw_solution_reassembles_the_original(tmp_path):
     from mmreason.processors import assemble_jigsaw
 
@@ -411,6 +425,33 @@ def test_jigsaw_solution_reassembles_the_original(tmp_path):
         fixed = assemble_jigsaw(Image.open(out / r["image"]), rows, cols, [p - 1 for p in r["solution"]])
         assert np.array_equal(np.asarray(fixed), np.asarray(Image.open(out / r["original"]).convert("RGB")))
         assert r["solution"] != list(range(1, rows * cols + 1))
+
+
+@pytest.mark.parametrize("layout_cue", [False, True])
+def test_jigsaw_tile_colour_says_where_it_belongs_only_with_the_layout_cue(tmp_path, layout_cue):
+    """With layout_cue the original's red grows to the right and its green downward in every image, shapes drawn on
+    top or not (so one tile's colour gives its place); without it the corner colours are random and those trends
+    hold in some images only."""
+    from mmreason.data.synthetic import make_synthetic
+
+    out = make_synthetic("jigsaw", tmp_path, n=12, seed=0, val_fraction=0.0, layout_cue=layout_cue)
+    ordered = []
+    for r in load_records(out):
+        px = np.asarray(Image.open(out / r["original"]).convert("RGB"), dtype=float)
+        ys, xs = np.indices(px.shape[:2])
+        red_x = np.corrcoef(xs.ravel(), px[..., 0].ravel())[0, 1]
+        green_y = np.corrcoef(ys.ravel(), px[..., 1].ravel())[0, 1]
+        ordered.append(bool(red_x > 0.3 and green_y > 0.3))
+        fixed = assemble_jigsaw_of(out, r)
+        assert np.array_equal(np.asarray(fixed), px.astype(np.uint8))
+    assert all(ordered) if layout_cue else not all(ordered)
+
+
+def assemble_jigsaw_of(out: Path, record: dict) -> Image.Image:
+    from mmreason.processors import assemble_jigsaw
+
+    rows, cols = record["grid"]
+    return assemble_jigsaw(Image.open(out / record["image"]), rows, cols, [p - 1 for p in record["solution"]])
 
 
 def test_geolocation_cities_agree_with_the_offline_geocoder():
@@ -431,6 +472,8 @@ def test_geolocation_cities_agree_with_the_offline_geocoder():
     ("counting", {"n": 0}, "n >= 1"),
     ("jigsaw", {"grid": (1, 1)}, "grid"),
     ("grounding", {"absent_rate": 2.0}, "absent_rate"),
+    ("grounding", {"cells": 1, "distractors": 1}, "cells"),
+    ("grounding", {"cells": -1}, "cells"),
 ])
 def test_synthetic_bad_arguments(tmp_path, task, options, match):
     from mmreason.data.synthetic import make_synthetic

@@ -160,7 +160,7 @@ def test_temporal_square_is_on_screen_exactly_in_the_window(tmp_path, distractor
 @pytest.mark.parametrize("task, options, match", [
     ("classification", {"label": "size"}, "label must be one of shape, color"),
     ("multiple_choice", {"questions": ("where",)}, "questions must be"),
-    ("multiple_choice", {"questions": "color"}, "questions must be"),
+    ("multiple_choice", {"questions": "color"}, "option questions"),
     ("math", {"ops": "/"}, "ops must be made of"),
     ("math", {"max_operand": 0}, "max_operand"),
     ("temporal_grounding", {"fps": 0}, "fps"),
@@ -247,3 +247,33 @@ def test_new_task_refuses_bad_names(tmp_path, name):
     assert result.exit_code == 2 and result.output.startswith("error:"), result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not list(tmp_path.iterdir())
+
+
+def test_data_make_synthetic_passes_maker_options(tmp_path):
+    result = runner.invoke(app, ["data", "make", "synthetic", "--task", "grounding", "--out", str(tmp_path),
+                                 "--n", "4", "-o", "cells=2", "--option", "distractors=1"])
+    assert result.exit_code == 0, result.output
+    for record in load_records(tmp_path):
+        [(x1, y1, x2, y2)] = record["solution"]
+        assert x1 // 28 == (x2 - 1) // 28 and y1 // 28 == (y2 - 1) // 28  # within one cell of the 2 x 2 grid
+    math_out = tmp_path / "math"
+    result = runner.invoke(app, ["data", "make", "synthetic", "--task", "math", "--out", str(math_out), "--n", "3",
+                                 "-o", "ops=+", "-o", "max_operand=3"])
+    assert result.exit_code == 0, result.output
+    assert all("+" in r["expression"] and r["solution"] <= 6 for r in load_records(math_out))
+
+
+@pytest.mark.parametrize("option, match", [
+    ("cells", "key=value"),
+    ("=2", "key=value"),
+    ("colour=red", "unknown option"),
+    ("cells=-1", "cells"),
+    ("cells=two", "option cells"),
+    ("absent_rate=true", "option absent_rate"),
+])
+def test_data_make_synthetic_bad_option_is_one_error_line(tmp_path, option, match):
+    result = runner.invoke(app, ["data", "make", "synthetic", "--task", "grounding", "--out", str(tmp_path / "x"),
+                                 "-o", option])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and match in lines[0], result.output

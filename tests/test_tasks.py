@@ -18,7 +18,7 @@ from mmreason.processors import assemble_jigsaw, load_image, make_jigsaw
 from PIL import Image
 
 import mmreason.tasks  # noqa: F401  (registers the tasks)
-from mmreason.data.sample import SampleContext
+from mmreason.data.sample import Sample, SampleContext
 from mmreason.registry import REWARDS, TASKS, get_reward, get_task
 from mmreason.tasks import RecordError, Task
 
@@ -148,7 +148,7 @@ def test_metrics_perfect_and_wrong(name, data_dir):
     perfect = task.metrics([sample.target] * 2, [sample] * 2)
     assert tuple(perfect) == task.metric_names
     for key, value in perfect.items():
-        assert value == pytest.approx(0.0 if key == "median_km" else 1.0), key
+        assert value == pytest.approx({"median_km": 0.0, "geoguessr_score": 5000.0}.get(key, 1.0)), key
     bad = task.metrics([wrong, MALFORMED], [sample, sample])
     assert tuple(bad) == task.metric_names
     assert all(math.isfinite(v) for v in bad.values())
@@ -440,3 +440,15 @@ def test_temporal_task_and_reward_check_segments_alike(solution, segment, data_d
     assert reward([sample.target], **{k: [v] for k, v in sample.columns.items()}) == [pytest.approx(1.0)]
     # the raw record value is valid reward ground truth too (the reward does not clip it to the video)
     assert 0.0 < reward([sample.target], solution=[solution])[0] <= 1.0
+
+
+@pytest.mark.parametrize("answers, expected", [
+    (["48.85341, 2.3488"] * 2, 5000.0),  # on the spot, twice
+    (["48.85341, 2.3488", "no idea"], 2500.0 + 5000.0 * math.exp(-math.pi * 6371.0088 / 1492.7) / 2),
+    (["-33.86785, 151.20732"], 5000.0 * math.exp(-16958.0 / 1492.7)),  # Sydney for Paris: ~16,958 km off
+])
+def test_geoguessr_score_is_the_mean_of_the_world_curve(answers, expected):
+    sample = Sample(id="g", task="geolocation", messages=[], images=[], target="",
+                    columns={"solution": {"lat": 48.85341, "lon": 2.3488}})
+    got = get_task("geolocation").metrics([f"<answer>{a}</answer>" for a in answers], [sample] * len(answers))
+    assert got["geoguessr_score"] == pytest.approx(expected, rel=2e-3)

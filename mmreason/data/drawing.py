@@ -79,6 +79,16 @@ def gradient(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
     return top * (1 - fy) + bottom * fy
 
 
+def layout_gradient(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
+    """An HxWx3 float image whose red grows from left to right and green from top to bottom (blue: one random level),
+    so the colour of any region says where in the image it lies."""
+    w, h = size
+    red = np.broadcast_to(np.linspace(30.0, 225.0, w)[None, :], (h, w))
+    green = np.broadcast_to(np.linspace(30.0, 225.0, h)[:, None], (h, w))
+    blue = np.full((h, w), float(rng.integers(0, 256)))
+    return np.stack([red, green, blue], axis=-1)
+
+
 @lru_cache(maxsize=32)
 def text_font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     """PIL's built-in font at `size` pixels (no font files needed); its fixed-size bitmap font where PIL has no

@@ -12,8 +12,10 @@ reshuffling it; the last `val_fraction` of the records form the validation split
 
 What a small model can learn from each maker's data (the answer is always visible in the media):
 - counting: how many (1-4) large saturated shapes sit on white, never overlapping. The quickstart task.
-- grounding: the box of the shape named by colour and kind ("the red circle"), optionally among distractors.
-- jigsaw: the original positions of the shuffled tiles of a gradient with shapes on it (edges line up).
+- grounding: the box of the shape named by colour and kind ("the red circle"), optionally among distractors; with
+  cells=n each shape sits in its own cell of an n x n grid (the cell is found first, the box in it refined).
+- jigsaw: the original positions of the shuffled tiles of a gradient with shapes on it (edges line up); with
+  layout_cue the gradient always runs the same way, so each tile's colour alone gives its place.
 - geolocation: a city from its sky / ground colours and ground pattern (towers, stripes, dots, waves).
 - classification: the kind (square, circle, triangle) or the colour of the one shape drawn.
 - multiple_choice: the letter of the option naming the shape's colour, kind or quarter of the image.
@@ -36,7 +38,16 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mmreason.data.drawing import BACKGROUND, COLORS, SHAPES, cell_boxes, draw_shape, free_box, gradient
+from mmreason.data.drawing import (
+    BACKGROUND,
+    COLORS,
+    SHAPES,
+    cell_boxes,
+    draw_shape,
+    free_box,
+    gradient,
+    layout_gradient,
+)
 from mmreason.data.synthetic_tasks import classification_item, math_item, multiple_choice_item
 from mmreason.data.synthetic_video import Clip, temporal_grounding_item, write_clip
 
@@ -105,10 +116,17 @@ def counting_item(rng: np.random.Generator, size: tuple[int, int], *, min_count:
 
 
 def grounding_item(rng: np.random.Generator, size: tuple[int, int], *, absent_rate: float = 0.0,
-                   distractors: int = 0) -> tuple[dict[str, Image.Image], dict[str, Any]]:
-    """One target (colour, shape), optionally with distractors of other kinds; absent -> the target is not drawn."""
+                   distractors: int = 0, cells: int = 0) -> tuple[dict[str, Image.Image], dict[str, Any]]:
+    """One target (colour, shape), optionally with distractors of other kinds; absent -> the target is not drawn.
+
+    cells=0 puts the shapes anywhere (20-50% of the image wide, 20-35% with distractors). cells=n puts each in its own
+    cell of an n x n grid, 50-80% of the cell wide at a random place in it: where a model's visual tokens form a
+    coarse grid (2 x 2 for the tiny model's 56x56 images), the cell is what it can see, and the box in it what it
+    then refines."""
     if not 0.0 <= absent_rate <= 1.0:
         raise ValueError(f"grounding: absent_rate must be in [0, 1], got {absent_rate}")
+    if cells < 0 or (cells and cells * cells < distractors + 1):
+        raise ValueError(f"grounding: cells must be 0 (anywhere) or n with n*n >= distractors + 1, got {cells}")
     kinds = [(c, s) for c in COLORS for s in SHAPES]
     picks = rng.permutation(len(kinds))[: 2 + distractors].tolist()
     target, others = kinds[picks[0]], [kinds[i] for i in picks[1:]]
@@ -118,8 +136,9 @@ def grounding_item(rng: np.random.Generator, size: tuple[int, int], *, absent_ra
     draw = ImageDraw.Draw(img)
     taken: list[tuple] = []
     solution: list[list[int]] = []
+    in_cells = iter(rng.permutation(cell_boxes(rng, size, cells, len(drawn))).tolist()) if cells else None
     for kind in drawn:
-        box = free_box(rng, size, taken, 0.2, 0.5 if not distractors else 0.35)
+        box = tuple(next(in_cells)) if in_cells else free_box(rng, size, taken, 0.2, 0.5 if not distractors else 0.35)
         if box is None:  # no room left: fewer distractors rather than overlapping objects
             continue
         taken.append(box)
@@ -129,14 +148,19 @@ def grounding_item(rng: np.random.Generator, size: tuple[int, int], *, absent_ra
     return {"image": img}, {"problem": f"the {target[0]} {target[1]}", "solution": solution}
 
 
-def jigsaw_item(rng: np.random.Generator, size: tuple[int, int], *, grid: tuple[int, int] = (2, 2)
-                ) -> tuple[dict[str, Image.Image], dict[str, Any]]:
-    """A gradient with a few shapes on it (so every tile is distinct), cut into grid tiles and shuffled."""
+def jigsaw_item(rng: np.random.Generator, size: tuple[int, int], *, grid: tuple[int, int] = (2, 2),
+                layout_cue: bool = False) -> tuple[dict[str, Image.Image], dict[str, Any]]:
+    """A gradient with a few shapes on it (so every tile is distinct), cut into grid tiles and shuffled.
+
+    The gradient blends four random corner colours, so a tile's place shows only in how its edges meet the others'
+    (the puzzle of real photos). With layout_cue it runs the same way in every image (`layout_gradient`): each tile's
+    own colour then says where it belongs, a per-tile reading that a small model learns far sooner."""
     from mmreason.processors.jigsaw import grid_size
 
     rows, cols = _grid(grid)
     size = grid_size(*size, rows, cols)  # what make_jigsaw would crop to
-    img = Image.fromarray(gradient(rng, size).round().astype(np.uint8))
+    pixels = layout_gradient(rng, size) if layout_cue else gradient(rng, size)
+    img = Image.fromarray(pixels.round().astype(np.uint8))
     draw = ImageDraw.Draw(img)
     taken: list[tuple] = []
     names = list(COLORS)
@@ -205,18 +229,23 @@ def make_synthetic(task: str, out_dir: str | Path, n: int, seed: int = 0, image_
     """Draw n records of `task` into out_dir (images/ or videos/, train.jsonl, val.jsonl) and return out_dir.
 
     image_size is the (width, height) of the images, and of the frames of a video task. options go to the task's
-    maker: counting(min_count=1, max_count=4, reasoning=False), grounding(absent_rate=0.0, distractors=0),
-    jigsaw(grid=(2, 2)), geolocation(noise=8.0), classification(label="shape"), multiple_choice(questions=("color",
-    "shape", "position"), shuffle=True), math(ops="+-x", max_operand=9, reasoning=False),
+    maker: counting(min_count=1, max_count=4, reasoning=False), grounding(absent_rate=0.0, distractors=0, cells=0),
+    jigsaw(grid=(2, 2), layout_cue=False), geolocation(noise=8.0), classification(label="shape"),
+    multiple_choice(questions=("color", "shape", "position"), shuffle=True),
+    math(ops="+-x", max_operand=9, reasoning=False),
     temporal_grounding(fps=4, min_seconds=4, max_seconds=8, distractors=0).
     """
     if task not in MAKERS:
         raise ValueError(f"no synthetic maker for task {task!r}; known: {', '.join(MAKERS)}")
     maker = MAKERS[task]
-    known = [p for p in inspect.signature(maker).parameters if p not in ("rng", "size")]
-    unknown = sorted(set(options) - set(known))
+    params = {k: p for k, p in inspect.signature(maker).parameters.items() if k not in ("rng", "size")}
+    unknown = sorted(set(options) - set(params))
     if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(unknown)} for synthetic {task!r}; known: {', '.join(known)}")
+        raise ValueError(f"unknown option(s) {', '.join(unknown)} for synthetic {task!r}; known: {', '.join(params)}")
+    for key, value in options.items():
+        if not _same_kind(value, params[key].default):
+            raise ValueError(f"option {key} of synthetic {task!r} must be like its default {params[key].default!r}, "
+                             f"got {value!r}")
     if n < 1 or not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"need n >= 1 and 0 <= val_fraction < 1, got n={n}, val_fraction={val_fraction}")
     width, height = (int(v) for v in image_size)
@@ -237,6 +266,18 @@ def make_synthetic(task: str, out_dir: str | Path, n: int, seed: int = 0, image_
     write_jsonl(records[: n - n_val], out / "train.jsonl")
     write_jsonl(records[n - n_val:], out / "val.jsonl")
     return out
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    """Whether an option's value has the type of its default (an int for a float, a list for a tuple)."""
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, (int, float)):
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and (
+            isinstance(default, float) or float(value).is_integer())
+    if isinstance(default, (tuple, list)):
+        return isinstance(value, (tuple, list))
+    return isinstance(value, str) if isinstance(default, str) else True
 
 
 def _save_media(item: Image.Image | Clip, out: Path, rid: str, key: str) -> str:

@@ -7,8 +7,12 @@ Rewards (weights): format 0.5, geo_distance 1.0 (exp(-d / 1492.7 km), the GeoGue
 0.5 (country / region / city credit from offline reverse geocoding) -- distance is the dense main signal, the tiers
 reward getting the right country even when the distance is large.
 Metrics: acc@1km/25km/200km/750km/2500km (street, city, region, country, continent, as in the geolocation
-literature) and median_km; an answer with no coordinates counts as the largest possible distance (half the
-Earth's circumference, MAX_KM) so it misses every threshold and the median stays finite.
+literature), median_km, and geoguessr_score: the mean GeoGuessr world-map score in points, 5000 * exp(-d / 1492.7 km)
+(0-5000, what geo_distance pays times 5000). The score is the one of them that moves with every answer: on a set of
+a few places (the synthetic maker's eight cities) an answer is either on the spot or thousands of km off, and the
+median then jumps between 0 and a continent once half the answers are exact. An answer with no coordinates counts
+as the largest possible distance (half the Earth's circumference, MAX_KM) so it misses every threshold, the median
+stays finite and its score is near 0.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ from mmreason.rewards import extract_answer
 from mmreason.rewards.geolocation import (
     ACCURACY_THRESHOLDS_KM,
     EARTH_RADIUS_KM,
+    GEOGUESSR_MAX_POINTS,
     check_location,
+    distance_score,
     format_latlon,
     format_place,
     predicted_distance_km,
@@ -65,7 +71,7 @@ def error_km(completion: str, solution: dict[str, Any]) -> float:
 class GeolocationTask(Task):
     answer_format = "latitude, longitude in decimal degrees (e.g. 48.8566, 2.3522)"
     rewards = {"format": 0.5, "geo_distance": 1.0, "geo_hierarchy": 0.5}
-    metric_names = tuple(f"acc@{t}km" for t in THRESHOLDS_KM) + ("median_km",)
+    metric_names = tuple(f"acc@{t}km" for t in THRESHOLDS_KM) + ("median_km", "geoguessr_score")
     tools = ("zoom_in",)
     required_fields = ("image", "solution")
     record_fields = {"image | images": "one image", "solution": "{lat, lon, country?, region?, city?}"}
@@ -96,6 +102,7 @@ class GeolocationTask(Task):
         dists = [error_km(c, s.columns["solution"]) for c, s in zip(completions, samples, strict=True)]
         out = {f"acc@{t}km": sum(d <= t for d in dists) / len(dists) for t in THRESHOLDS_KM}
         out["median_km"] = float(statistics.median(dists))
+        out["geoguessr_score"] = GEOGUESSR_MAX_POINTS * statistics.fmean(distance_score(d) for d in dists)
         return out
 
     def visualize(self, sample: Sample, completion: str) -> Image.Image:
