@@ -269,12 +269,13 @@ def make_synthetic(task: str, out_dir: str | Path, n: int, seed: int = 0, image_
 
 
 def _same_kind(value: Any, default: Any) -> bool:
-    """Whether an option's value has the type of its default (an int for a float, a list for a tuple)."""
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(default, (int, float)):
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and (
-            isinstance(default, float) or float(value).is_integer())
+    """Whether an option's value has the type of its default (an int will do for a float, a list for a tuple)."""
+    if isinstance(default, bool) or isinstance(value, bool):  # bool is an int to Python, never to an option
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
     if isinstance(default, (tuple, list)):
         return isinstance(value, (tuple, list))
     return isinstance(value, str) if isinstance(default, str) else True
