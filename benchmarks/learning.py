@@ -149,7 +149,7 @@ def answer_tokens(task: str, data: Path, think: bool = False, budget: Any = None
     from mmreason.data.sample import SampleContext
     from mmreason.models.tiny import build_tiny
 
-    folder = ROOT / "runs" / ".cache" / ("learning-tokenizer" + ("" if arch == "qwen2_5_vl" else f"-{arch}"))
+    folder = ROOT / "runs" / ".cache" / f"learning-tokenizer-{arch}"
     if not (folder / "config.json").is_file():
         build_tiny(folder, arch)
     from transformers import AutoTokenizer

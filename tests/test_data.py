@@ -415,14 +415,12 @@ def test_grounding_cells_put_each_shape_in_its_own_cell(tmp_path, distractors):
 
 
 def test_jigsaw_solution_reassembles_the_original(tmp_path):
-    from mmreason.processors import assemble_jigsaw
-
     from mmreason.data.synthetic import make_synthetic
 
     out = make_synthetic("jigsaw", tmp_path, n=4, seed=0, val_fraction=0.0, grid=(2, 3), image_size=(60, 40))
     for r in load_records(out):
         rows, cols = r["grid"]
-        fixed = assemble_jigsaw(Image.open(out / r["image"]), rows, cols, [p - 1 for p in r["solution"]])
+        fixed = assemble_jigsaw_of(out, r)
         assert np.array_equal(np.asarray(fixed), np.asarray(Image.open(out / r["original"]).convert("RGB")))
         assert r["solution"] != list(range(1, rows * cols + 1))
 
@@ -448,6 +446,7 @@ def test_jigsaw_tile_colour_says_where_it_belongs_only_with_the_layout_cue(tmp_p
 
 
 def assemble_jigsaw_of(out: Path, record: dict) -> Image.Image:
+    """The record's puzzle put back together by its solution."""
     from mmreason.processors import assemble_jigsaw
 
     rows, cols = record["grid"]
