@@ -35,6 +35,7 @@ from mmreason.config_schedule import (  # noqa: F401 (re-exported: part of the s
     RewardPhase,
     ScheduleBy,
     ScheduleConfig,
+    StopAt,
 )
 
 # The allowed values of the enum-like keys; `_coerce` checks them when the config is built.
@@ -165,6 +166,7 @@ class SFTConfig:
     scheduler: Scheduler = "cosine"  # learning-rate schedule after the warmup (transformers' `get_scheduler`)
     max_grad_norm: float = 1.0  # clip the gradient's global L2 norm to this before each update
     eval_every: int = 0  # evaluate every this many steps; 0 = only at the end of the stage
+    stop_at: StopAt = field(default_factory=StopAt)  # end the stage at a held-out target (needs eval_every)
     save_every: int = 0  # checkpoint every this many steps; 0 = only at the end of the stage
     max_bad_updates: int = 5  # stop after this many updates in a row skipped for a non-finite loss or gradient
 
@@ -192,6 +194,7 @@ class RejectionSFTConfig:
     scheduler: Scheduler = "constant"  # learning-rate schedule after the warmup (transformers' `get_scheduler`)
     max_grad_norm: float = 1.0  # clip the gradient's global L2 norm to this before each update
     eval_every: int = 0  # evaluate every this many steps; 0 = only at the end of the stage
+    stop_at: StopAt = field(default_factory=StopAt)  # end the stage at a held-out target (needs eval_every)
     save_every: int = 0  # checkpoint every this many steps; 0 = only at the end of the stage
     max_bad_updates: int = 5  # stop after this many updates in a row skipped for a non-finite loss or gradient
 
@@ -264,6 +267,7 @@ class GRPOConfig:
     rollout: RolloutBackend = "hf"
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
     eval_every: int = 0  # evaluate every this many steps; 0 = only at the end of the stage
+    stop_at: StopAt = field(default_factory=StopAt)  # end the stage at a held-out target (needs eval_every)
     save_every: int = 0  # checkpoint every this many steps; 0 = only at the end of the stage
     max_bad_updates: int = 5  # stop after this many updates in a row skipped for a non-finite loss or gradient
     tools: ToolsConfig = field(default_factory=ToolsConfig)
@@ -531,10 +535,12 @@ def validate(cfg: RunConfig, check_paths: bool = True) -> None:
     check_paths that the run folder can be written."""
     from mmreason.config_ranges import check_values
     from mmreason.data.schedule import check_data_schedule
+    from mmreason.train.early_stop import check_stop_at
     from mmreason.train.reward_schedule import check_schedule
 
     check_values(cfg, check_paths)
     check_schedule(cfg)
+    check_stop_at(cfg)
     check_data_schedule(cfg)
     if not cfg.data:
         raise ConfigError("config has no `data`: give at least one {task, train} entry")

@@ -3,9 +3,9 @@ must agree: `check_values` runs inside `mmreason.config.validate`, before anythi
 value is one ConfigError line naming the key, never a traceback from deep inside a stage (or a stage that silently
 trains nothing).
 
-`RANGES` holds one entry per int and float field of the schema, by dotted key (a data entry's as `data[].key`);
-`tests/test_config_ranges.py` checks that no numeric field is missing from it. NaN and infinities are outside every
-range.
+`RANGES` holds one entry per int and float field of the schema (optional ones too: null is always allowed), by
+dotted key (a data entry's as `data[].key`); `tests/test_config_ranges.py` checks that no numeric field is missing
+from it. NaN and infinities are outside every range.
 """
 
 from __future__ import annotations
@@ -85,6 +85,8 @@ RANGES: dict[str, Range] = {
     "sft.max_grad_norm": POSITIVE,
     "sft.eval_every": EVERY,
     "sft.save_every": EVERY,
+    "sft.stop_at.at_least": FINITE,
+    "sft.stop_at.at_most": FINITE,
     "sft.max_bad_updates": BAD_UPDATES,
     "grpo.steps": Range(1, why="leave the stage out of `stages` to skip it"),
     "grpo.prompts_per_step": ONE_OR_MORE,
@@ -102,6 +104,8 @@ RANGES: dict[str, Range] = {
     "grpo.beta": Range(0, why="0: no KL term"),
     "grpo.eval_every": EVERY,
     "grpo.save_every": EVERY,
+    "grpo.stop_at.at_least": FINITE,
+    "grpo.stop_at.at_most": FINITE,
     "grpo.max_bad_updates": BAD_UPDATES,
     "grpo.filter.low": FINITE,
     "grpo.filter.high": FINITE,
@@ -115,6 +119,7 @@ RANGES: dict[str, Range] = {
     "rejection_sft.steps": Range(1, why="leave the stage out of `stages` to skip it"),
     "rejection_sft.prompts_per_step": ONE_OR_MORE,
     "rejection_sft.samples_per_prompt": ONE_OR_MORE,
+    "rejection_sft.min_reward": Range(why="or null: each task's best total"),
     "rejection_sft.temperature": Range(0, above=True, why="sampling divides the logits by it"),
     "rejection_sft.top_p": Range(0, 1, above=True),
     "rejection_sft.max_new_tokens": ONE_OR_MORE,
@@ -125,6 +130,8 @@ RANGES: dict[str, Range] = {
     "rejection_sft.max_grad_norm": POSITIVE,
     "rejection_sft.eval_every": EVERY,
     "rejection_sft.save_every": EVERY,
+    "rejection_sft.stop_at.at_least": FINITE,
+    "rejection_sft.stop_at.at_most": FINITE,
     "rejection_sft.max_bad_updates": BAD_UPDATES,
     "budget.length_weight": FINITE,
     "budget.difficulty_weight": FINITE,
@@ -140,7 +147,7 @@ def check_values(cfg: RunConfig, check_paths: bool = True) -> None:
     """Every range of `RANGES`, then names, pairs of keys, and (with check_paths) the output folder."""
     for key, allowed in RANGES.items():
         for name, value in _values(cfg, key):
-            if not allowed.holds(value):
+            if value is not None and not allowed.holds(value):  # None: an optional number left unset
                 why = f" ({allowed.why})" if allowed.why else ""
                 raise ConfigError(f"{name} must be {allowed}{why}, got {show_value(value)}")
     _check_strings(cfg)
@@ -210,9 +217,6 @@ def _check_pairs(cfg: RunConfig) -> None:
                           "group is kept when low < its mean accuracy < high")
     if grpo.filter.reward is not None and not grpo.filter.reward.strip():
         raise ConfigError("grpo.filter.reward is empty: give a reward name, total, or leave it out (accuracy)")
-    min_reward = cfg.rejection_sft.min_reward  # optional (null: each task's best total), so not in RANGES
-    if min_reward is not None and not math.isfinite(min_reward):
-        raise ConfigError(f"rejection_sft.min_reward must be a finite number or null, got {show_value(min_reward)}")
     if grpo.rollout == "vllm" and grpo.vllm.max_model_len <= grpo.max_new_tokens:
         raise ConfigError(f"grpo.vllm.max_model_len ({grpo.vllm.max_model_len}) must exceed grpo.max_new_tokens "
                           f"({grpo.max_new_tokens}): it holds the prompt and the completion")

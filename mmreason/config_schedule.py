@@ -1,7 +1,8 @@
-"""The config sections that decide what a run feeds its GRPO stages and how it rewards them: difficulty curricula
-(`schedule`), online filtering (`grpo.filter`), reward curricula (`grpo.reward_schedule`) and reasoning budgets
-(`budget`). Part of the config schema of `mmreason.config`, which re-exports every class here and owns loading and
-checking; kept apart so the schema module stays small.
+"""The config sections that decide what a run feeds its GRPO stages, how it rewards them and when a stage ends:
+difficulty curricula (`schedule`), online filtering (`grpo.filter`), reward curricula (`grpo.reward_schedule`),
+reasoning budgets (`budget`) and held-out targets (`<stage>.stop_at`). Part of the config schema of
+`mmreason.config`, which re-exports every class here and owns loading and checking; kept apart so the schema module
+stays small.
 """
 
 from __future__ import annotations
@@ -90,3 +91,15 @@ class BudgetConfig:
     force: str | None = None  # a level every prompt names instead of asking for an estimate (set at inference)
     length_weight: float = 0.5  # weight of budget_length in every task's total reward
     difficulty_weight: float = 0.5  # weight of budget_difficulty (the tag names the prompt's true level)
+
+
+@dataclass
+class StopAt:
+    """End a stage early, at the first of its periodic held-out evaluations (`eval_every`) where `metric` reaches a
+    target: at_least (a metric where higher is better) or at_most (lower is better). A cold start stopped at a
+    held-out target leaves every seed at the same point, however fast each one learns (`mmreason.train.early_stop`).
+    """
+
+    metric: str | None = None  # "<task>/<metric>" as the evaluations log it, e.g. grounding/mean_iou; null: off
+    at_least: float | None = None  # stop once the metric is >= this
+    at_most: float | None = None  # or once it is <= this

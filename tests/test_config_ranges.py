@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import types
 import typing
 from pathlib import Path
 
@@ -49,6 +50,8 @@ BAD_VALUES = [
     ("sft.max_grad_norm=0", "sft.max_grad_norm must be > 0, got 0.0"),
     ("sft.eval_every=-1", "sft.eval_every must be >= 0 (0: only at the end of the stage), got -1"),
     ("sft.save_every=-1", "sft.save_every must be >= 0 (0: only at the end of the stage), got -1"),
+    ("sft.stop_at.at_least=.nan", "sft.stop_at.at_least must be a finite number, got nan"),
+    ("sft.stop_at.at_most=inf", "sft.stop_at.at_most must be a finite number, got inf"),
     ("sft.max_bad_updates=0", "sft.max_bad_updates must be >= 1, got 0"),
     ("grpo.steps=-1", "grpo.steps must be >= 1 (leave the stage out of `stages` to skip it), got -1"),
     ("grpo.prompts_per_step=0", "grpo.prompts_per_step must be >= 1, got 0"),
@@ -66,6 +69,8 @@ BAD_VALUES = [
     ("grpo.beta=-0.01", "grpo.beta must be >= 0 (0: no KL term), got -0.01"),
     ("grpo.eval_every=-2", "grpo.eval_every must be >= 0"),
     ("grpo.save_every=-3", "grpo.save_every must be >= 0"),
+    ("grpo.stop_at.at_least=.nan", "grpo.stop_at.at_least must be a finite number, got nan"),
+    ("grpo.stop_at.at_most=inf", "grpo.stop_at.at_most must be a finite number, got inf"),
     ("grpo.max_bad_updates=0", "grpo.max_bad_updates must be >= 1, got 0"),
     ("grpo.filter.low=.nan", "grpo.filter.low must be a finite number, got nan"),
     ("grpo.filter.high=-.inf", "grpo.filter.high must be a finite number, got -inf"),
@@ -79,6 +84,7 @@ BAD_VALUES = [
     ("rejection_sft.steps=0", "rejection_sft.steps must be >= 1 (leave the stage out of `stages` to skip it), got 0"),
     ("rejection_sft.prompts_per_step=0", "rejection_sft.prompts_per_step must be >= 1, got 0"),
     ("rejection_sft.samples_per_prompt=0", "rejection_sft.samples_per_prompt must be >= 1, got 0"),
+    ("rejection_sft.min_reward=.nan", "rejection_sft.min_reward must be a finite number (or null: each task's best"),
     ("rejection_sft.temperature=0", "rejection_sft.temperature must be > 0 (sampling divides the logits by it)"),
     ("rejection_sft.top_p=1.5", "rejection_sft.top_p must be in (0, 1], got 1.5"),
     ("rejection_sft.max_new_tokens=0", "rejection_sft.max_new_tokens must be >= 1, got 0"),
@@ -89,6 +95,8 @@ BAD_VALUES = [
     ("rejection_sft.max_grad_norm=0", "rejection_sft.max_grad_norm must be > 0, got 0.0"),
     ("rejection_sft.eval_every=-1", "rejection_sft.eval_every must be >= 0 (0: only at the end of the stage)"),
     ("rejection_sft.save_every=-1", "rejection_sft.save_every must be >= 0 (0: only at the end of the stage)"),
+    ("rejection_sft.stop_at.at_least=.nan", "rejection_sft.stop_at.at_least must be a finite number, got nan"),
+    ("rejection_sft.stop_at.at_most=inf", "rejection_sft.stop_at.at_most must be a finite number, got inf"),
     ("rejection_sft.max_bad_updates=0", "rejection_sft.max_bad_updates must be >= 1, got 0"),
     ("budget.length_weight=.nan", "budget.length_weight must be a finite number, got nan"),
     ("budget.difficulty_weight=.inf", "budget.difficulty_weight must be a finite number, got inf"),
@@ -113,7 +121,6 @@ BAD_OTHERS = [
     ("grpo.tools.rewards={tool_success: [1]}", "grpo.tools.rewards maps reward names to finite weights"),
     ("grpo.filter.low=1", "grpo.filter.low (1.0) must be < grpo.filter.high (1.0): a group is kept when low <"),
     ("grpo.filter.reward=' '", "grpo.filter.reward is empty"),
-    ("rejection_sft.min_reward=.nan", "rejection_sft.min_reward must be a finite number or null, got nan"),
     ("data.0.weight=.inf", "data[0].weight must be > 0, got inf"),
 ]
 
@@ -144,8 +151,10 @@ def _numeric_fields(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, 
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
-        if tp in (int, float):
-            found.append((prefix + f.name, tp))
+        args = typing.get_args(tp) if isinstance(tp, types.UnionType) else ()
+        number = next((t for t in args if t in (int, float)), None) if type(None) in args else None  # float | None
+        if tp in (int, float) or number is not None:
+            found.append((prefix + f.name, number or tp))
         elif isinstance(tp, type) and dataclasses.is_dataclass(tp):
             found += _numeric_fields(tp, f"{prefix}{f.name}.")
         elif f.name == "data":
@@ -155,7 +164,7 @@ def _numeric_fields(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, 
 
 def test_every_numeric_field_has_a_range_and_a_bad_value_in_the_table():
     fields = dict(_numeric_fields())
-    assert len(fields) == 75
+    assert len(fields) == 82
     assert set(fields) == set(RANGES), set(fields) ^ set(RANGES)
     tested = {o.split("=")[0].replace("data.0.", "data[].") for o, _ in BAD_VALUES}
     assert tested == set(RANGES)

@@ -1,7 +1,8 @@
 """What `mmreason train --dry-run` checks before anything is trained, and the cheap checks every run makes first.
 
 `check_sources` (every run, before the model is built): each data entry's task is registered and its training and
-held-out data exist (files, folders, splits; a hub id is taken on trust until read). No record is read.
+held-out data exist (files, folders, splits; a hub id is taken on trust until read), and a stage's held-out
+target (`stop_at`) names a metric its task reports. No record is read.
 
 `dry_run` (`--dry-run`, writes nothing): the sources as above, then every entry's data is read, a spread-out sample
 of its records is built into Samples (media loaded and resized) and encoded by the model's processor, and the model
@@ -23,6 +24,7 @@ from mmreason.config import RunConfig
 from mmreason.data.entries import entry_location, entry_ref, read_entry
 from mmreason.data.locate import DataError
 from mmreason.registry import get_task, resolve_reward
+from mmreason.train.early_stop import check_stop_metrics
 
 SAMPLE_RECORDS = 16  # records built per data file (spread over the file)
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -47,6 +49,7 @@ def check_sources(cfg: RunConfig) -> None:
         for weights in phase.rewards.values():
             for spec in weights:
                 resolve_reward(spec)
+    check_stop_metrics(cfg)  # a stage's held-out target names a metric its task's evaluations log
 
 
 def _maker_hint(message: str, entry: Any, which: str) -> str:

@@ -245,7 +245,9 @@ def loss_mask_for(rollout: Rollout, keep_rows: torch.Tensor, mask_truncated: boo
 
 def run_grpo(
     run: Run, cfg: GRPOConfig, stage_index: int, start_step: int = 0, resume_state: Any = None
-) -> tuple[Any, Any]:
+) -> tuple[Any, Any, int]:
+    """Train `cfg.steps` rollout steps (continuing from `start_step` on resume), fewer when a held-out target
+    (`cfg.stop_at`) is reached first; (optimizer, scheduler, the step it ended at)."""
     policy, g = run.policy, cfg.group_size
     stage = f"grpo-{stage_index}"
     # prompts_per_step is global: each rank takes its share, all G completions of a prompt on the same rank
@@ -256,7 +258,7 @@ def run_grpo(
     reference = Reference(policy, cfg.beta)
     plan, params = scoring_plan(run, cfg), sampling_params(run, cfg)
     banned = suppressed_token_ids(policy.processor)
-    bad_updates = 0
+    bad_updates, done = 0, start_step
     bar = step_bar(run, "grpo", stage_index, start_step, cfg.steps)
     for step in bar:
         t0 = time.perf_counter()
@@ -287,9 +289,12 @@ def run_grpo(
         if run.is_main:
             run.store.append(rows, stage, step + 1)
         bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", loss=f"{upd.get('loss', float('nan')):.3f}")
-        periodic(run, cfg, stage_index, "grpo", step + 1, optimizer, scheduler)
+        done = step + 1
+        if periodic(run, cfg, stage_index, "grpo", done, optimizer, scheduler):
+            break
+    bar.close()
     run.stream.set_progress(None)  # a later stage sharing the stream draws its unscheduled order
-    return optimizer, scheduler
+    return optimizer, scheduler, done
 
 
 def scored_rollout(

@@ -109,15 +109,16 @@ def sampling_params(run: Run, cfg: RejectionSFTConfig) -> SamplingParams:
 
 def run_rejection_sft(
     run: Run, cfg: RejectionSFTConfig, stage_index: int, start_step: int = 0, resume_state: Any = None
-) -> tuple[Any, Any]:
-    """Train `cfg.steps` steps of rejection-sampling SFT (continuing from `start_step` on resume)."""
+) -> tuple[Any, Any, int]:
+    """Train `cfg.steps` steps of rejection-sampling SFT (continuing from `start_step` on resume), fewer when a
+    held-out target (`cfg.stop_at`) is reached first; (optimizer, scheduler, the step it ended at)."""
     optimizer, scheduler = stage_optimizer(run, cfg, resume_state)
     # fail before the first step, not in it
     split_per_rank(cfg.prompts_per_step, run.world_size, f"{KIND}.prompts_per_step")
     split_per_rank(cfg.batch_size, run.world_size, f"{KIND}.batch_size")
     run.policy.model.train()
     params, stage = sampling_params(run, cfg), f"{KIND}-{stage_index}"
-    bad_updates = 0
+    bad_updates, done = 0, start_step
     bar = step_bar(run, KIND, stage_index, start_step, cfg.steps)
     for step in bar:
         t0 = time.perf_counter()
@@ -140,8 +141,11 @@ def run_rejection_sft(
         if run.is_main and rows:
             run.store.append(rows, stage, step + 1)
         bar.set_postfix(kept=f"{metrics[f'{KIND}/kept_share']:.2f}", loss=f"{metrics['loss']:.3f}")
-        periodic(run, cfg, stage_index, KIND, step + 1, optimizer, scheduler)
-    return optimizer, scheduler
+        done = step + 1
+        if periodic(run, cfg, stage_index, KIND, done, optimizer, scheduler):
+            break
+    bar.close()
+    return optimizer, scheduler, done
 
 
 def rejection_step(

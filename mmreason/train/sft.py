@@ -59,12 +59,13 @@ def _take_trainable(run: Run, n: int) -> list[Sample]:
 
 def run_sft(
     run: Run, cfg: SFTConfig, stage_index: int, start_step: int = 0, resume_state: Any = None
-) -> tuple[Any, Any]:
-    """Train `cfg.steps` optimizer steps (continuing from `start_step` on resume)."""
+) -> tuple[Any, Any, int]:
+    """Train `cfg.steps` optimizer steps (continuing from `start_step` on resume), fewer when a held-out target
+    (`cfg.stop_at`) is reached first; (optimizer, scheduler, the step it ended at)."""
     optimizer, scheduler = stage_optimizer(run, cfg, resume_state)
     split_per_rank(cfg.batch_size, run.world_size, "sft.batch_size")  # fail before the first step, not in it
     run.policy.model.train()
-    bad_updates = 0
+    bad_updates, done = 0, start_step
     bar = step_bar(run, "sft", stage_index, start_step, cfg.steps)
     for step in bar:
         t0 = time.perf_counter()
@@ -82,8 +83,11 @@ def run_sft(
         )
         log_metrics(run, "sft", step + 1, metrics)
         bar.set_postfix(loss=f"{metrics['loss']:.3f}")
-        periodic(run, cfg, stage_index, "sft", step + 1, optimizer, scheduler)
-    return optimizer, scheduler
+        done = step + 1
+        if periodic(run, cfg, stage_index, "sft", done, optimizer, scheduler):
+            break
+    bar.close()
+    return optimizer, scheduler, done
 
 
 def sft_step(run: Run, cfg: SFTConfig, optimizer: torch.optim.Optimizer) -> dict[str, float]:

@@ -39,6 +39,7 @@ from mmreason.train.checkpoint import (
 )
 from mmreason.train.dist import Dist, mixed_precision_for
 from mmreason.train.dryrun import check_sources
+from mmreason.train.early_stop import target_text
 from mmreason.train.evaluate import evaluate
 from mmreason.train.grpo import run_grpo
 from mmreason.train.rejection import plan_line, run_rejection_sft
@@ -70,7 +71,8 @@ def plan(cfg: RunConfig) -> str:
             if stage == "sft"
             else plan_line(sc)
         )
-        lines.append(f"stage {i}: {stage} for {sc.steps} steps, lr={sc.lr}{extra}")
+        until = f" (or until {target_text(sc.stop_at)})" if sc.stop_at.metric else ""
+        lines.append(f"stage {i}: {stage} for {sc.steps} steps{until}, lr={sc.lr}{extra}")
     return "\n".join(lines)
 
 
@@ -205,9 +207,10 @@ def run_stages(run: Run, state: dict[str, Any] | None, ckpt: Path | None) -> Non
                 start = state["step"]
                 restore = lambda opt, sch, c=ckpt: restore_training_state(run, c, opt, sch)  # noqa: E731
         run.use_stage(stage)
-        optimizer, scheduler = STAGE_FNS[stage](run, getattr(cfg, stage), index, start, restore)
+        # the step the stage ended at: its `steps`, or fewer where a held-out target (stop_at) was reached
+        optimizer, scheduler, ended = STAGE_FNS[stage](run, getattr(cfg, stage), index, start, restore)
         evaluate(run, label=f"after-s{index:02d}-{stage}")
-        checkpoint(run, index, stage, getattr(cfg, stage).steps, optimizer, scheduler, done=True)
+        checkpoint(run, index, stage, ended, optimizer, scheduler, done=True)
         state = None
     if run.is_main:
         write_run_report(run.run_dir)

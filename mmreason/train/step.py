@@ -1,6 +1,6 @@
 """What every training stage does the same way: build its optimizer and scheduler, wrap them for this launch, take
 an optimizer step with one rule for non-finite losses, gradients and weights, stop after too many skipped updates,
-show a progress bar, and evaluate / checkpoint every so many steps.
+show a progress bar, and evaluate / checkpoint every so many steps (ending the stage at a held-out target).
 
 Weights are checked finite after every update (one fused norm per trainable tensor, one sync). An update that
 leaves a non-finite weight is undone from a copy of the trainable parameters taken just before it, and counts as a
@@ -194,15 +194,20 @@ def step_bar(run: Run, stage: str, stage_index: int, start_step: int, steps: int
     )
 
 
-def periodic(run: Run, cfg: Any, stage_index: int, stage: str, step: int, optimizer: Any, scheduler: Any) -> None:
+def periodic(run: Run, cfg: Any, stage_index: int, stage: str, step: int, optimizer: Any, scheduler: Any) -> bool:
     """Held-out evaluation every `cfg.eval_every` and a checkpoint every `cfg.save_every` steps (the stage's last
-    step is evaluated and checkpointed by the stage loop itself)."""
+    step is evaluated and checkpointed by the stage loop itself). True when the stage ends here: this evaluation
+    reached its `stop_at` target (`mmreason.train.early_stop`); the stage's end then evaluates and checkpoints."""
+    from mmreason.train.early_stop import should_stop
     from mmreason.train.evaluate import evaluate
 
     if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
-        evaluate(run, label=f"s{stage_index:02d}-{stage}-step{step}")
+        results = evaluate(run, label=f"s{stage_index:02d}-{stage}-step{step}")
+        if should_stop(run, cfg.stop_at, results, stage, step):
+            return True
     if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
         checkpoint(run, stage_index, stage, step, optimizer, scheduler, done=False)
+    return False
 
 
 def peak_memory_mb(device: torch.device) -> float:
