@@ -1,7 +1,7 @@
 """Does every built-in task learn? Each task's synthetic set, the tiny model, a short cold-start SFT then GRPO (the
 quickstart's recipe shape), three seeds; held-out main metric before, after SFT and after GRPO.
 
-    .venv/bin/python benchmarks/learning.py --jobs 2 --threads 1  # all 8 tasks x seeds 0 1 2 (about an hour, 2 cores)
+    .venv/bin/python benchmarks/learning.py --jobs 2 --threads 1  # all 8 tasks x seeds 0 1 2 (two hours, 2 cores)
     .venv/bin/python benchmarks/learning.py --tasks counting math --seeds 0
 
 Per task the table gives the mean (sd over seeds) of the main held-out metric at each point, the GRPO gain (after
@@ -62,6 +62,14 @@ ANCHORED: dict[str, Any] = {"grpo": {"temperature": 0.7, "beta": 0.1, "lr": 2.0e
 # step 300 to 600); with Qwen3-VL the same runs do (grounding 0.92 mean IoU, jigsaw solved, after 1,500 SFT steps).
 PLACED: dict[str, Any] = {"model": {"min_pixels": 4096, "max_pixels": 4096, "tiny": {"arch": "qwen3_vl"}}}
 
+
+
+def stop_sft_at(metric: str, target: float, every: int = 50) -> dict[str, Any]:
+    """SFT settings that end the cold start once the held-out `metric` reaches `target` (checked every `every`
+    steps; `sft.stop_at`): every seed starts GRPO from the same point, however fast its SFT learns."""
+    return {"eval_every": every, "stop_at": {"metric": metric, "at_least": target}}
+
+
 RECIPES: dict[str, Recipe] = {
     "counting": Recipe("accuracy"),
     "classification": Recipe("accuracy"),
@@ -73,13 +81,23 @@ RECIPES: dict[str, Recipe] = {
             "three collapsed onto one letter, and with 300 anchored steps one seed had not yet taken off"),
     "math": Recipe("accuracy"),
     "grounding": Recipe(
-        "mean_iou", sft_steps=1000, grpo_steps=900, n=4000, maker={"cells": 2}, config={**ANCHORED, **PLACED},
+        "mean_iou", sft_steps=2500, grpo_steps=900, n=4000, maker={"cells": 2},
+        config={**ANCHORED, **PLACED, "sft": stop_sft_at("grounding/mean_iou", 0.35)},
         why="the tiny Qwen3-VL (PLACED), each shape in its own cell of the 2x2 grid its four visual tokens form "
-            "(cells=2), 4,000 records and 1,000 SFT steps (after 600 the policy still answers near one box; 1,500 "
-            "on 4,000 records reach 0.92 mean IoU, leaving GRPO nothing; on 600 records 1,500 steps learn the "
-            "training boxes by heart, 0.26 held out), then the anchored GRPO for 900 steps (gains after 300: +0.24, "
-            "-0.01 on seeds 0-1; after 600: +0.35, +0.04, -0.02; after 900: +0.42, +0.10, -0.03)"),
-    "jigsaw": Recipe("fraction"),
+            "(cells=2), 4,000 records, SFT until the held-out mean IoU reaches 0.35 (the policy has begun to put "
+            "the box in the right cell) and the anchored GRPO for 900 steps. The step at which SFT learns the cells "
+            "varies by seed (held-out mean IoU every 100 steps: 0.25 -> 0.61 between steps 1,100 and 1,200 on seed "
+            "0, 0.26 -> 0.37 between 1,000 and 1,100 on seed 1, 0.29 at 1,400 on seed 2; 1,500 steps reach 0.92 on "
+            "one seed, leaving GRPO nothing). With 1,000 SFT steps on every seed, the GRPO gains were +0.42, "
+            "+0.10, -0.03 (seed 2's cold start had not begun to read the cells)"),
+    "jigsaw": Recipe(
+        "fraction", sft_steps=1500, maker={"layout_cue": True},
+        config={**ANCHORED, **PLACED, "sft": stop_sft_at("jigsaw/fraction", 0.3, every=20)},
+        why="the tiny Qwen3-VL (PLACED; with Qwen2.5-VL the SFT loss stays at 0.47-0.48 and no answer is a "
+            "permutation), layout_cue (a tile's colour says where it belongs), SFT until the held-out fraction "
+            "reaches 0.3 and the anchored GRPO. Before SFT learns the puzzle its answers are not permutations (every "
+            "reward 0, no signal); when it learns it goes from there to solved within a hundred steps, at a step "
+            "that varies by seed (after 300 and 400 steps: 0.00 on one seed, 0.48 and 0.92 on another)"),
     "geolocation": Recipe(
         "geoguessr_score", sft_steps=130, config=ANCHORED,
         why="the GeoGuessr score as the metric: on 8 places an answer is on the spot or thousands of km off, so the "
@@ -200,6 +218,12 @@ def held_out_or_empty(run_dir: Path, config: dict[str, Any]) -> dict[str, float]
     return held_out(run_dir, task, RECIPES[task].metric)
 
 
+def sft_steps_taken(run_dir: Path) -> int:
+    """The SFT steps the run trained: the recipe's, or fewer where it stopped at a held-out target."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return max((r["step"] for r in rows if r.get("stage") == "sft"), default=0)
+
+
 def zero_variance_share(run_dir: Path, first_steps: int = 20) -> float:
     """Share of GRPO groups whose rewards were all equal over the first steps (they give no gradient)."""
     frames = [pd.read_parquet(f) for f in sorted((run_dir / "rollouts").glob("*.parquet"))]
@@ -241,17 +265,27 @@ def summarise(task: str, recipe: Recipe, results: list[dict[str, Any]]) -> dict[
     }
 
 
+def sft_steps_cell(steps: list[int | None]) -> str:
+    """One number when every seed trained as many SFT steps, else each seed's (a run stopped at a target)."""
+    known = [s for s in steps if s]
+    if not known:
+        return "?"
+    return str(known[0]) if len(set(known)) == 1 else ", ".join(map(str, known))
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     def cell(pair: tuple[float, float], digits: int) -> str:
         return f"{pair[0]:.{digits}f} ({pair[1]:.{digits}f})"
 
-    lines = ["| task | metric | before | after SFT | after GRPO | GRPO gain (per seed) | SFT spread | learns | "
-             "zero-variance groups | modal answer |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| task | metric | SFT steps | before | after SFT | after GRPO | GRPO gain (per seed) | SFT spread | "
+             "learns | zero-variance groups | modal answer |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         d = 0 if r["metric"].endswith(("_km", "geoguessr_score")) else 2  # km and points: whole numbers
         arrow = "higher" if r["higher_is_better"] else "lower"
         gains = ", ".join(f"{g:+.{d}f}" for g in r["gains"])
-        lines.append(f"| `{r['task']}` | {r['metric']} ({arrow} is better) | {cell(r['before'], d)} | "
+        taken = sft_steps_cell([run.get("sft_steps") for run in r.get("runs", [])])
+        lines.append(f"| `{r['task']}` | {r['metric']} ({arrow} is better) | {taken} | {cell(r['before'], d)} | "
                      f"{cell(r['sft'], d)} | {cell(r['grpo'], d)} | {r['gain']:+.{d}f} ({gains}) | "
                      f"{r['sft_spread']:.{d}f} | {'yes' if r['learns'] else 'no'} | "
                      f"{r['zero_variance_share']:.2f} | {r.get('modal_answer_share', float('nan')):.2f} |")
@@ -271,7 +305,7 @@ def collect(out: Path, tasks: list[str], seeds: list[int]) -> list[dict[str, Any
             scores = held_out(run_dir, task, recipe.metric)
             if "grpo" in scores:
                 results.append({"seed": seed, "held_out": scores, "zero_variance": zero_variance_share(run_dir),
-                                "modal_answer": modal_share(run_dir)})
+                                "modal_answer": modal_share(run_dir), "sft_steps": sft_steps_taken(run_dir)})
         if results:
             summary.append(summarise(task, recipe, results) | {"runs": results})
     return summary
