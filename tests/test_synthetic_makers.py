@@ -140,6 +140,32 @@ def test_math_solution_is_the_rendered_expressions_value(tmp_path):
     assert len(set(by_text.values())) == len(by_text)
 
 
+def test_math_slots_draw_each_part_large_in_its_own_place(tmp_path):
+    def iou(x: np.ndarray, y: np.ndarray) -> float:
+        return (x & y).sum() / (x | y).sum()
+
+    records = _make("math", tmp_path, n=40, ops="+", max_operand=4, slots=True)
+    places: dict[str, dict[str, np.ndarray]] = {"top_left": {}, "top_right": {}, "bottom": {}}
+    for r in records:
+        a, op, b = r["expression"].split()
+        assert op == "+" and r["solution"] == int(a) + int(b) <= 8
+        pixels = np.asarray(Image.open(tmp_path / r["image"]).convert("RGB")).astype(int)
+        ink = np.abs(pixels - pixels[0, 0]).sum(axis=2) > 60  # the corner is background: glyphs stay in the middle
+        h, w = ink.shape
+        parts = {"top_left": (a, ink[: h // 2, : w // 2]), "top_right": (b, ink[: h // 2, w // 2:]),
+                 "bottom": (op, ink[h // 2:])}
+        for place, (glyph, mask) in parts.items():
+            rows = np.flatnonzero(mask.any(axis=1))
+            if place != "bottom":  # a digit is as tall as its place allows ("+" is shorter than its font's digits)
+                assert rows[-1] - rows[0] + 1 >= 0.6 * (h // 2), (r["id"], place)
+            seen = places[place].setdefault(glyph, mask)
+            assert iou(seen, mask) > 0.8, (r["id"], place)  # a place shows its glyph the same way (inks differ)
+    for place in ("top_left", "top_right"):  # and a different digit looks different there
+        masks = list(places[place].values())
+        assert len(masks) >= 4
+        assert all(iou(x, y) < 0.8 for i, x in enumerate(masks) for y in masks[i + 1:]), place
+
+
 @pytest.mark.parametrize("distractors", [0, 2])
 def test_temporal_square_is_on_screen_exactly_in_the_window(tmp_path, distractors):
     from mmreason.processors import load_video

@@ -99,11 +99,12 @@ def text_font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def fitted_font(text: str, size: tuple[int, int], fill: float = 0.8) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    """The largest built-in font (up to half the image height) whose rendering of `text` fits in `fill` of the
-    image's width and height."""
+def fitted_font(text: str, size: tuple[int, int], fill: float = 0.8,
+                largest: int | None = None) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """The largest built-in font (up to `largest` pixels, by default half the image height) whose rendering of `text`
+    fits in `fill` of the image's width and height."""
     w, h = size
-    for px in range(max(6, h // 2), 5, -1):
+    for px in range(max(6, largest or h // 2), 5, -1):
         fnt = text_font(px)
         x1, y1, x2, y2 = fnt.getbbox(text)
         if x2 - x1 <= fill * w and y2 - y1 <= fill * h:

@@ -232,7 +232,7 @@ def make_synthetic(task: str, out_dir: str | Path, n: int, seed: int = 0, image_
     maker: counting(min_count=1, max_count=4, reasoning=False), grounding(absent_rate=0.0, distractors=0, cells=0),
     jigsaw(grid=(2, 2), layout_cue=False), geolocation(noise=8.0), classification(label="shape"),
     multiple_choice(questions=("color", "shape", "position"), shuffle=True),
-    math(ops="+-x", max_operand=9, reasoning=False),
+    math(ops="+-x", max_operand=9, reasoning=False, slots=False),
     temporal_grounding(fps=4, min_seconds=4, max_seconds=8, distractors=0).
     """
     if task not in MAKERS:

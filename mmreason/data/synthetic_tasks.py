@@ -9,7 +9,9 @@ What a small model can learn from each:
   `shuffle=False` lists every class in a fixed order, so a letter always names the same answer).
 - math: the value of a short expression of single digits ("3 + 4", "7 - 2", "6 x 3") rendered with PIL's built-in
   font at a random place and ink on a light background; the problem text is the same for every record, so the
-  answer can only come from reading the digits and the operator.
+  answer can only come from reading the digits and the operator. With `slots=True` each part is drawn as large as
+  its own place allows, always in the same place: the first operand fills the top-left quarter, the second the
+  top-right, the operator the bottom half (a model whose visual tokens each see a quarter reads one glyph a token).
 Each maker is a pure function of the Generator it is given: (rng, (width, height), options) -> (media, record).
 """
 
@@ -100,11 +102,12 @@ def multiple_choice_item(rng: np.random.Generator, size: tuple[int, int], *,
 
 
 def math_item(rng: np.random.Generator, size: tuple[int, int], *, ops: str = "+-x", max_operand: int = 9,
-              reasoning: bool = False) -> tuple[Media, dict[str, Any]]:
+              reasoning: bool = False, slots: bool = False) -> tuple[Media, dict[str, Any]]:
     """An image of "a op b" (operands 0..max_operand, op from `ops`: + - x) and its value as the solution.
 
     A subtraction puts the larger operand first, so every answer is a whole number >= 0. The record also keeps the
-    rendered text as "expression"; reasoning=True adds a one-line worked answer for SFT.
+    rendered text as "expression"; reasoning=True adds a one-line worked answer for SFT. slots=True draws a, b and
+    the operator each in its fixed place (module doc), not the expression on one line at a random place.
     """
     if not ops or any(op not in OPERATORS for op in ops):
         raise ValueError(f"math: ops must be made of {', '.join(OPERATORS)}, got {ops!r}")
@@ -119,7 +122,23 @@ def math_item(rng: np.random.Generator, size: tuple[int, int], *, ops: str = "+-
     record: dict[str, Any] = {"problem": MATH_QUESTION, "solution": value, "expression": expression}
     if reasoning:
         record["reasoning"] = f"The image shows {expression}, which equals {value}."
-    return {"image": render_text(rng, size, expression)}, record
+    image = render_slots(rng, size, (str(a), str(b), op)) if slots else render_text(rng, size, expression)
+    return {"image": image}, record
+
+
+def render_slots(rng: np.random.Generator, size: tuple[int, int], parts: tuple[str, str, str]) -> Image.Image:
+    """The first part in the top-left quarter, the second in the top-right, the third in the bottom half, each in
+    the largest built-in font that fits its place, centred there, in one dark ink on a light background."""
+    background = tuple(int(v) for v in rng.integers(225, 256, size=3))
+    img, draw = blank(size, background)
+    ink = COLORS[_pick(rng, INKS)]
+    w, h = size
+    places = ((0, 0, w // 2, h // 2), (w // 2, 0, w - w // 2, h // 2), (0, h // 2, w, h - h // 2))
+    for text, (left, top, pw, ph) in zip(parts, places, strict=True):
+        fnt = fitted_font(text, (pw, ph), fill=0.9, largest=ph)
+        x1, y1, x2, y2 = (int(v) for v in draw.textbbox((0, 0), text, font=fnt))
+        draw.text((left + (pw - (x2 - x1)) // 2 - x1, top + (ph - (y2 - y1)) // 2 - y1), text, fill=ink, font=fnt)
+    return img
 
 
 def render_text(rng: np.random.Generator, size: tuple[int, int], text: str) -> Image.Image:
