@@ -1,4 +1,5 @@
-"""A stage's held-out target (`<stage>.stop_at`): its config checks, the decision, and a run that stops at it."""
+"""A stage's held-out target (`<stage>.stop_at`): its config checks, the decision, and a run that stops at it; the
+stage's periodic evaluations in the rollout store and the report."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typer.testing import CliRunner
 
 from mmreason.cli import app
 from mmreason.config import ConfigError, RunConfig, StopAt, from_dict, validate
+from mmreason.runs.store import read
 from mmreason.train.early_stop import check_stop_metrics, stop_metric_names, target_reached
 
 runner = CliRunner()
@@ -128,3 +130,11 @@ def test_a_target_never_reached_trains_every_step(tmp_path, counting_data):
     assert steps == [1, 2, 3, 4, 5, 6]
     assert labels == ["before", "s00-sft-step2", "s00-sft-step4", "after-s00-sft", "after-s01-grpo"]
     assert "the stage ends here" not in (run_dir / "train.log").read_text()
+    # the stage's periodic evaluations share one store stage, one step each: any number of them fits the store
+    evals = read(run_dir)
+    evals = evals[evals["stage"].str.startswith("eval-")]
+    assert list(dict.fromkeys(zip(evals["stage"], evals["step"], strict=True))) == [
+        ("eval-before", 0), ("eval-s00-sft", 2), ("eval-s00-sft", 4), ("eval-after-s00-sft", 0),
+        ("eval-after-s01-grpo", 0)]
+    report = (run_dir / "report.html").read_text()
+    assert "s00-sft-step2" in report and "s00-sft-step4" in report  # one report column per evaluation

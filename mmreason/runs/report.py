@@ -403,24 +403,27 @@ def _eval_generations(view: ins.RunView, n: int, per_task: int) -> str:
     rows = view.rollouts[view.rollouts["stage"].str.startswith("eval-")]
     if rows.empty:
         return _section("eval-generations", "Evaluation generations", _none("no evaluation generations stored"))
-    stages = list(dict.fromkeys(rows["stage"]))
+    # one column per evaluation: a stage's periodic evaluations share a store stage, one step each
+    rows = rows.assign(_eval=[str(stage).removeprefix("eval-") + (f"-step{int(step)}" if step else "")
+                              for stage, step in zip(rows["stage"], rows["step"], strict=True)])
+    evals = list(dict.fromkeys(rows["_eval"]))
     parts = ["<p>Each held-out sample's greedy answer and reward_total at every evaluation.</p>"]
     for task, part in rows.groupby("task", sort=True):
         ids = list(dict.fromkeys(part["sample_id"]))[:per_task]
-        headers = ["sample", *(esc(s.removeprefix("eval-")) for s in stages)]
-        table_rows = [[f"<code>{esc(sid)}</code>", *(_eval_cell(part, sid, s) for s in stages)] for sid in ids]
-        last = part[part["stage"] == stages[-1]].head(n)
+        headers = ["sample", *(esc(e) for e in evals)]
+        table_rows = [[f"<code>{esc(sid)}</code>", *(_eval_cell(part, sid, e) for e in evals)] for sid in ids]
+        last = part[part["_eval"] == evals[-1]].head(n)
         cells = [_eval_picture(view, row) for _, row in last.iterrows()]
         parts.append(
             f"<h3>{esc(task)}</h3>\n"
             + table_html(headers, table_rows)
-            + f'\n<h4>{esc(stages[-1])}, drawn</h4>\n<div class="grid">{"".join(cells)}</div>'
+            + f'\n<h4>{esc(evals[-1])}, drawn</h4>\n<div class="grid">{"".join(cells)}</div>'
         )
     return _section("eval-generations", "Evaluation generations", "\n".join(parts))
 
 
-def _eval_cell(part: pd.DataFrame, sample_id: str, stage: str) -> str:
-    hit = part[(part["sample_id"] == sample_id) & (part["stage"] == stage)]
+def _eval_cell(part: pd.DataFrame, sample_id: str, evaluation: str) -> str:
+    hit = part[(part["sample_id"] == sample_id) & (part["_eval"] == evaluation)]
     if hit.empty:
         return ""
     row = hit.iloc[0]

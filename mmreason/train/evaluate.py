@@ -62,7 +62,7 @@ def generate_greedy(
 
 
 def eval_rows(
-    run_name: str, stage: str, samples: list[Sample], gens: Generations, named: dict, total: list
+    run_name: str, stage: str, samples: list[Sample], gens: Generations, named: dict, total: list, step: int = 0
 ) -> list[dict]:
     """Store rows of greedy generations: one per sample, its own group, no advantage."""
     return [
@@ -71,7 +71,7 @@ def eval_rows(
             text,
             run=run_name,
             stage=stage,
-            step=0,
+            step=step,
             group_id=i,
             completion_index=0,
             reward_total=total[i],
@@ -107,9 +107,12 @@ def evaluate_samples(
     return metrics, gens, named, total
 
 
-def evaluate(run: Run, label: str) -> dict[str, dict[str, float]]:
+def evaluate(run: Run, label: str, store_as: tuple[str, int] | None = None) -> dict[str, dict[str, float]]:
     """Evaluate every task with a held-out split; log `eval/<task>/<metric>` and store the generations.
 
+    The generations go to the rollout store as stage `eval-<label>`, step 0, unless `store_as` gives the (stage,
+    step): a stage's periodic evaluations share one store stage, at their training steps, so a run with any number
+    of them never runs out of the store's 100 stage indices.
     With several processes rank 0 alone evaluates (greedy generation on the unwrapped model needs no collective);
     the others log an empty row so every rank's history keeps the same length, then all meet at a barrier.
     """
@@ -117,6 +120,7 @@ def evaluate(run: Run, label: str) -> dict[str, dict[str, float]]:
 
     results: dict[str, dict[str, float]] = {}
     stage = f"eval-{label}"
+    store_stage, store_step = store_as or (stage, 0)
     if not run.is_main and not run.shards_params:
         log_metrics(run, stage, 0, {"label": label})
         run.barrier()
@@ -137,11 +141,11 @@ def evaluate(run: Run, label: str) -> dict[str, dict[str, float]]:
                 run.reward_errors,
             )
         results[task_name] = metrics
-        rows += eval_rows(run.cfg.name, stage, samples, gens, named, total)
+        rows += eval_rows(run.cfg.name, store_stage, samples, gens, named, total, store_step)
         if run.trackers is not None:
             pictures.update(eval_pictures(get_task(task_name), task_name, samples, gens.texts))
     if rows and run.is_main:
-        run.store.append(rows, stage, 0)
+        run.store.append(rows, store_stage, store_step)
     flat = {f"eval/{t}/{k}": v for t, m in results.items() for k, v in m.items()}
     log_metrics(run, stage, 0, {"label": label, **flat})
     if run.trackers is not None:
