@@ -63,7 +63,6 @@ ANCHORED: dict[str, Any] = {"grpo": {"temperature": 0.7, "beta": 0.1, "lr": 2.0e
 PLACED: dict[str, Any] = {"model": {"min_pixels": 4096, "max_pixels": 4096, "tiny": {"arch": "qwen3_vl"}}}
 
 
-
 def stop_sft_at(metric: str, target: float, every: int = 50) -> dict[str, Any]:
     """SFT settings that end the cold start once the held-out `metric` reaches `target` (checked every `every`
     steps; `sft.stop_at`): every seed starts GRPO from the same point, however fast its SFT learns."""
@@ -197,9 +196,14 @@ def run_one(config: dict[str, Any], out: Path, threads: int = 0) -> Path:
     return run_dir
 
 
+def metrics_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's metrics.jsonl lines, parsed."""
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
 def evaluations(run_dir: Path, task: str, metric: str) -> dict[str, float]:
     """The main metric at every evaluation of the run, by label (`before`, `after-s00-sft`, ...), in run order."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = metrics_rows(run_dir)
     evals = {r["label"]: r.get(f"eval/{task}/{metric}") for r in rows if r.get("stage", "").startswith("eval-")}
     return {k: float(v) for k, v in evals.items() if v is not None}
 
@@ -220,8 +224,7 @@ def held_out_or_empty(run_dir: Path, config: dict[str, Any]) -> dict[str, float]
 
 def sft_steps_taken(run_dir: Path) -> int:
     """The SFT steps the run trained: the recipe's, or fewer where it stopped at a held-out target."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return max((r["step"] for r in rows if r.get("stage") == "sft"), default=0)
+    return max((r["step"] for r in metrics_rows(run_dir) if r.get("stage") == "sft"), default=0)
 
 
 def zero_variance_share(run_dir: Path, first_steps: int = 20) -> float:

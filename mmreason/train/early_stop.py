@@ -8,6 +8,7 @@ checkpoint, at the step reached). The learning-rate schedule still spans the sta
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from rich.console import Console
@@ -81,7 +82,7 @@ def target_reached(stop: StopAt, results: dict[str, dict[str, float]]) -> float 
     when this process evaluated nothing, or the value is NaN)."""
     task, _, name = (stop.metric or "").partition("/")
     value = results.get(task, {}).get(name)
-    if value is None or value != value:
+    if value is None or math.isnan(value):
         return None
     if stop.at_least is not None:
         return value if value >= stop.at_least else None

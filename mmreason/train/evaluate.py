@@ -107,20 +107,21 @@ def evaluate_samples(
     return metrics, gens, named, total
 
 
-def evaluate(run: Run, label: str, store_as: tuple[str, int] | None = None) -> dict[str, dict[str, float]]:
+def evaluate(run: Run, label: str, step: int = 0) -> dict[str, dict[str, float]]:
     """Evaluate every task with a held-out split; log `eval/<task>/<metric>` and store the generations.
 
-    The generations go to the rollout store as stage `eval-<label>`, step 0, unless `store_as` gives the (stage,
-    step): a stage's periodic evaluations share one store stage, at their training steps, so a run with any number
-    of them never runs out of the store's 100 stage indices.
+    The generations go to the rollout store as stage `eval-<label>` at `step`. A stage's periodic evaluations pass
+    its name and their training step (logged with the label `<label>-step<step>`): they share one store stage, so a
+    run with any number of them never runs out of the store's 100 stage indices.
     With several processes rank 0 alone evaluates (greedy generation on the unwrapped model needs no collective);
     the others log an empty row so every rank's history keeps the same length, then all meet at a barrier.
     """
     from mmreason.runs.run import reward_weights
 
     results: dict[str, dict[str, float]] = {}
+    store_stage = f"eval-{label}"
+    label = f"{label}-step{step}" if step else label
     stage = f"eval-{label}"
-    store_stage, store_step = store_as or (stage, 0)
     if not run.is_main and not run.shards_params:
         log_metrics(run, stage, 0, {"label": label})
         run.barrier()
@@ -141,11 +142,11 @@ def evaluate(run: Run, label: str, store_as: tuple[str, int] | None = None) -> d
                 run.reward_errors,
             )
         results[task_name] = metrics
-        rows += eval_rows(run.cfg.name, store_stage, samples, gens, named, total, store_step)
+        rows += eval_rows(run.cfg.name, store_stage, samples, gens, named, total, step)
         if run.trackers is not None:
             pictures.update(eval_pictures(get_task(task_name), task_name, samples, gens.texts))
     if rows and run.is_main:
-        run.store.append(rows, store_stage, store_step)
+        run.store.append(rows, store_stage, step)
     flat = {f"eval/{t}/{k}": v for t, m in results.items() for k, v in m.items()}
     log_metrics(run, stage, 0, {"label": label, **flat})
     if run.trackers is not None:

@@ -202,8 +202,7 @@ def periodic(run: Run, cfg: Any, stage_index: int, stage: str, step: int, optimi
     from mmreason.train.evaluate import evaluate
 
     if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
-        name = f"s{stage_index:02d}-{stage}"
-        results = evaluate(run, label=f"{name}-step{step}", store_as=(f"eval-{name}", step))
+        results = evaluate(run, label=f"s{stage_index:02d}-{stage}", step=step)
         if should_stop(run, cfg.stop_at, results, stage, step):
             return True
     if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
